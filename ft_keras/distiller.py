@@ -1,0 +1,483 @@
+"""The two training stages of Factor Transfer as subclassed `keras.Model`s.
+
+- `ParaphraserTrainer`: unsupervised pre-training of the paraphraser on the
+  frozen teacher's feature map.
+- `Distiller`: training of student and translator on
+  `CE(y, student_logits) + beta * FactorTransferLoss(F_T, F_S)`.
+
+Both override `train_step`/`test_step`, so `compile`, `fit`, `evaluate`,
+callbacks and `tf.distribute` strategies work as for any Keras model. Each
+network runs exactly once per step; the frozen ones (teacher, trained
+paraphraser) run in inference mode, outside the gradient tape.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from ft_keras import layers as ft_layers
+from ft_keras import losses as ft_losses
+
+_PACKAGE = "ft_keras"
+
+# String losses that would silently assume probabilities: the student returns
+# logits, so these names are taken with `from_logits=True`.
+_LOGIT_LOSSES = {
+    "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
+    "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+}
+
+
+def _replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _scale_for_replicas(value):
+    """Per-replica share of a per-global-batch quantity (gradients are summed
+    over replicas)."""
+    replicas = _replicas()
+    return value if replicas == 1 else value / replicas
+
+
+def _unscale_for_replicas(value):
+    """The true value of a loss that was divided by the number of replicas."""
+    replicas = _replicas()
+    return value if replicas == 1 else value * replicas
+
+
+def _regularization(*models):
+    """Sum of the models' regularization losses, for the global batch."""
+    losses = [loss for model in models for loss in model.losses]
+    if not losses:
+        return ops.zeros((), "float32")
+    return _scale_for_replicas(
+        ops.sum([ops.cast(loss, "float32") for loss in losses])
+    )
+
+
+def _batch_size(x):
+    return ops.shape(tf.nest.flatten(x)[0])[0]
+
+
+def feature_extractor(model, layer_names, role, include_output=False):
+    """A functional model returning `model`'s outputs at `layer_names`.
+
+    Shares `model`'s layers and weights. With `include_output`, the model's
+    own output comes first.
+
+    Raises:
+        ValueError: if `model` is not functional, or a name is not one of its
+            layers (the message lists the valid ones).
+    """
+    if getattr(model, "inputs", None) is None or not model.inputs:
+        raise ValueError(
+            f"The {role} must be a functional or Sequential `keras.Model` "
+            f"with known inputs so that its layer outputs can be tapped. "
+            f"Received: {model!r}. Build it with `keras.Input`, or call it "
+            "once on data."
+        )
+    valid = [layer.name for layer in model.layers]
+    outputs = []
+    if include_output:
+        outputs.append(model.outputs[0])
+    for name in layer_names:
+        if name not in valid:
+            raise ValueError(
+                f"`{role}_layer`={name!r} is not a layer of the {role} model "
+                f"{model.name!r}. Valid layer names: {valid}"
+            )
+        outputs.append(model.get_layer(name).output)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    if len(outputs) == 1:
+        outputs = outputs[0]
+    return keras.Model(inputs, outputs, name=f"{model.name}_{role}_features")
+
+
+def _freeze(model):
+    model.trainable = False
+    return model
+
+
+def _serialize(obj):
+    return keras.saving.serialize_keras_object(obj)
+
+
+def _deserialize(config):
+    return keras.saving.deserialize_keras_object(config)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ParaphraserTrainer(keras.Model):
+    """Pre-trains a `Paraphraser` on the frozen teacher's feature map.
+
+    The teacher runs in inference mode and is never updated; only the
+    paraphraser learns to reconstruct the teacher's map at `teacher_layer`.
+    Labels, if the data has any, are ignored. `fit` reports `loss`, the
+    reconstruction loss.
+
+    Args:
+        teacher: A trained functional `keras.Model`. Frozen by this call
+            (`teacher.trainable = False`).
+        paraphraser: The `Paraphraser` to train. Built on the tap's shape if
+            it is not built yet.
+        teacher_layer: Name of the teacher layer whose output is the map to
+            paraphrase, e.g. `"stage3"`.
+        reconstruction: `"l1"` (the paper's code), `"mse"` (RepDistiller,
+            torchdistill) or `"normalized_l2"` (MMRazor).
+        **kwargs: `keras.Model` keyword arguments such as `name`.
+
+    Example:
+
+    ```python
+    trainer = ft_keras.ParaphraserTrainer(
+        teacher, ft_keras.Paraphraser(rate=0.5), teacher_layer="stage3")
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    trainer.fit(train_ds, epochs=6)
+    paraphraser = trainer.paraphraser
+    ```
+    """
+
+    def __init__(
+        self, teacher, paraphraser, teacher_layer, reconstruction="l1", **kwargs
+    ):
+        kwargs.setdefault("name", "paraphraser_trainer")
+        super().__init__(**kwargs)
+        if not isinstance(paraphraser, ft_layers.Paraphraser):
+            raise ValueError(
+                "`paraphraser` must be an `ft_keras.Paraphraser`. Received: "
+                f"paraphraser={paraphraser!r}"
+            )
+        self.reconstruction = reconstruction
+        self.reconstruction_loss = ft_losses.reconstruction_loss(reconstruction)
+        self.teacher = _freeze(teacher)
+        self.teacher_layer = teacher_layer
+        self.paraphraser = paraphraser
+        self._teacher_features = feature_extractor(
+            teacher, [teacher_layer], "teacher"
+        )
+        if not paraphraser.built:
+            paraphraser.build(tuple(self._teacher_features.output.shape))
+        # Every part is built: the model is ready to train, save and load.
+        self.built = True
+
+    def call(self, inputs, training=None):
+        """Returns the teacher factor of `inputs`."""
+        features = self._teacher_features(inputs, training=False)
+        return self.paraphraser(features, training=training)
+
+    def compile(self, optimizer="sgd", **kwargs):
+        """Configures the optimizer. The loss is fixed by `reconstruction`."""
+        if kwargs.get("loss") is not None:
+            raise ValueError(
+                "ParaphraserTrainer's loss is set by its `reconstruction` "
+                "argument; do not pass `loss` to `compile`. Received: "
+                f"loss={kwargs['loss']!r}"
+            )
+        kwargs.pop("loss", None)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def _reconstruction(self, x, training):
+        features = ops.stop_gradient(
+            self._teacher_features(x, training=False)
+        )
+        reconstruction = self.paraphraser.reconstruct(features, training=training)
+        return self.reconstruction_loss(features, reconstruction)
+
+    def train_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.paraphraser.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = self._reconstruction(x, training=True)
+            total = loss + _regularization(self.paraphraser)
+            scaled = self.optimizer.scale_loss(total)
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+        self._loss_tracker.update_state(
+            _unscale_for_replicas(total), sample_weight=_batch_size(x)
+        )
+        return self.get_metrics_result()
+
+    def test_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        loss = self._reconstruction(x, training=False)
+        self._loss_tracker.update_state(
+            _unscale_for_replicas(loss), sample_weight=_batch_size(x)
+        )
+        return self.get_metrics_result()
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "teacher": _serialize(self.teacher),
+            "paraphraser": _serialize(self.paraphraser),
+            "teacher_layer": self.teacher_layer,
+            "reconstruction": self.reconstruction,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["teacher"] = _deserialize(config["teacher"])
+        config["paraphraser"] = _deserialize(config["paraphraser"])
+        return cls(**config)
+
+
+class _FunctionLoss(keras.losses.Loss):
+    """A plain loss function as a reducing, replica-aware `Loss` object."""
+
+    def __init__(self, fn):
+        name = getattr(fn, "__name__", "")
+        super().__init__(
+            name=name if name.isidentifier() else "classification_loss"
+        )
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+def _classification_loss(loss):
+    if loss is None:
+        loss = "sparse_categorical_crossentropy"
+    if isinstance(loss, str) and loss in _LOGIT_LOSSES:
+        return _LOGIT_LOSSES[loss](from_logits=True)
+    loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        return loss
+    if callable(loss):
+        return _FunctionLoss(loss)
+    raise ValueError(f"Could not interpret `loss`. Received: loss={loss!r}")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Distiller(keras.Model):
+    """Factor Transfer distillation of a student from a frozen teacher.
+
+    Per step, the teacher (inference mode) gives its map at `teacher_layer`,
+    the frozen paraphraser's encoder turns it into the teacher factor `F_T`;
+    the student gives its logits and its map at `student_layer` in the same
+    forward pass, the translator turns that map into the student factor
+    `F_S`. Student and translator are trained on
+
+        loss = CE(y, logits) + beta * FactorTransferLoss(p, factor)(F_T, F_S)
+               + the student's and translator's regularization losses
+
+    `fit` reports `loss`, `ce_loss`, `ft_loss` (before `beta`) and the
+    compiled metrics, all for the global batch. `call` returns the student's
+    logits, so `evaluate` and `predict` work; `distiller.student` is the
+    plain student model to save or export.
+
+    Args:
+        teacher: A trained functional `keras.Model`. Frozen by this call.
+        student: A functional `keras.Model` returning logits.
+        paraphraser: A `Paraphraser`, pre-trained by `ParaphraserTrainer`.
+            Frozen by this call.
+        translator: A `Translator` whose `out_channels` equals the
+            paraphraser's `factor_channels`.
+        teacher_layer: Teacher layer name for the teacher factor.
+        student_layer: Student layer name for the student factor.
+        beta: Weight of the factor transfer loss (500 in the paper's code).
+        p: 1 or 2, the norm of `FactorTransferLoss`.
+        factor: `"full"` (the paper) or `"attention"` (RepDistiller).
+        **kwargs: `keras.Model` keyword arguments such as `name`.
+
+    Example:
+
+    ```python
+    distiller = ft_keras.Distiller(
+        teacher, student, paraphraser, ft_keras.Translator(32),
+        teacher_layer="stage3", student_layer="stage3", beta=500.0)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        metrics=["accuracy"])
+    distiller.fit(train_ds, epochs=164)
+    distiller.student.save("student.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        paraphraser,
+        translator,
+        teacher_layer,
+        student_layer,
+        beta=500.0,
+        p=1,
+        factor="full",
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "distiller")
+        super().__init__(**kwargs)
+        if not isinstance(paraphraser, ft_layers.Paraphraser):
+            raise ValueError(
+                "`paraphraser` must be an `ft_keras.Paraphraser`. Received: "
+                f"paraphraser={paraphraser!r}"
+            )
+        if not isinstance(translator, ft_layers.Translator):
+            raise ValueError(
+                "`translator` must be an `ft_keras.Translator`. Received: "
+                f"translator={translator!r}"
+            )
+        if (
+            isinstance(beta, bool)
+            or not isinstance(beta, (int, float))
+            or beta < 0
+        ):
+            raise ValueError(
+                "`beta` must be a non-negative number (500 in the paper's "
+                f"code). Received: beta={beta!r}"
+            )
+        self.ft_loss_fn = ft_losses.FactorTransferLoss(p=p, factor=factor)
+        self.beta = float(beta)
+        self.p = p
+        self.factor = factor
+        self.teacher_layer = teacher_layer
+        self.student_layer = student_layer
+
+        self.teacher = _freeze(teacher)
+        self.student = student
+        self.paraphraser = _freeze(paraphraser)
+        self.translator = translator
+        self._teacher_features = feature_extractor(
+            teacher, [teacher_layer], "teacher"
+        )
+        self._student_features = feature_extractor(
+            student, [student_layer], "student", include_output=True
+        )
+        teacher_map = tuple(self._teacher_features.output.shape)
+        student_map = tuple(self._student_features.outputs[1].shape)
+        if not paraphraser.built:
+            paraphraser.build(teacher_map)
+        if not translator.built:
+            translator.build(student_map)
+        self._check_factor_shapes(teacher_map, student_map)
+        self.built = True
+
+        self.ce_loss_tracker = keras.metrics.Mean(name="ce_loss")
+        self.ft_loss_tracker = keras.metrics.Mean(name="ft_loss")
+        self._classification_loss = None
+
+    def _check_factor_shapes(self, teacher_map, student_map):
+        teacher_factor = self.paraphraser.compute_output_shape(teacher_map)
+        student_factor = self.translator.compute_output_shape(student_map)
+        try:
+            if self.factor == "full" and (
+                self.paraphraser.factor_channels != self.translator.out_channels
+            ):
+                raise ValueError("channels differ")
+            ft_losses.match_spatial_size(
+                keras.KerasTensor(teacher_factor),
+                keras.KerasTensor(student_factor),
+            )
+        except ValueError:
+            raise ValueError(
+                "The teacher factor and the student factor cannot be "
+                f"compared: teacher layer {self.teacher_layer!r} gives a map "
+                f"of shape {teacher_map} and a teacher factor of shape "
+                f"{teacher_factor}; student layer {self.student_layer!r} gives "
+                f"a map of shape {student_map} and a student factor of shape "
+                f"{student_factor}. The factors need the same number of "
+                "channels (set `Translator(out_channels="
+                f"{self.paraphraser.factor_channels})`) and heights/widths "
+                "that are integer multiples of each other."
+            ) from None
+
+    def call(self, inputs, training=None):
+        """Returns the student's logits."""
+        return self.student(inputs, training=training)
+
+    def compile(self, optimizer="sgd", loss=None, metrics=None, **kwargs):
+        """Configures the student's optimizer, loss and metrics.
+
+        Args:
+            optimizer: Optimizer for the student and the translator.
+            loss: Classification loss on the student's logits. Defaults to
+                sparse categorical cross-entropy from logits; the strings
+                `"sparse_categorical_crossentropy"` and
+                `"categorical_crossentropy"` are taken with
+                `from_logits=True`, since the student returns logits.
+            metrics: Metrics on the student's logits, e.g. `["accuracy"]`.
+            **kwargs: Other `keras.Model.compile` arguments.
+        """
+        self._classification_loss = _classification_loss(loss)
+        super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+
+    def teacher_factor(self, x):
+        """The frozen teacher factor of a batch (no gradient)."""
+        features = self._teacher_features(x, training=False)
+        return ops.stop_gradient(self.paraphraser(features, training=False))
+
+    def compute_losses(self, x, y, sample_weight=None, training=False):
+        """One forward pass of each network and all loss terms.
+
+        Returns `(logits, losses)` where `losses` is a dict with `loss`,
+        `ce_loss` and `ft_loss`, each already divided by the number of
+        replicas (as Keras losses are), ready to be differentiated.
+        """
+        if self._classification_loss is None:
+            raise ValueError(
+                "The Distiller is not compiled: call `distiller.compile(...)` "
+                "before training or evaluating it."
+            )
+        teacher_factor = self.teacher_factor(x)
+        logits, student_map = self._student_features(x, training=training)
+        student_factor = self.translator(student_map, training=training)
+        ce = self._classification_loss(y, logits, sample_weight=sample_weight)
+        ft = self.ft_loss_fn(teacher_factor, student_factor)
+        total = ce + self.beta * ft
+        if training:
+            total = total + _regularization(self.student, self.translator)
+        return logits, {"loss": total, "ce_loss": ce, "ft_loss": ft}
+
+    def _update_loss_trackers(self, x, losses):
+        batch = _batch_size(x)
+        for tracker, key in (
+            (self._loss_tracker, "loss"),
+            (self.ce_loss_tracker, "ce_loss"),
+            (self.ft_loss_tracker, "ft_loss"),
+        ):
+            tracker.update_state(
+                _unscale_for_replicas(losses[key]), sample_weight=batch
+            )
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            logits, losses = self.compute_losses(
+                x, y, sample_weight, training=True
+            )
+            scaled = self.optimizer.scale_loss(losses["loss"])
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+        self._update_loss_trackers(x, losses)
+        return self.compute_metrics(x, y, logits, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        logits, losses = self.compute_losses(x, y, sample_weight, training=False)
+        self._update_loss_trackers(x, losses)
+        return self.compute_metrics(x, y, logits, sample_weight=sample_weight)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "teacher": _serialize(self.teacher),
+            "student": _serialize(self.student),
+            "paraphraser": _serialize(self.paraphraser),
+            "translator": _serialize(self.translator),
+            "teacher_layer": self.teacher_layer,
+            "student_layer": self.student_layer,
+            "beta": self.beta,
+            "p": self.p,
+            "factor": self.factor,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student", "paraphraser", "translator"):
+            config[key] = _deserialize(config[key])
+        return cls(**config)

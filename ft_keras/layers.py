@@ -1,0 +1,271 @@
+"""The two connectors of Factor Transfer: `Paraphraser` and `Translator`.
+
+The paraphraser is a convolutional auto-encoder trained, unsupervised, on the
+frozen teacher's feature map; its encoder output is the *teacher factor*. The
+translator sits on the student's feature map and produces the *student
+factor*, which is trained to mimic the teacher factor.
+"""
+
+import math
+
+import keras
+
+_PACKAGE = "ft_keras"
+
+
+def factor_channels(channels, rate):
+    """Number of channels of the factor for a `channels`-deep map.
+
+    `round(channels * rate)`, rounding halves up (so 3 channels at rate 0.5
+    give 2), and never less than 1.
+
+    Example:
+
+    >>> factor_channels(64, 0.5)
+    32
+    >>> factor_channels(3, 0.5)
+    2
+    """
+    return max(1, int(math.floor(channels * rate + 0.5)))
+
+
+def _validate_negative_slope(negative_slope):
+    if not isinstance(negative_slope, (int, float)) or negative_slope < 0:
+        raise ValueError(
+            "`negative_slope` must be a non-negative number (the LeakyReLU "
+            f"slope, 0.1 in the paper). Received: negative_slope={negative_slope!r}"
+        )
+
+
+def _validate_feature_map_shape(layer_name, input_shape):
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"`{layer_name}` expects a feature map of shape (batch, height, "
+            f"width, channels). Received input_shape={tuple(input_shape)}"
+        )
+    if input_shape[-1] is None:
+        raise ValueError(
+            f"`{layer_name}` needs a known channel dimension. Received "
+            f"input_shape={tuple(input_shape)}"
+        )
+
+
+class _ConvStack(keras.layers.Layer):
+    """Shared machinery: a stack of 3x3 'same' convolutions, each followed by
+    optional BatchNormalization and a LeakyReLU."""
+
+    def __init__(self, use_bn=False, negative_slope=0.1, **kwargs):
+        super().__init__(**kwargs)
+        _validate_negative_slope(negative_slope)
+        self.use_bn = bool(use_bn)
+        self.negative_slope = float(negative_slope)
+
+    def _make_block(self, conv_cls, filters, prefix):
+        block = [
+            conv_cls(
+                filters,
+                kernel_size=3,
+                strides=1,
+                padding="same",
+                use_bias=True,
+                dtype=self.dtype_policy,
+                name=f"{prefix}_conv",
+            )
+        ]
+        if self.use_bn:
+            block.append(
+                keras.layers.BatchNormalization(
+                    momentum=0.9,
+                    epsilon=1e-5,
+                    dtype=self.dtype_policy,
+                    name=f"{prefix}_bn",
+                )
+            )
+        block.append(
+            keras.layers.LeakyReLU(
+                negative_slope=self.negative_slope,
+                dtype=self.dtype_policy,
+                name=f"{prefix}_act",
+            )
+        )
+        return block
+
+    @staticmethod
+    def _build_blocks(blocks, input_shape):
+        shape = tuple(input_shape)
+        for block in blocks:
+            for layer in block:
+                layer.build(shape)
+                shape = layer.compute_output_shape(shape)
+        return shape
+
+    @staticmethod
+    def _run_blocks(blocks, x, training):
+        for block in blocks:
+            for layer in block:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    x = layer(x, training=training)
+                else:
+                    x = layer(x)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"use_bn": self.use_bn, "negative_slope": self.negative_slope}
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Paraphraser(_ConvStack):
+    """Convolutional auto-encoder that extracts the teacher factor.
+
+    Built on a teacher feature map with `C` channels. The encoder is three 3x3
+    stride-1 "same" convolutions with bias, `C -> C -> m -> m`, and the decoder
+    three 3x3 transposed convolutions mirroring it, `m -> m -> C -> C`, where
+    `m = factor_channels(C, rate)`. Every one of the six layers is followed by
+    a `LeakyReLU(negative_slope)` (and, with `use_bn=True`, preceded by
+    `BatchNormalization`).
+
+    `call(x)` returns the teacher factor (the encoder output, shape
+    `(N, H, W, m)`); `reconstruct(x)` returns `decoder(encoder(x))`, which
+    `ParaphraserTrainer` trains to equal `x`.
+
+    Args:
+        rate: The paraphrase rate `k` in `(0, 4]`: factor channels are
+            `round(C * rate)`. 0.5 in the paper.
+        use_bn: Whether to put `BatchNormalization` after each convolution
+            (RepDistiller's choice). The paper's code has none.
+        negative_slope: Slope of the LeakyReLU for negative inputs.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Example:
+
+    ```python
+    import numpy as np
+    paraphraser = ft_keras.Paraphraser(rate=0.5)
+    teacher_map = np.random.rand(2, 8, 8, 64).astype("float32")
+    paraphraser(teacher_map).shape            # (2, 8, 8, 32)
+    paraphraser.reconstruct(teacher_map).shape  # (2, 8, 8, 64)
+    ```
+    """
+
+    def __init__(self, rate=0.5, use_bn=False, negative_slope=0.1, **kwargs):
+        super().__init__(use_bn=use_bn, negative_slope=negative_slope, **kwargs)
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, (int, float))
+            or not 0 < rate <= 4
+        ):
+            raise ValueError(
+                "`rate` must be a number in (0, 4] (the paraphrase rate k; "
+                f"0.5 in the paper). Received: rate={rate!r}"
+            )
+        self.rate = float(rate)
+        self.channels = None
+        self.factor_channels = None
+
+    def build(self, input_shape):
+        _validate_feature_map_shape("Paraphraser", input_shape)
+        self.channels = int(input_shape[-1])
+        self.factor_channels = factor_channels(self.channels, self.rate)
+        c, m = self.channels, self.factor_channels
+        conv, deconv = keras.layers.Conv2D, keras.layers.Conv2DTranspose
+        self.encoder_blocks = [
+            self._make_block(conv, c, "encoder_0"),
+            self._make_block(conv, m, "encoder_1"),
+            self._make_block(conv, m, "encoder_2"),
+        ]
+        self.decoder_blocks = [
+            self._make_block(deconv, m, "decoder_0"),
+            self._make_block(deconv, c, "decoder_1"),
+            self._make_block(deconv, c, "decoder_2"),
+        ]
+        factor_shape = self._build_blocks(self.encoder_blocks, input_shape)
+        self._build_blocks(self.decoder_blocks, factor_shape)
+
+    def call(self, inputs, training=None):
+        return self._run_blocks(self.encoder_blocks, inputs, training)
+
+    def decode(self, factor, training=None):
+        """Maps a teacher factor back to the teacher's feature space."""
+        return self._run_blocks(self.decoder_blocks, factor, training)
+
+    def reconstruct(self, inputs, training=None):
+        """Returns `decoder(encoder(inputs))`, same shape as `inputs`."""
+        return self.decode(self(inputs, training=training), training=training)
+
+    def compute_output_shape(self, input_shape):
+        channels = factor_channels(int(input_shape[-1]), self.rate)
+        return tuple(input_shape[:-1]) + (channels,)
+
+    def get_config(self):
+        config = super().get_config()
+        config["rate"] = self.rate
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Translator(_ConvStack):
+    """Convolutional connector that turns a student map into a student factor.
+
+    Three 3x3 stride-1 "same" convolutions with bias on a student feature map
+    with `C_s` channels: `C_s -> C_s -> out_channels -> out_channels`, each
+    followed by a `LeakyReLU(negative_slope)` (and, with `use_bn=True`,
+    preceded by `BatchNormalization`). Its output is trained to mimic the
+    teacher factor, so `out_channels` must equal the paraphraser's
+    `factor_channels`.
+
+    Args:
+        out_channels: Channels of the student factor, `round(C_t * rate)`.
+        use_bn: Whether to put `BatchNormalization` after each convolution
+            (MMRazor's and RepDistiller's choice). The paper's code has none.
+        negative_slope: Slope of the LeakyReLU for negative inputs.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Example:
+
+    ```python
+    import numpy as np
+    translator = ft_keras.Translator(out_channels=32)
+    student_map = np.random.rand(2, 8, 8, 16).astype("float32")
+    translator(student_map).shape  # (2, 8, 8, 32)
+    ```
+    """
+
+    def __init__(self, out_channels, use_bn=False, negative_slope=0.1, **kwargs):
+        super().__init__(use_bn=use_bn, negative_slope=negative_slope, **kwargs)
+        if (
+            isinstance(out_channels, bool)
+            or not isinstance(out_channels, int)
+            or out_channels < 1
+        ):
+            raise ValueError(
+                "`out_channels` must be a positive integer (the teacher "
+                "factor's channels, `Paraphraser.factor_channels`). Received: "
+                f"out_channels={out_channels!r}"
+            )
+        self.out_channels = out_channels
+
+    def build(self, input_shape):
+        _validate_feature_map_shape("Translator", input_shape)
+        channels = int(input_shape[-1])
+        conv = keras.layers.Conv2D
+        self.blocks = [
+            self._make_block(conv, channels, "translator_0"),
+            self._make_block(conv, self.out_channels, "translator_1"),
+            self._make_block(conv, self.out_channels, "translator_2"),
+        ]
+        self._build_blocks(self.blocks, input_shape)
+
+    def call(self, inputs, training=None):
+        return self._run_blocks(self.blocks, inputs, training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.out_channels,)
+
+    def get_config(self):
+        config = super().get_config()
+        config["out_channels"] = self.out_channels
+        return config

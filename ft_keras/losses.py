@@ -1,0 +1,231 @@
+"""Losses of Factor Transfer.
+
+`FactorTransferLoss` compares the student factor to the teacher factor;
+`reconstruction_loss` returns the loss that pre-trains the paraphraser.
+
+All are `keras.losses.Loss` objects with the default "sum_over_batch_size"
+reduction, so under `tf.distribute` each replica's value is already divided by
+the number of replicas and the summed gradients are those of the global batch.
+"""
+
+import keras
+from keras import ops
+
+_PACKAGE = "ft_keras"
+_EPSILON = 1e-12  # torch.nn.functional.normalize's default eps.
+
+FACTOR_MODES = ("full", "attention")
+RECONSTRUCTIONS = ("l1", "mse", "normalized_l2")
+
+
+def _l2_normalize_rows(x):
+    """Divides each row by its L2 norm, clamped below at 1e-12 as in
+    `torch.nn.functional.normalize`."""
+    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
+    return x / ops.maximum(norm, _EPSILON)
+
+
+def _flatten_per_example(x):
+    return ops.reshape(x, (ops.shape(x)[0], -1))
+
+
+def match_spatial_size(teacher_map, student_map):
+    """Average-pools the larger of two NHWC maps to the other's height/width.
+
+    The larger size must be an integer multiple of the smaller one (as for
+    PyTorch's `adaptive_avg_pool2d` to behave like a plain average pool).
+    Returns the pair `(teacher_map, student_map)`.
+    """
+    t_hw = tuple(teacher_map.shape[1:3])
+    s_hw = tuple(student_map.shape[1:3])
+    if None in t_hw or None in s_hw or t_hw == s_hw:
+        return teacher_map, student_map
+    if t_hw[0] >= s_hw[0] and t_hw[1] >= s_hw[1]:
+        large, small, large_is_teacher = t_hw, s_hw, True
+    elif t_hw[0] <= s_hw[0] and t_hw[1] <= s_hw[1]:
+        large, small, large_is_teacher = s_hw, t_hw, False
+    else:
+        large = small = None
+    if large is None or large[0] % small[0] or large[1] % small[1]:
+        raise ValueError(
+            "Cannot match the spatial sizes of the teacher factor "
+            f"{tuple(teacher_map.shape)} and the student factor "
+            f"{tuple(student_map.shape)}: the larger height/width must be an "
+            "integer multiple of the smaller one. Choose taps whose maps have "
+            "compatible sizes."
+        )
+    pool = (large[0] // small[0], large[1] // small[1])
+    if large_is_teacher:
+        teacher_map = ops.average_pool(teacher_map, pool, strides=pool)
+    else:
+        student_map = ops.average_pool(student_map, pool, strides=pool)
+    return teacher_map, student_map
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FactorTransferLoss(keras.losses.Loss):
+    """The factor transfer loss between teacher and student factors.
+
+    Each factor is flattened per example and L2-normalised, then
+
+    - `p=1`: the mean absolute difference over all elements (PyTorch's
+      `L1Loss` on the normalised factors, as in the paper's code);
+    - `p=2`: the L2 norm of the difference per example, averaged over the
+      batch.
+
+    With `factor="full"` the factor is the whole `H*W*C` map (the paper). With
+    `factor="attention"` it is the channel-mean of squares, an `H*W` map
+    (RepDistiller's variant); the channel counts of the two factors may then
+    differ. If the spatial sizes differ, the larger map is average-pooled to
+    the smaller before anything else.
+
+    Called as `loss(teacher_factor, student_factor)`. Computed in float32
+    whatever the inputs' dtype.
+
+    Args:
+        p: 1 or 2, the norm of the difference.
+        factor: `"full"` or `"attention"`.
+        reduction: Keras loss reduction, `"sum_over_batch_size"` by default.
+        name: Name of the loss.
+
+    Example:
+
+    ```python
+    import numpy as np
+    loss = ft_keras.FactorTransferLoss(p=1)
+    teacher_factor = np.random.rand(4, 8, 8, 32).astype("float32")
+    student_factor = np.random.rand(4, 8, 8, 32).astype("float32")
+    float(loss(teacher_factor, student_factor))  # a small positive number
+    ```
+    """
+
+    def __init__(
+        self,
+        p=1,
+        factor="full",
+        reduction="sum_over_batch_size",
+        name="factor_transfer_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if isinstance(p, bool) or p not in (1, 2):
+            raise ValueError(f"`p` must be 1 or 2. Received: p={p!r}")
+        if factor not in FACTOR_MODES:
+            raise ValueError(
+                f"`factor` must be one of {FACTOR_MODES}. Received: "
+                f"factor={factor!r}"
+            )
+        self.p = int(p)
+        self.factor = factor
+
+    def factorize(self, feature_map):
+        """Flattened, L2-normalised factor of a (N, H, W, C) map."""
+        x = ops.cast(feature_map, "float32")
+        if self.factor == "attention":
+            x = ops.mean(ops.square(x), axis=-1)
+        return _l2_normalize_rows(_flatten_per_example(x))
+
+    def call(self, y_true, y_pred):
+        teacher, student = y_true, y_pred
+        if len(teacher.shape) != 4 or len(student.shape) != 4:
+            raise ValueError(
+                "FactorTransferLoss expects two (batch, height, width, "
+                f"channels) maps. Received: teacher factor "
+                f"{tuple(teacher.shape)}, student factor {tuple(student.shape)}"
+            )
+        teacher, student = match_spatial_size(teacher, student)
+        if self.factor == "full" and teacher.shape[-1] != student.shape[-1]:
+            raise ValueError(
+                "The student factor must have as many channels as the teacher "
+                f"factor. Received: teacher factor {tuple(teacher.shape)}, "
+                f"student factor {tuple(student.shape)}. Set the Translator's "
+                "`out_channels` to the Paraphraser's `factor_channels`."
+            )
+        diff = self.factorize(student) - self.factorize(teacher)
+        if self.p == 1:
+            return ops.mean(ops.abs(diff), axis=-1)
+        return ops.sqrt(ops.sum(ops.square(diff), axis=-1))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"p": self.p, "factor": self.factor})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class NormalizedL2Loss(keras.losses.Loss):
+    """MMRazor's `L2Loss(normalize=True)` between two feature maps.
+
+    Each map is flattened per example and L2-normalised; the loss is the sum
+    of squared differences per example, averaged over the batch.
+
+    Example:
+
+    ```python
+    import numpy as np
+    loss = ft_keras.losses.NormalizedL2Loss()
+    x = np.random.rand(2, 4, 4, 8).astype("float32")
+    float(loss(x, x))  # 0.0
+    ```
+    """
+
+    def __init__(
+        self, reduction="sum_over_batch_size", name="normalized_l2", dtype=None
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        t = _l2_normalize_rows(_flatten_per_example(ops.cast(y_true, "float32")))
+        s = _l2_normalize_rows(_flatten_per_example(ops.cast(y_pred, "float32")))
+        return ops.sum(ops.square(s - t), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ElementwiseLoss(keras.losses.Loss):
+    """Mean absolute (`"l1"`) or squared (`"mse"`) error over all elements,
+    computed in float32; `PyTorch`'s `L1Loss` / `MSELoss`."""
+
+    def __init__(
+        self, kind="l1", reduction="sum_over_batch_size", name=None, dtype=None
+    ):
+        if kind not in ("l1", "mse"):
+            raise ValueError(
+                f"`kind` must be 'l1' or 'mse'. Received: kind={kind!r}"
+            )
+        super().__init__(name=name or kind, reduction=reduction, dtype=dtype)
+        self.kind = kind
+
+    def call(self, y_true, y_pred):
+        diff = _flatten_per_example(
+            ops.cast(y_pred, "float32") - ops.cast(y_true, "float32")
+        )
+        if self.kind == "l1":
+            return ops.mean(ops.abs(diff), axis=-1)
+        return ops.mean(ops.square(diff), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config["kind"] = self.kind
+        return config
+
+
+def reconstruction_loss(name):
+    """The paraphraser's reconstruction loss by name.
+
+    - `"l1"`: mean absolute error over all elements (the paper's code);
+    - `"mse"`: mean squared error (RepDistiller, torchdistill);
+    - `"normalized_l2"`: `NormalizedL2Loss` (MMRazor).
+
+    Example:
+
+    >>> reconstruction_loss("l1").name
+    'l1'
+    """
+    if name in ("l1", "mse"):
+        return ElementwiseLoss(kind=name)
+    if name == "normalized_l2":
+        return NormalizedL2Loss()
+    raise ValueError(
+        f"`reconstruction` must be one of {RECONSTRUCTIONS}. Received: "
+        f"reconstruction={name!r}"
+    )

@@ -1,0 +1,50 @@
+"""ft_keras: Factor Transfer knowledge distillation for Keras 3 / TensorFlow."""
+
+import pathlib
+
+from setuptools import find_packages
+from setuptools import setup
+
+HERE = pathlib.Path(__file__).parent
+
+
+def _version():
+    for line in (HERE / "ft_keras" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("ft_keras/__init__.py has no __version__ line.")
+
+
+setup(
+    name="ft_keras",
+    version=_version(),
+    description=(
+        "Factor Transfer (Kim, Park & Kwak, NeurIPS 2018) knowledge "
+        "distillation for Keras 3 and TensorFlow."
+    ),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ft_keras", "ft_keras.*"]),
+    include_package_data=True,
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<4",
+        "tensorflow-datasets>=4.9.10,<4.10",
+        # tensorflow-datasets 4.9.10 imports it without declaring it.
+        "importlib_resources>=6",
+        "gin-config>=0.5,<0.6",
+        "absl-py>=2.1",
+        "scikit-learn>=1.4",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "keras-cv": ["keras-cv>=0.9"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,337 @@
+"""ParaphraserTrainer and Distiller: what trains, what is frozen, what is
+reported, and how they behave under tf.distribute and mixed precision."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+
+import ft_keras
+
+
+def small_net(name, width, synchronized_bn=False, weight_decay=0.0, seed=0):
+    """A functional CNN with BatchNorm and a tap named `tap` (8x8xwidth)."""
+    init = keras.initializers.GlorotUniform(seed=seed)
+    reg = keras.regularizers.L2(weight_decay) if weight_decay else None
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(width, 3, padding="same", kernel_initializer=init,
+                            kernel_regularizer=reg, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(synchronized=synchronized_bn,
+                                        name="bn")(x)
+    x = keras.layers.ReLU(name="tap")(x)
+    x = keras.layers.Conv2D(width, 3, strides=2, padding="same",
+                            kernel_initializer=init, name="down")(x)
+    x = keras.layers.ReLU(name="tap_small")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(5, kernel_initializer=init,
+                                 kernel_regularizer=reg, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 5, size=(n,)).astype(np.int32)
+    return x, y
+
+
+def snapshot(obj):
+    return [np.array(v) for v in obj.weights]
+
+
+def assert_unchanged(before, obj):
+    after = snapshot(obj)
+    assert len(before) == len(after)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+
+def assert_all_trainable_changed(before_trainable, obj):
+    for a, v in zip(before_trainable, obj.trainable_weights):
+        assert not np.array_equal(a, np.array(v)), v.path
+
+
+def trained_teacher():
+    teacher = small_net("teacher", 16, seed=1)
+    x, y = data(64, seed=1)
+    teacher.compile(keras.optimizers.SGD(0.05),
+                    keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    teacher.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    return teacher
+
+
+def make_distiller(teacher=None, student=None, beta=500.0, p=1,
+                   factor="full", student_layer="tap", use_bn=True):
+    teacher = teacher or trained_teacher()
+    paraphraser = ft_keras.Paraphraser(rate=0.5, use_bn=use_bn)
+    paraphraser.build((None, 8, 8, 16))
+    # Give the paraphraser's BN non-trivial statistics, as pre-training would.
+    paraphraser.reconstruct(np.random.default_rng(3).random(
+        (8, 8, 8, 16), dtype=np.float32), training=True)
+    student = student or small_net("student", 8, seed=2)
+    translator = ft_keras.Translator(8, use_bn=use_bn)
+    return ft_keras.Distiller(
+        teacher, student, paraphraser, translator, teacher_layer="tap",
+        student_layer=student_layer, beta=beta, p=p, factor=factor)
+
+
+def test_paraphraser_trainer_trains_only_the_paraphraser():
+    teacher = trained_teacher()
+    teacher_before = snapshot(teacher)
+    paraphraser = ft_keras.Paraphraser(rate=0.5, use_bn=True)
+    trainer = ft_keras.ParaphraserTrainer(teacher, paraphraser, "tap")
+    assert paraphraser.built and paraphraser.factor_channels == 8
+    trainer.compile(keras.optimizers.SGD(0.1, momentum=0.9))
+    para_before = [np.array(v) for v in paraphraser.trainable_weights]
+    x, _ = data()
+    history = trainer.fit(x, batch_size=8, epochs=2, verbose=0)
+    assert_unchanged(teacher_before, teacher)
+    assert_all_trainable_changed(para_before, paraphraser)
+    assert history.history["loss"][1] < history.history["loss"][0]
+    assert list(history.history) == ["loss"]
+
+
+def test_paraphraser_trainer_reports_the_reconstruction_loss():
+    teacher = trained_teacher()
+    paraphraser = ft_keras.Paraphraser(rate=0.5)
+    trainer = ft_keras.ParaphraserTrainer(teacher, paraphraser, "tap",
+                                          reconstruction="mse")
+    trainer.compile(keras.optimizers.SGD(0.0))
+    x, _ = data(16)
+    features = keras.Model(teacher.input, teacher.get_layer("tap").output)(x)
+    expected = np.mean(
+        (np.asarray(paraphraser.reconstruct(features)) - np.asarray(features)) ** 2)
+    result = trainer.evaluate(x, batch_size=16, verbose=0, return_dict=True)
+    np.testing.assert_allclose(result["loss"], expected, rtol=1e-5)
+
+
+def test_teacher_and_paraphraser_are_frozen_after_fit():
+    distiller = make_distiller()
+    teacher_before = snapshot(distiller.teacher)
+    paraphraser_before = snapshot(distiller.paraphraser)
+    student_before = [np.array(v) for v in distiller.student.trainable_weights]
+    translator_before = [np.array(v) for v in distiller.translator.trainable_weights]
+    student_stats_before = [np.array(v) for v in
+                            distiller.student.non_trainable_weights]
+    distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+    x, y = data()
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    # Bit-identical: weights and BatchNorm moving statistics.
+    assert_unchanged(teacher_before, distiller.teacher)
+    assert_unchanged(paraphraser_before, distiller.paraphraser)
+    assert_all_trainable_changed(student_before, distiller.student)
+    assert_all_trainable_changed(translator_before, distiller.translator)
+    # The student trains: its BN statistics move.
+    assert not np.array_equal(student_stats_before[0],
+                              np.array(distiller.student.non_trainable_weights[0]))
+
+
+def test_only_student_and_translator_variables_are_trained():
+    distiller = make_distiller()
+    trained = {id(v) for v in distiller.trainable_variables}
+    expected = {id(v) for v in distiller.student.trainable_variables
+                + distiller.translator.trainable_variables}
+    assert trained == expected
+
+
+def test_reported_loss_is_ce_plus_beta_ft_plus_regularization():
+    beta = 37.0
+    student = small_net("student", 8, seed=2, weight_decay=1e-3)
+    distiller = make_distiller(student=student, beta=beta)
+    x, y = data(16, seed=5)
+    # Independent computation of every term before the (only) step.
+    teacher_map = keras.Model(distiller.teacher.input,
+                              distiller.teacher.get_layer("tap").output)(x)
+    teacher_factor = np.asarray(distiller.paraphraser(teacher_map, training=False))
+    extractor = keras.Model(student.input,
+                            [student.output, student.get_layer("tap").output])
+    # BN statistics are not read in training mode, so this call's update of
+    # them does not change the step's forward pass.
+    logits, student_map = extractor(x, training=True)
+    student_factor = np.asarray(distiller.translator(student_map, training=True))
+    logits = np.asarray(logits, np.float64)
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    ce = -log_softmax[np.arange(16), y].mean()
+
+    def normalize(f):
+        f = f.reshape(len(f), -1).astype(np.float64)
+        return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+    ft = np.abs(normalize(student_factor) - normalize(teacher_factor)).mean()
+    reg = 1e-3 * sum(float(np.sum(np.square(np.array(v))))
+                     for v in student.trainable_weights if "kernel" in v.path
+                     and v.path.split("/")[0] in ("conv", "logits"))
+    assert reg > 0
+    distiller.compile(keras.optimizers.SGD(0.1))
+    history = distiller.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    np.testing.assert_allclose(history["ce_loss"][0], ce, rtol=1e-4)
+    np.testing.assert_allclose(history["ft_loss"][0], ft, rtol=1e-4)
+    np.testing.assert_allclose(history["loss"][0], ce + beta * ft + reg, rtol=1e-4)
+
+
+def test_fit_reports_loss_terms_and_compiled_metrics():
+    distiller = make_distiller()
+    distiller.compile(
+        keras.optimizers.SGD(0.01),
+        metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(
+            k=2, name="top2")])
+    x, y = data()
+    history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                            validation_data=(x, y)).history
+    assert set(history) == {"loss", "ce_loss", "ft_loss", "accuracy", "top2",
+                            "val_loss", "val_ce_loss", "val_ft_loss",
+                            "val_accuracy", "val_top2"}
+    # Evaluation: the same decomposition holds without regularization.
+    np.testing.assert_allclose(
+        history["val_loss"][0],
+        history["val_ce_loss"][0] + 500.0 * history["val_ft_loss"][0], rtol=1e-5)
+
+
+def test_call_returns_student_logits_and_predict_works():
+    distiller = make_distiller()
+    distiller.compile("sgd")
+    x, _ = data(8)
+    np.testing.assert_allclose(
+        distiller.predict(x, verbose=0), distiller.student(x), rtol=1e-6)
+
+
+def test_string_crossentropy_is_taken_from_logits():
+    distiller = make_distiller()
+    distiller.compile("sgd", loss="sparse_categorical_crossentropy")
+    assert distiller._classification_loss.get_config()["from_logits"] is True
+
+
+def test_custom_loss_function_is_supported():
+    distiller = make_distiller(beta=0.0)
+    distiller.compile(
+        keras.optimizers.SGD(0.0),
+        loss=lambda y, logits: keras.losses.sparse_categorical_crossentropy(
+            y, logits, from_logits=True) * 2.0)
+    x, y = data(16)
+    result = distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        y, distiller.student(x))
+    np.testing.assert_allclose(result["ce_loss"], 2.0 * float(plain), rtol=1e-5)
+
+
+def test_spatial_mismatch_is_pooled():
+    # The teacher's 8x8 factor is average-pooled to the student's 4x4.
+    distiller = make_distiller(student_layer="tap_small")
+    distiller.compile(keras.optimizers.SGD(0.01))
+    x, y = data(16)
+    history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+
+
+def test_attention_factor_mode_trains():
+    distiller = make_distiller(factor="attention", p=2)
+    distiller.compile(keras.optimizers.SGD(0.01))
+    x, y = data(16)
+    history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert history["ft_loss"][0] > 0
+
+
+def test_unknown_layer_name_lists_valid_names():
+    teacher = trained_teacher()
+    with pytest.raises(ValueError, match=r"'stage9'.*Valid layer names: \[.*'tap'"):
+        ft_keras.ParaphraserTrainer(teacher, ft_keras.Paraphraser(), "stage9")
+    with pytest.raises(ValueError, match=r"`student_layer`='nope'"):
+        make_distiller(teacher=teacher, student_layer="nope")
+
+
+def test_factor_shape_mismatch_names_both_shapes():
+    teacher = trained_teacher()
+    paraphraser = ft_keras.Paraphraser(rate=0.5)
+    with pytest.raises(
+            ValueError,
+            match=r"teacher factor of shape \(None, 8, 8, 8\).*"
+                  r"student factor of shape \(None, 8, 8, 3\).*out_channels=8"):
+        ft_keras.Distiller(teacher, small_net("student", 8), paraphraser,
+                           ft_keras.Translator(3), "tap", "tap")
+
+
+def test_bad_p_and_beta_are_rejected():
+    with pytest.raises(ValueError, match="`p` must be 1 or 2. Received: p=3"):
+        make_distiller(p=3)
+    with pytest.raises(ValueError, match="beta=-1"):
+        make_distiller(beta=-1)
+
+
+def test_distiller_keras_file_round_trip(tmp_path):
+    distiller = make_distiller()
+    distiller.compile(keras.optimizers.SGD(0.01))
+    x, y = data(16)
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = tmp_path / "distiller.keras"
+    distiller.save(path)
+    restored = keras.models.load_model(path, compile=False)
+    assert isinstance(restored, ft_keras.Distiller)
+    assert (restored.beta, restored.p, restored.student_layer) == (500.0, 1, "tap")
+    np.testing.assert_array_equal(restored(x), distiller(x))
+    np.testing.assert_array_equal(restored.teacher_factor(x),
+                                  distiller.teacher_factor(x))
+
+
+def test_mirrored_strategy_step_matches_single_device():
+    x, y = data(16, seed=7)
+
+    def build():
+        # Synchronized BN makes the student's batch statistics global, so a
+        # two-replica step computes exactly what one device computes.
+        teacher = small_net("teacher", 16, seed=1)
+        student = small_net("student", 8, synchronized_bn=True, seed=2)
+        paraphraser = ft_keras.Paraphraser(rate=0.5)
+        paraphraser.build((None, 8, 8, 16))
+        translator = ft_keras.Translator(8)
+        translator.build((None, 8, 8, 8))
+        return teacher, student, paraphraser, translator
+
+    def one_step(strategy, weights=None):
+        with strategy.scope():
+            parts = build()
+            if weights is not None:
+                for part, w in zip(parts, weights):
+                    part.set_weights(w)
+            distiller = ft_keras.Distiller(*parts, "tap", "tap", beta=50.0)
+            distiller.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                              metrics=["accuracy"])
+        history = distiller.fit(x, y, batch_size=16, epochs=1, shuffle=False,
+                                verbose=0).history
+        return parts, distiller, history
+
+    parts, single, single_history = one_step(tf.distribute.get_strategy())
+    initial = [p.get_weights() for p in build()]
+    # Re-run single-device from the same initial weights used for mirrored.
+    parts, single, single_history = one_step(tf.distribute.get_strategy(), initial)
+    mirrored_strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert mirrored_strategy.num_replicas_in_sync == 2
+    m_parts, mirrored, mirrored_history = one_step(mirrored_strategy, initial)
+    for a, b in zip(single.student.weights + single.translator.weights,
+                    mirrored.student.weights + mirrored.translator.weights):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5, rtol=1e-5)
+    # Reported metrics are the global batch's, not replica-scaled.
+    for key in ("loss", "ce_loss", "ft_loss", "accuracy"):
+        np.testing.assert_allclose(single_history[key], mirrored_history[key],
+                                   rtol=1e-5)
+
+
+def test_mixed_precision_distillation():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        distiller = make_distiller()
+        assert distiller.student.get_layer("conv").compute_dtype == "float16"
+        distiller.compile(keras.optimizers.SGD(0.01))
+        assert isinstance(distiller.optimizer,
+                          keras.optimizers.LossScaleOptimizer)
+        x, y = data(16)
+        before = [np.array(v) for v in distiller.translator.trainable_weights]
+        history = distiller.fit(x, y, batch_size=8, epochs=2, verbose=0).history
+        assert np.all(np.isfinite(history["loss"]))
+        assert_all_trainable_changed(before, distiller.translator)
+        trainer = ft_keras.ParaphraserTrainer(
+            small_net("t2", 16), ft_keras.Paraphraser(), "tap")
+        trainer.compile(keras.optimizers.SGD(0.01))
+        assert np.isfinite(trainer.fit(x, epochs=1, verbose=0).history["loss"][0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

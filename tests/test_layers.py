@@ -1,0 +1,124 @@
+"""Paraphraser and Translator: shapes, parameter counts, config, saving."""
+
+import numpy as np
+import pytest
+
+import keras
+
+import ft_keras
+from ft_keras.layers import factor_channels
+
+
+def conv_params(c_in, c_out, bn):
+    # 3x3 kernel + bias, plus gamma/beta/moving mean/moving variance with BN.
+    return 9 * c_in * c_out + c_out + (4 * c_out if bn else 0)
+
+
+def paraphraser_params(c, m, bn):
+    layers = [(c, c), (c, m), (m, m), (m, m), (m, c), (c, c)]
+    return sum(conv_params(i, o, bn) for i, o in layers)
+
+
+def translator_params(c_s, out, bn):
+    layers = [(c_s, c_s), (c_s, out), (out, out)]
+    return sum(conv_params(i, o, bn) for i, o in layers)
+
+
+@pytest.mark.parametrize(
+    "channels, rate, expected",
+    [(64, 0.5, 32), (3, 0.5, 2), (5, 0.3, 2), (10, 0.25, 3), (1, 0.1, 1),
+     (64, 1.0, 64), (16, 2.0, 32)],
+)
+def test_factor_channels_rounds_half_up_and_at_least_one(channels, rate, expected):
+    assert factor_channels(channels, rate) == expected
+
+
+@pytest.mark.parametrize("use_bn", [False, True])
+def test_paraphraser_shapes_and_parameter_count(use_bn):
+    paraphraser = ft_keras.Paraphraser(rate=0.5, use_bn=use_bn)
+    x = np.random.default_rng(0).random((2, 8, 6, 64), dtype=np.float32)
+    assert tuple(paraphraser(x).shape) == (2, 8, 6, 32)
+    assert tuple(paraphraser.reconstruct(x).shape) == (2, 8, 6, 64)
+    assert paraphraser.factor_channels == 32
+    assert paraphraser.count_params() == paraphraser_params(64, 32, use_bn)
+    assert paraphraser.compute_output_shape((None, 8, 6, 64)) == (None, 8, 6, 32)
+
+
+def test_paraphraser_odd_channels_use_rounded_factor():
+    paraphraser = ft_keras.Paraphraser(rate=0.5)
+    x = np.ones((1, 4, 4, 7), np.float32)
+    assert paraphraser(x).shape[-1] == 4
+    assert paraphraser.count_params() == paraphraser_params(7, 4, False)
+
+
+@pytest.mark.parametrize("use_bn", [False, True])
+def test_translator_shapes_and_parameter_count(use_bn):
+    translator = ft_keras.Translator(out_channels=32, use_bn=use_bn)
+    x = np.ones((3, 8, 8, 16), np.float32)
+    assert tuple(translator(x).shape) == (3, 8, 8, 32)
+    assert translator.count_params() == translator_params(16, 32, use_bn)
+
+
+def test_leaky_relu_slope_is_applied_to_every_output():
+    translator = ft_keras.Translator(out_channels=8, negative_slope=0.25)
+    x = np.random.default_rng(1).normal(size=(4, 5, 5, 8)).astype(np.float32)
+    out = np.asarray(translator(x))
+    last_conv = translator.blocks[-1][0]
+    pre = np.asarray(
+        last_conv(translator.blocks[1][-1](translator.blocks[1][0](
+            translator.blocks[0][-1](translator.blocks[0][0](x))))))
+    expected = np.where(pre >= 0, pre, 0.25 * pre)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert (out < 0).any()
+
+
+@pytest.mark.parametrize("rate", [0, -0.5, 5, "0.5", True, None])
+def test_paraphraser_rejects_bad_rate(rate):
+    with pytest.raises(ValueError, match="`rate` must be a number in"):
+        ft_keras.Paraphraser(rate=rate)
+
+
+@pytest.mark.parametrize("out_channels", [0, -1, 2.5, "8", True])
+def test_translator_rejects_bad_out_channels(out_channels):
+    with pytest.raises(ValueError, match="`out_channels` must be a positive"):
+        ft_keras.Translator(out_channels=out_channels)
+
+
+def test_negative_slope_validated():
+    with pytest.raises(ValueError, match="negative_slope=-1"):
+        ft_keras.Translator(8, negative_slope=-1)
+
+
+def test_connectors_reject_non_image_input():
+    with pytest.raises(ValueError, match=r"\(batch, height, width, channels\)"):
+        ft_keras.Paraphraser()(np.ones((2, 16), np.float32))
+
+
+def test_get_config_round_trip():
+    paraphraser = ft_keras.Paraphraser(rate=0.25, use_bn=True, negative_slope=0.2)
+    clone = ft_keras.Paraphraser.from_config(paraphraser.get_config())
+    assert (clone.rate, clone.use_bn, clone.negative_slope) == (0.25, True, 0.2)
+    translator = ft_keras.Translator(12, use_bn=True, negative_slope=0.05)
+    clone = ft_keras.Translator.from_config(translator.get_config())
+    assert (clone.out_channels, clone.use_bn, clone.negative_slope) == (
+        12, True, 0.05)
+
+
+def test_keras_file_round_trip_is_exact(tmp_path):
+    inputs = keras.Input((8, 8, 16))
+    factor = ft_keras.Paraphraser(rate=0.5, use_bn=True, name="para")(inputs)
+    student_factor = ft_keras.Translator(8, use_bn=True, name="trans")(inputs)
+    model = keras.Model(inputs, [factor, student_factor])
+    x = np.random.default_rng(2).random((2, 8, 8, 16), dtype=np.float32)
+    # Move BN statistics away from their initial values.
+    model(x, training=True)
+    path = tmp_path / "connectors.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    for a, b in zip(model(x), restored(x)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    para = restored.get_layer("para")
+    np.testing.assert_array_equal(
+        np.asarray(para.reconstruct(x)),
+        np.asarray(model.get_layer("para").reconstruct(x)),
+    )

@@ -1,0 +1,151 @@
+"""FactorTransferLoss and reconstruction losses against NumPy."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import ft_keras
+from ft_keras import losses
+
+
+def np_normalize(x):
+    x = x.reshape(x.shape[0], -1).astype(np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def np_avg_pool(x, size):
+    n, h, w, c = x.shape
+    ph, pw = h // size[0], w // size[1]
+    return x.reshape(n, size[0], ph, size[1], pw, c).mean(axis=(2, 4))
+
+
+def np_ft_loss(teacher, student, p, factor):
+    if teacher.shape[1:3] != student.shape[1:3]:
+        if teacher.shape[1] > student.shape[1]:
+            teacher = np_avg_pool(teacher, student.shape[1:3])
+        else:
+            student = np_avg_pool(student, teacher.shape[1:3])
+    if factor == "attention":
+        teacher = (teacher ** 2).mean(axis=-1)
+        student = (student ** 2).mean(axis=-1)
+    diff = np_normalize(student) - np_normalize(teacher)
+    if p == 1:
+        return np.abs(diff).mean()
+    return np.linalg.norm(diff, axis=1).mean()
+
+
+rng = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("factor", ["full", "attention"])
+@pytest.mark.parametrize(
+    "teacher_shape, student_shape",
+    [((4, 8, 8, 16), (4, 8, 8, 16)),
+     ((4, 8, 8, 16), (4, 4, 4, 16)),
+     ((4, 2, 2, 16), (4, 8, 8, 16))],
+)
+def test_factor_transfer_loss_matches_numpy(p, factor, teacher_shape, student_shape):
+    if factor == "attention":  # channels may differ in attention mode
+        student_shape = student_shape[:3] + (5,)
+    teacher = rng.normal(size=teacher_shape).astype(np.float32)
+    student = rng.normal(size=student_shape).astype(np.float32)
+    loss = ft_keras.FactorTransferLoss(p=p, factor=factor)
+    got = float(loss(teacher, student))
+    np.testing.assert_allclose(
+        got, np_ft_loss(teacher, student, p, factor), rtol=1e-5)
+
+
+def test_p1_is_mean_over_all_elements_not_per_example_sum():
+    teacher = np.zeros((2, 1, 1, 4), np.float32)
+    teacher[:, 0, 0, 0] = 1.0
+    student = np.zeros((2, 1, 1, 4), np.float32)
+    student[:, 0, 0, 1] = 1.0
+    # Normalised factors are unit vectors e0 and e1: |diff| sums to 2 over
+    # 4 elements per example.
+    assert float(ft_keras.FactorTransferLoss(p=1)(teacher, student)) == 0.5
+    np.testing.assert_allclose(
+        float(ft_keras.FactorTransferLoss(p=2)(teacher, student)), np.sqrt(2),
+        rtol=1e-6)
+
+
+def test_loss_is_scale_invariant_and_zero_for_equal_factors():
+    x = rng.normal(size=(3, 4, 4, 8)).astype(np.float32)
+    loss = ft_keras.FactorTransferLoss()
+    assert float(loss(x, 7.0 * x)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_float16_factors_give_float32_loss():
+    x = rng.normal(size=(2, 4, 4, 8)).astype(np.float16)
+    y = rng.normal(size=(2, 4, 4, 8)).astype(np.float16)
+    value = ft_keras.FactorTransferLoss()(x, y)
+    assert value.dtype == tf.float32
+    np.testing.assert_allclose(
+        float(value), np_ft_loss(x.astype(np.float32), y.astype(np.float32), 1,
+                                 "full"), rtol=1e-3)
+
+
+@pytest.mark.parametrize("p", [0, 3, "1", True, 1.5])
+def test_bad_p_is_rejected(p):
+    with pytest.raises(ValueError, match=r"`p` must be 1 or 2. Received: p="):
+        ft_keras.FactorTransferLoss(p=p)
+
+
+def test_bad_factor_is_rejected():
+    with pytest.raises(ValueError, match="factor='spatial'"):
+        ft_keras.FactorTransferLoss(factor="spatial")
+
+
+def test_channel_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(2, 4, 4, 8\).*\(2, 4, 4, 6\)"):
+        ft_keras.FactorTransferLoss()(
+            np.ones((2, 4, 4, 8), np.float32), np.ones((2, 4, 4, 6), np.float32))
+
+
+def test_non_integer_spatial_ratio_is_rejected():
+    with pytest.raises(ValueError, match="integer multiple"):
+        ft_keras.FactorTransferLoss()(
+            np.ones((2, 6, 6, 8), np.float32), np.ones((2, 4, 4, 8), np.float32))
+
+
+@pytest.mark.parametrize(
+    "name, reference",
+    [("l1", lambda t, r: np.abs(r - t).mean()),
+     ("mse", lambda t, r: ((r - t) ** 2).mean()),
+     ("normalized_l2",
+      lambda t, r: ((np_normalize(r) - np_normalize(t)) ** 2).sum(1).mean())],
+)
+def test_reconstruction_losses_match_numpy(name, reference):
+    target = rng.normal(size=(3, 4, 4, 8)).astype(np.float32)
+    recon = rng.normal(size=(3, 4, 4, 8)).astype(np.float32)
+    got = float(losses.reconstruction_loss(name)(target, recon))
+    np.testing.assert_allclose(got, reference(target, recon), rtol=1e-5)
+
+
+def test_unknown_reconstruction_is_rejected():
+    with pytest.raises(ValueError, match="reconstruction='l3'"):
+        losses.reconstruction_loss("l3")
+
+
+def test_loss_under_mirrored_strategy_is_divided_by_replicas():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    teacher = rng.normal(size=(4, 4, 4, 8)).astype(np.float32)
+    student = rng.normal(size=(4, 4, 4, 8)).astype(np.float32)
+    loss = ft_keras.FactorTransferLoss()
+
+    @tf.function
+    def replica_fn(t, s):
+        return loss(t, s)
+
+    per_replica = strategy.run(replica_fn, args=(teacher, student))
+    # Each replica's value is its share of the global batch loss, so the sum
+    # over replicas (what gradients see) is the loss of the whole batch.
+    total = strategy.reduce("SUM", per_replica, axis=None)
+    np.testing.assert_allclose(
+        float(total), np_ft_loss(teacher, student, 1, "full"), rtol=1e-5)
+
+
+def test_config_round_trip():
+    loss = ft_keras.FactorTransferLoss(p=2, factor="attention", name="ft")
+    clone = ft_keras.FactorTransferLoss.from_config(loss.get_config())
+    assert (clone.p, clone.factor, clone.name) == (2, "attention", "ft")
