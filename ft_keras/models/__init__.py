@@ -1,0 +1,54 @@
+"""Networks with named feature taps for Factor Transfer.
+
+Every builder returns a functional, channels-last `keras.Model` whose output
+is the logits of a Dense layer named `logits`, and which carries identity
+layers named `stage1` ... `stageN` (stage outputs) and `last_conv` (pre-BN
+output of the last conv of the last block); `feature_taps(model)` lists them.
+
+- He et al. CIFAR ResNets: `resnet20`, `resnet32`, `resnet44`, `resnet56`,
+  `resnet110` (and `cifar_resnet(depth)`).
+- CIFAR ResNet-18/34/50 (MMPretrain's `ResNet_CIFAR`): `resnet18`,
+  `resnet34`, `resnet50`.
+- Wide ResNets: `wrn(depth, width)`.
+- ImageNet ResNets (torchvision): `imagenet_resnet18`, `imagenet_resnet34`,
+  `imagenet_resnet50`.
+- By name: `get(name, **kwargs)`, `available()`.
+"""
+
+from ft_keras.models.blocks import ZeroPadShortcut
+from ft_keras.models.he_resnet import cifar_resnet
+from ft_keras.models.he_resnet import resnet20
+from ft_keras.models.he_resnet import resnet32
+from ft_keras.models.he_resnet import resnet44
+from ft_keras.models.he_resnet import resnet56
+from ft_keras.models.he_resnet import resnet110
+from ft_keras.models.registry import available
+from ft_keras.models.registry import feature_taps
+from ft_keras.models.registry import get
+from ft_keras.models.resnet import imagenet_resnet18
+from ft_keras.models.resnet import imagenet_resnet34
+from ft_keras.models.resnet import imagenet_resnet50
+from ft_keras.models.resnet import resnet18
+from ft_keras.models.resnet import resnet34
+from ft_keras.models.resnet import resnet50
+from ft_keras.models.wide_resnet import wrn
+
+__all__ = [
+    "ZeroPadShortcut",
+    "available",
+    "cifar_resnet",
+    "feature_taps",
+    "get",
+    "imagenet_resnet18",
+    "imagenet_resnet34",
+    "imagenet_resnet50",
+    "resnet110",
+    "resnet18",
+    "resnet20",
+    "resnet32",
+    "resnet34",
+    "resnet44",
+    "resnet50",
+    "resnet56",
+    "wrn",
+]
