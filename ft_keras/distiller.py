@@ -93,6 +93,43 @@ def feature_extractor(model, layer_names, role, include_output=False):
     return keras.Model(inputs, outputs, name=f"{model.name}_{role}_features")
 
 
+def check_factor_shapes(
+    teacher_layer,
+    teacher_map,
+    paraphraser,
+    student_layer,
+    student_map,
+    translator,
+    factor="full",
+):
+    """Raises a `ValueError` naming both taps if their factors can't be
+    compared: in `"full"` mode they need equal channels, and in every mode
+    heights/widths that are integer multiples of each other.
+
+    `teacher_map` and `student_map` are the taps' shapes `(N, H, W, C)`; the
+    connectors need not be built.
+    """
+    teacher_factor = tuple(paraphraser.compute_output_shape(teacher_map))
+    student_factor = tuple(translator.compute_output_shape(student_map))
+    try:
+        if factor == "full" and teacher_factor[-1] != student_factor[-1]:
+            raise ValueError("channels differ")
+        ft_losses.match_spatial_size(
+            keras.KerasTensor(teacher_factor), keras.KerasTensor(student_factor)
+        )
+    except ValueError:
+        raise ValueError(
+            "The teacher factor and the student factor cannot be compared: "
+            f"teacher layer {teacher_layer!r} gives a map of shape "
+            f"{tuple(teacher_map)} and a teacher factor of shape "
+            f"{teacher_factor}; student layer {student_layer!r} gives a map of "
+            f"shape {tuple(student_map)} and a student factor of shape "
+            f"{student_factor}. The factors need the same number of channels "
+            f"(set `Translator(out_channels={teacher_factor[-1]})`) and "
+            "heights/widths that are integer multiples of each other."
+        ) from None
+
+
 def _freeze(model):
     model.trainable = False
     return model
@@ -352,37 +389,15 @@ class Distiller(keras.Model):
             paraphraser.build(teacher_map)
         if not translator.built:
             translator.build(student_map)
-        self._check_factor_shapes(teacher_map, student_map)
+        check_factor_shapes(
+            teacher_layer, teacher_map, paraphraser,
+            student_layer, student_map, translator, factor,
+        )
         self.built = True
 
         self.ce_loss_tracker = keras.metrics.Mean(name="ce_loss")
         self.ft_loss_tracker = keras.metrics.Mean(name="ft_loss")
         self._classification_loss = None
-
-    def _check_factor_shapes(self, teacher_map, student_map):
-        teacher_factor = self.paraphraser.compute_output_shape(teacher_map)
-        student_factor = self.translator.compute_output_shape(student_map)
-        try:
-            if self.factor == "full" and (
-                self.paraphraser.factor_channels != self.translator.out_channels
-            ):
-                raise ValueError("channels differ")
-            ft_losses.match_spatial_size(
-                keras.KerasTensor(teacher_factor),
-                keras.KerasTensor(student_factor),
-            )
-        except ValueError:
-            raise ValueError(
-                "The teacher factor and the student factor cannot be "
-                f"compared: teacher layer {self.teacher_layer!r} gives a map "
-                f"of shape {teacher_map} and a teacher factor of shape "
-                f"{teacher_factor}; student layer {self.student_layer!r} gives "
-                f"a map of shape {student_map} and a student factor of shape "
-                f"{student_factor}. The factors need the same number of "
-                "channels (set `Translator(out_channels="
-                f"{self.paraphraser.factor_channels})`) and heights/widths "
-                "that are integer multiples of each other."
-            ) from None
 
     def call(self, inputs, training=None):
         """Returns the student's logits."""

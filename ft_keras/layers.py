@@ -54,11 +54,14 @@ class _ConvStack(keras.layers.Layer):
     """Shared machinery: a stack of 3x3 'same' convolutions, each followed by
     optional BatchNormalization and a LeakyReLU."""
 
-    def __init__(self, use_bn=False, negative_slope=0.1, **kwargs):
+    def __init__(
+        self, use_bn=False, negative_slope=0.1, kernel_regularizer=None, **kwargs
+    ):
         super().__init__(**kwargs)
         _validate_negative_slope(negative_slope)
         self.use_bn = bool(use_bn)
         self.negative_slope = float(negative_slope)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
     def _make_block(self, conv_cls, filters, prefix):
         block = [
@@ -68,6 +71,7 @@ class _ConvStack(keras.layers.Layer):
                 strides=1,
                 padding="same",
                 use_bias=True,
+                kernel_regularizer=self.kernel_regularizer,
                 dtype=self.dtype_policy,
                 name=f"{prefix}_conv",
             )
@@ -112,7 +116,13 @@ class _ConvStack(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"use_bn": self.use_bn, "negative_slope": self.negative_slope}
+            {
+                "use_bn": self.use_bn,
+                "negative_slope": self.negative_slope,
+                "kernel_regularizer": keras.regularizers.serialize(
+                    self.kernel_regularizer
+                ),
+            }
         )
         return config
 
@@ -138,6 +148,9 @@ class Paraphraser(_ConvStack):
         use_bn: Whether to put `BatchNormalization` after each convolution
             (RepDistiller's choice). The paper's code has none.
         negative_slope: Slope of the LeakyReLU for negative inputs.
+        kernel_regularizer: Optional regularizer of the convolution kernels
+            (e.g. `keras.regularizers.L2(2.5e-4)` for the paper's weight
+            decay of 5e-4).
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Example:
@@ -151,8 +164,20 @@ class Paraphraser(_ConvStack):
     ```
     """
 
-    def __init__(self, rate=0.5, use_bn=False, negative_slope=0.1, **kwargs):
-        super().__init__(use_bn=use_bn, negative_slope=negative_slope, **kwargs)
+    def __init__(
+        self,
+        rate=0.5,
+        use_bn=False,
+        negative_slope=0.1,
+        kernel_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(
+            use_bn=use_bn,
+            negative_slope=negative_slope,
+            kernel_regularizer=kernel_regularizer,
+            **kwargs,
+        )
         if (
             isinstance(rate, bool)
             or not isinstance(rate, (int, float))
@@ -222,6 +247,9 @@ class Translator(_ConvStack):
         use_bn: Whether to put `BatchNormalization` after each convolution
             (MMRazor's and RepDistiller's choice). The paper's code has none.
         negative_slope: Slope of the LeakyReLU for negative inputs.
+        kernel_regularizer: Optional regularizer of the convolution kernels
+            (e.g. `keras.regularizers.L2(2.5e-4)` for the paper's weight
+            decay of 5e-4).
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Example:
@@ -234,8 +262,20 @@ class Translator(_ConvStack):
     ```
     """
 
-    def __init__(self, out_channels, use_bn=False, negative_slope=0.1, **kwargs):
-        super().__init__(use_bn=use_bn, negative_slope=negative_slope, **kwargs)
+    def __init__(
+        self,
+        out_channels,
+        use_bn=False,
+        negative_slope=0.1,
+        kernel_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(
+            use_bn=use_bn,
+            negative_slope=negative_slope,
+            kernel_regularizer=kernel_regularizer,
+            **kwargs,
+        )
         if (
             isinstance(out_channels, bool)
             or not isinstance(out_channels, int)

@@ -122,3 +122,15 @@ def test_keras_file_round_trip_is_exact(tmp_path):
         np.asarray(para.reconstruct(x)),
         np.asarray(model.get_layer("para").reconstruct(x)),
     )
+
+
+def test_kernel_regularizer_adds_losses_and_round_trips():
+    translator = ft_keras.Translator(
+        4, kernel_regularizer=keras.regularizers.L2(0.5))
+    translator.build((None, 4, 4, 2))
+    expected = 0.5 * sum(float(np.sum(np.square(np.array(block[0].kernel))))
+                         for block in translator.blocks)
+    np.testing.assert_allclose(
+        float(sum(translator.losses)), expected, rtol=1e-6)
+    clone = ft_keras.Translator.from_config(translator.get_config())
+    assert clone.kernel_regularizer.get_config() == {"l2": 0.5}
