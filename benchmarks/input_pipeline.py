@@ -1,0 +1,221 @@
+"""Is the CIFAR-10 input pipeline fast enough to keep a ResNet busy?
+
+Measures, on this machine's CPU:
+
+1. images/second produced by the `ft_keras.data` CIFAR-10 training pipeline
+   (pad + crop + flip + normalise, batch 128, in-memory cache, shuffle over
+   the whole split), on `tfds.testing.mock_data` examples so it runs offline.
+   Epoch 1 (generating the examples and filling the cache) is the warm-up
+   and is reported separately; the figure is the median over the following
+   full epochs.
+2. images/second consumed by a compiled `model.fit` train step of ResNet-20
+   and ResNet-56 (SGD momentum 0.9, sparse categorical cross-entropy, batch
+   128, random data), median over several timed `fit` calls after a warm-up
+   call that traces the step.
+
+and prints the ratio pipeline / ResNet-20 (target: >= 5x).
+
+Run:
+
+    python benchmarks/input_pipeline.py
+
+(about 1.5-2 minutes on 2 cores; `--help` lists the knobs.)
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import time
+import warnings
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+
+from ft_keras import data  # noqa: E402
+
+BATCH = 128
+
+
+def pipeline_throughput(examples, epochs, augment):
+    """Returns (warm-up epoch images/s, [images/s of each timed epoch])."""
+    with tfds.testing.mock_data(num_examples=examples):
+        ds = data.build_dataset(
+            "cifar10",
+            "train",
+            batch_size=BATCH,
+            training=True,
+            augment=augment,
+        )
+        rates = []
+        for _ in range(epochs + 1):
+            start = time.perf_counter()
+            images = 0
+            for x, _ in ds:
+                images += x.shape[0]
+            rates.append(images / (time.perf_counter() - start))
+    return rates[0], rates[1:]
+
+
+def _local_resnet(depth):
+    """He et al. CIFAR ResNet, used only if ft_keras.models is missing."""
+
+    def block(x, filters, stride):
+        shortcut = x
+        y = keras.layers.Conv2D(filters, 3, stride, "same", use_bias=False)(x)
+        y = keras.layers.ReLU()(keras.layers.BatchNormalization()(y))
+        y = keras.layers.Conv2D(filters, 3, 1, "same", use_bias=False)(y)
+        y = keras.layers.BatchNormalization()(y)
+        if stride != 1 or x.shape[-1] != filters:
+            shortcut = keras.layers.Conv2D(filters, 1, stride, use_bias=False)(
+                x
+            )
+            shortcut = keras.layers.BatchNormalization()(shortcut)
+        return keras.layers.ReLU()(y + shortcut)
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(16, 3, 1, "same", use_bias=False)(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    for stage, filters in enumerate((16, 32, 64)):
+        for i in range((depth - 2) // 6):
+            x = block(x, filters, 2 if stage and not i else 1)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+def get_network(name, wait_minutes):
+    """`ft_keras.models.get(name, ...)`; polls while a colleague writes it."""
+    deadline = time.monotonic() + 60 * wait_minutes
+    while True:
+        try:
+            from ft_keras import models
+
+            return models.get(name, num_classes=10, input_shape=(32, 32, 3)), (
+                "ft_keras.models"
+            )
+        except (ImportError, AttributeError, KeyError, ValueError) as error:
+            if time.monotonic() > deadline:
+                print(
+                    f"ft_keras.models unavailable ({error}); using a local "
+                    f"{name}"
+                )
+                return _local_resnet(int(name[len("resnet") :])), "local"
+            time.sleep(60)
+
+
+def train_step_throughput(name, steps, runs, wait_minutes):
+    """Returns ([images/s of each timed fit], jit_compile, source)."""
+    model, source = get_network(name, wait_minutes)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH * 4, 32, 32, 3), dtype=np.float32)
+    y = rng.integers(0, 10, BATCH * 4).astype(np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).repeat()
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # trace + warm up
+    rates = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        rates.append(steps * BATCH / (time.perf_counter() - start))
+    return rates, model.jit_compile, source
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=50_000,
+        help="mock CIFAR-10 training examples",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help="timed pipeline epochs (after 1 warm-up epoch)",
+    )
+    parser.add_argument(
+        "--augment",
+        nargs="*",
+        default=[],
+        help="extra augmentations, e.g. randaugment",
+    )
+    parser.add_argument(
+        "--steps20",
+        type=int,
+        default=15,
+        help="train steps per timed ResNet-20 fit",
+    )
+    parser.add_argument(
+        "--steps56",
+        type=int,
+        default=6,
+        help="train steps per timed ResNet-56 fit",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="timed fits per network"
+    )
+    parser.add_argument(
+        "--wait-minutes",
+        type=float,
+        default=20,
+        help="how long to wait for ft_keras.models",
+    )
+    args = parser.parse_args()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
+
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{cores} CPU cores (os.cpu_count()={os.cpu_count()}), "
+        f"{len(tf.config.list_physical_devices('GPU'))} GPUs, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+        f"tensorflow-datasets {tfds.__version__}"
+    )
+
+    warm, rates = pipeline_throughput(args.examples, args.epochs, args.augment)
+    pipeline = statistics.median(rates)
+    label = "+".join(["pad-crop-flip"] + args.augment)
+    print(
+        f"input pipeline (cifar10 train, {label}, batch {BATCH}, "
+        f"{args.examples} mock examples): {pipeline:,.0f} images/s "
+        f"(median of {len(rates)} epochs: "
+        f"{', '.join(f'{r:,.0f}' for r in rates)}; warm-up epoch 1 "
+        f"incl. example generation + cache fill: {warm:,.0f})"
+    )
+
+    results = {}
+    for name, steps in (("resnet20", args.steps20), ("resnet56", args.steps56)):
+        rates, jit, source = train_step_throughput(
+            name, steps, args.runs, args.wait_minutes
+        )
+        results[name] = statistics.median(rates)
+        print(
+            f"{name} train step ({source}, SGD, sparse CE, batch {BATCH}, "
+            f"jit_compile={jit}): {results[name]:,.0f} images/s (median of "
+            f"{len(rates)} fits x {steps} steps: "
+            f"{', '.join(f'{r:,.0f}' for r in rates)})"
+        )
+
+    for name, rate in results.items():
+        print(f"ratio pipeline / {name}: {pipeline / rate:.1f}x")
+    ratio = pipeline / results["resnet20"]
+    print(
+        f"target pipeline >= 5x resnet20: "
+        f"{'MET' if ratio >= 5 else 'NOT MET'} ({ratio:.1f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

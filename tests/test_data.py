@@ -1,0 +1,629 @@
+"""Input pipelines: TFDS (via `tfds.testing.mock_data`), digits, offline."""
+
+import os
+import socket
+import tempfile
+import time
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import keras
+
+from ft_keras import data
+
+CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
+NUM_MOCK = 100
+
+
+@pytest.fixture
+def mock_tfds():
+    """The real `builder.as_dataset` path, on generated examples."""
+    with tfds.testing.mock_data(num_examples=NUM_MOCK):
+        yield
+
+
+def batches(ds, n=None):
+    ds = ds if n is None else ds.take(n)
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def raw_examples(name, split="train"):
+    """The mocked uint8 images and labels, read straight from TFDS."""
+    ds = tfds.load(name, split=split, as_supervised=True)
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.stack(images), np.array(labels)
+
+
+# --------------------------------------------------------------------------
+# Names, shapes, classes: no data needed.
+
+
+@pytest.mark.parametrize(
+    "name, classes, shape",
+    [
+        ("cifar10", 10, (32, 32, 3)),
+        ("cifar100", 100, (32, 32, 3)),
+        ("imagenet2012", 1000, (224, 224, 3)),
+        ("digits", 10, (8, 8, 1)),
+        ("mnist", 10, (28, 28, 1)),
+    ],
+)
+def test_num_classes_and_input_shape_without_data(name, classes, shape):
+    assert data.num_classes(name) == classes
+    assert data.input_shape(name) == shape
+
+
+def test_unknown_name_suggests_close_matches_and_list_builders():
+    with pytest.raises(ValueError, match="list_builders") as info:
+        data.build_dataset("cifar_10", "train", batch_size=8, training=True)
+    assert "'cifar10'" in str(info.value)
+    with pytest.raises(ValueError, match="list_builders"):
+        data.num_classes("no_such_dataset_xyz")
+
+
+def test_unknown_option_and_bad_values_are_rejected_with_the_value():
+    with pytest.raises(
+        TypeError, match="shufle_buffer.*Did you mean shuffle_buffer"
+    ):
+        data.build_dataset(
+            "digits", "train", batch_size=8, training=True, shufle_buffer=10
+        )
+    with pytest.raises(ValueError, match="augment=.*'autoaugment'"):
+        data.build_dataset(
+            "digits",
+            "train",
+            batch_size=8,
+            training=True,
+            augment=["autoaugment"],
+        )
+    with pytest.raises(ValueError, match="batch_size=0"):
+        data.build_dataset("digits", "train", batch_size=0, training=True)
+    with pytest.raises(ValueError, match="mean=.*0.1, 0.2"):
+        data.build_dataset(
+            "digits", "train", batch_size=8, training=True, mean=(0.1, 0.2)
+        )
+    with pytest.raises(ValueError, match="split='validation'"):
+        data.build_dataset("digits", "validation", batch_size=8, training=True)
+
+
+# --------------------------------------------------------------------------
+# CIFAR through the real TFDS code path (mocked examples).
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_eval_is_pytorch_to_tensor_then_normalize(mock_tfds, name):
+    raw_images, raw_labels = raw_examples(name, "test")
+    ds = data.build_dataset(name, "test", batch_size=32, training=False)
+    (images, labels), *_ = batches(ds)
+    assert images.shape == (32, 32, 32, 3) and images.dtype == np.float32
+    assert labels.dtype == np.int32
+    assert labels.min() >= 0 and labels.max() < data.num_classes(name)
+    mean, std = (
+        np.array(v, np.float32) for v in data.normalization_stats(name)
+    )
+    expected = (raw_images[:32].astype(np.float32) / 255.0 - mean) / std
+    np.testing.assert_allclose(images, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(labels, raw_labels[:32])
+    # Value range: exactly the normalised [0, 1] range.
+    assert images.min() >= (-mean / std).min() - 1e-5
+    assert images.max() <= ((1 - mean) / std).max() + 1e-5
+
+
+def test_cifar_eval_pipeline_is_identical_across_iterations(mock_tfds):
+    ds = data.build_dataset("cifar10", "test", batch_size=16, training=False)
+    first, second = batches(ds), batches(ds)
+    for (x1, y1), (x2, y2) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_cifar_train_is_pad4_crop_flip_of_the_eval_image(mock_tfds):
+    kwargs = dict(batch_size=20, seed=3, deterministic=True)
+    (train, _), *_ = batches(
+        data.build_dataset(
+            "cifar10", "train", training=True, shuffle_buffer=0, **kwargs
+        )
+    )
+    (plain, _), *_ = batches(
+        data.build_dataset("cifar10", "train", training=False, **kwargs)
+    )
+    changed = [not np.array_equal(t, p) for t, p in zip(train, plain)]
+    assert sum(changed) >= 15  # unchanged only for offset (4, 4) and no flip
+    pad_value = -CIFAR10_MEAN / CIFAR10_STD  # a zero pixel, normalised
+    for t, p in zip(train, plain):
+        padded = np.broadcast_to(pad_value, (40, 40, 3)).copy()
+        padded[4:36, 4:36] = p
+        candidates = [
+            c
+            for dy in range(9)
+            for dx in range(9)
+            for c in (
+                padded[dy : dy + 32, dx : dx + 32],
+                padded[dy : dy + 32, dx : dx + 32][:, ::-1],
+            )
+        ]
+        assert any(np.allclose(t, c, atol=1e-6) for c in candidates)
+
+
+def test_cifar_train_is_repeatable_with_deterministic_and_seed(mock_tfds):
+    def first_two(seed):
+        return batches(
+            data.build_dataset(
+                "cifar10",
+                "train",
+                batch_size=16,
+                training=True,
+                deterministic=True,
+                seed=seed,
+            ),
+            2,
+        )
+
+    a, b, c = first_two(7), first_two(7), first_two(8)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert any(not np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
+
+
+def test_cifar_train_draws_new_augmentation_each_epoch(mock_tfds):
+    ds = data.build_dataset(
+        "cifar10",
+        "train",
+        batch_size=16,
+        training=True,
+        deterministic=True,
+        seed=1,
+    )
+    first, second = batches(ds), batches(ds)
+    assert any(
+        not np.array_equal(x1, x2) for (x1, _), (x2, _) in zip(first, second)
+    )
+
+
+def test_global_batch_size_and_drop_remainder(mock_tfds):
+    train = batches(
+        data.build_dataset("cifar100", "train", batch_size=32, training=True)
+    )
+    assert [x.shape[0] for x, _ in train] == [32, 32, 32]  # 100 // 32, no rest
+    test = batches(
+        data.build_dataset("cifar100", "test", batch_size=32, training=False)
+    )
+    assert [x.shape[0] for x, _ in test] == [32, 32, 32, 4]
+    kept = batches(
+        data.build_dataset(
+            "cifar100",
+            "train",
+            batch_size=32,
+            training=True,
+            drop_remainder=False,
+        )
+    )
+    assert sum(x.shape[0] for x, _ in kept) == NUM_MOCK
+    ds = data.build_dataset("cifar100", "train", batch_size=32, training=True)
+    assert ds.element_spec[0].shape.as_list() == [32, 32, 32, 3]
+
+
+def test_repeat_makes_the_dataset_infinite(mock_tfds):
+    ds = data.build_dataset(
+        "cifar10", "train", batch_size=32, training=True, repeat=True
+    )
+    assert ds.cardinality() == tf.data.INFINITE_CARDINALITY
+    assert len(batches(ds, 10)) == 10
+
+
+@pytest.mark.parametrize(
+    "augment, one_hot",
+    [
+        (["randaugment"], False),
+        (["cutmix"], True),
+        (["mixup"], True),
+        (["randaugment", "cutmix", "mixup"], True),
+    ],
+)
+def test_keras_augmentations_shapes_and_soft_labels(
+    mock_tfds, augment, one_hot
+):
+    ds = data.build_dataset(
+        "cifar10",
+        "train",
+        batch_size=16,
+        training=True,
+        seed=0,
+        augment=augment,
+    )
+    (images, labels), *_ = batches(ds, 1)
+    assert images.shape == (16, 32, 32, 3) and images.dtype == np.float32
+    assert np.isfinite(images).all()
+    if one_hot:
+        assert labels.shape == (16, 10) and labels.dtype == np.float32
+        np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+        # Eval labels of the same options are one-hot too (same loss fits).
+        (_, eval_labels), *_ = batches(
+            data.build_dataset(
+                "cifar10",
+                "test",
+                batch_size=16,
+                training=False,
+                augment=augment,
+            ),
+            1,
+        )
+        assert eval_labels.shape == (16, 10)
+        np.testing.assert_array_equal(eval_labels.max(axis=1), 1.0)
+    else:
+        assert labels.shape == (16,) and labels.dtype == np.int32
+
+
+def test_keras_augmentations_are_repeatable_with_deterministic(mock_tfds):
+    def first(seed):
+        return batches(
+            data.build_dataset(
+                "cifar10",
+                "train",
+                batch_size=16,
+                training=True,
+                seed=seed,
+                deterministic=True,
+                augment=["randaugment", "mixup"],
+            ),
+            1,
+        )[0]
+
+    (xa, ya), (xb, yb) = first(4), first(4)
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(ya, yb)
+
+
+def test_keras_cv_augmentations_need_keras_cv(mock_tfds):
+    try:
+        import keras_cv  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install keras-cv"):
+            data.build_dataset(
+                "cifar10",
+                "train",
+                batch_size=8,
+                training=True,
+                augment=["keras_cv.mixup"],
+            )
+    else:
+        ds = data.build_dataset(
+            "cifar10",
+            "train",
+            batch_size=8,
+            training=True,
+            augment=["keras_cv.mixup"],
+        )
+        assert batches(ds, 1)[0][1].shape == (8, 10)
+
+
+def test_imagenet_train_and_eval_crops(mock_tfds):
+    train = data.build_dataset(
+        "imagenet2012", "train", batch_size=4, training=True, seed=0
+    )
+    evaluation = data.build_dataset(
+        "imagenet2012", "validation", batch_size=4, training=False
+    )
+    for ds in (train, evaluation):
+        (images, labels), *_ = batches(ds, 1)
+        assert images.shape == (4, 224, 224, 3) and labels.dtype == np.int32
+
+
+def test_random_resized_crop_window_stays_inside_the_image():
+    for i, (h, w) in enumerate([(375, 500), (500, 333), (64, 64), (10, 300)]):
+        top, left, ch, cw = (
+            int(v)
+            for v in data._resized_crop_window(
+                tf.constant(h), tf.constant(w), tf.constant([i, 1])
+            )
+        )
+        assert 0 < ch <= h and 0 < cw <= w
+        assert 0 <= top <= h - ch and 0 <= left <= w - cw
+
+
+# --------------------------------------------------------------------------
+# Distribution: the batch size is global.
+
+
+def test_experimental_distribute_dataset_splits_the_global_batch(mock_tfds):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    ds = data.build_dataset(
+        "cifar10", "train", batch_size=32, training=True, seed=0
+    )
+    dist = strategy.experimental_distribute_dataset(ds)
+    steps = 0
+    for images, labels in dist:
+        per_replica = strategy.experimental_local_results(images)
+        assert [x.shape[0] for x in per_replica] == [16, 16]
+        assert all(
+            y.shape == (16,)
+            for y in strategy.experimental_local_results(labels)
+        )
+        steps += 1
+    assert steps == NUM_MOCK // 32
+
+
+def test_fit_under_mirrored_strategy_on_digits():
+    # Reduction through one device, not collective ops: collective instance
+    # keys restart with every MirroredStrategy, and a later strategy in the
+    # same process (e.g. SyncBatchNormalization in test_distiller.py) would
+    # otherwise collide with the instances this one leaves behind.
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
+    with strategy.scope():
+        ds = data.build_dataset(
+            "digits",
+            "train",
+            batch_size=64,
+            training=True,
+            seed=0,
+            augment=["mixup"],
+        )
+        model = keras.Sequential(
+            [
+                keras.Input(data.input_shape("digits")),
+                keras.layers.Flatten(),
+                keras.layers.Dense(data.num_classes("digits")),
+            ]
+        )
+        model.compile(
+            "sgd", keras.losses.CategoricalCrossentropy(from_logits=True)
+        )
+    history = model.fit(ds, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+# --------------------------------------------------------------------------
+# digits: scikit-learn's bundled images, no network.
+
+
+def test_digits_split_sizes_and_stratification():
+    counts = {}
+    for split in ("train", "test"):
+        ds = data.build_dataset("digits", split, batch_size=100, training=False)
+        labels = np.concatenate([y for _, y in batches(ds)])
+        counts[split] = np.bincount(labels, minlength=10)
+    assert counts["train"].sum() == data.DIGITS_TRAIN_SIZE == 1437
+    assert counts["test"].sum() == data.DIGITS_TEST_SIZE == 360
+    # Stratified: every class is 20% of its examples in test, +-1.
+    total = counts["train"] + counts["test"]
+    np.testing.assert_allclose(counts["test"], total * 360 / 1797, atol=1)
+
+
+def test_digits_eval_is_deterministic_and_normalised_with_train_stats():
+    ds = data.build_dataset("digits", "train", batch_size=1437, training=False)
+    ((x1, y1),) = batches(ds)
+    ((x2, y2),) = batches(ds)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert x1.shape == (1437, 8, 8, 1)
+    # Normalised with the train split's own mean/std.
+    assert abs(x1.mean()) < 1e-5 and abs(x1.std() - 1) < 1e-5
+    (mean,), (std,) = data.normalization_stats("digits")
+    assert 0.30 < mean < 0.31 and 0.37 < std < 0.38
+
+
+def test_digits_train_shifts_by_at_most_one_pixel_and_never_flips():
+    kwargs = dict(batch_size=64, seed=2, deterministic=True)
+    (train, _), *_ = batches(
+        data.build_dataset(
+            "digits", "train", training=True, shuffle_buffer=0, **kwargs
+        )
+    )
+    (plain, _), *_ = batches(
+        data.build_dataset("digits", "train", training=False, **kwargs)
+    )
+    (mean,), (std,) = data.normalization_stats("digits")
+    pad_value = -mean / std
+    for t, p in zip(train, plain):
+        padded = np.full((10, 10, 1), pad_value, np.float32)
+        padded[1:9, 1:9] = p
+        shifts = [
+            padded[dy : dy + 8, dx : dx + 8]
+            for dy in range(3)
+            for dx in range(3)
+        ]
+        assert any(np.allclose(t, s, atol=1e-6) for s in shifts)
+    assert any(not np.array_equal(t, p) for t, p in zip(train, plain))
+
+
+def test_digits_train_is_repeatable_with_deterministic_and_seed():
+    def first(seed):
+        return batches(
+            data.build_dataset(
+                "digits",
+                "train",
+                batch_size=32,
+                training=True,
+                deterministic=True,
+                seed=seed,
+            ),
+            3,
+        )
+
+    for (xa, ya), (xb, yb) in zip(first(1), first(1)):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert not np.array_equal(first(1)[0][1], first(2)[0][1])
+
+
+# --------------------------------------------------------------------------
+# Offline: not prepared and no network -> one-line error within seconds.
+
+
+def assert_one_line_error(error, name, data_dir):
+    message = str(error)
+    assert "\n" not in message
+    assert repr(name) in message and data_dir in message
+
+
+def test_offline_not_prepared_dataset_fails_fast():
+    host_is_reachable = not data._unreachable([("www.cs.toronto.edu", 443)])
+    if host_is_reachable:
+        pytest.skip("The CIFAR host is reachable: this would download CIFAR.")
+    data_dir = tempfile.mkdtemp()
+    start = time.monotonic()
+    with pytest.raises(data.DatasetNotPreparedError) as info:
+        data.build_dataset(
+            "cifar10", "train", batch_size=8, training=True, data_dir=data_dir
+        )
+    assert time.monotonic() - start < 30
+    assert_one_line_error(info.value, "cifar10", data_dir)
+    assert "download_and_prepare" in str(info.value)
+
+
+def test_offline_probe_gives_up_after_its_timeout_on_a_hanging_network(
+    monkeypatch,
+):
+    def hang(*args, **kwargs):
+        time.sleep(60)
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    data_dir = tempfile.mkdtemp()
+    start = time.monotonic()
+    with pytest.raises(data.DatasetNotPreparedError, match="not reachable"):
+        data.build_dataset(
+            "cifar100", "train", batch_size=8, training=True, data_dir=data_dir
+        )
+    assert time.monotonic() - start < 10
+
+
+def test_download_false_fails_without_touching_the_network(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was probed")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    data_dir = tempfile.mkdtemp()
+    with pytest.raises(
+        data.DatasetNotPreparedError, match="download=False"
+    ) as info:
+        data.build_dataset(
+            "cifar10",
+            "test",
+            batch_size=8,
+            training=False,
+            data_dir=data_dir,
+            download=False,
+        )
+    assert_one_line_error(info.value, "cifar10", data_dir)
+
+
+def test_imagenet_without_manual_archives_says_where_to_put_them():
+    data_dir = tempfile.mkdtemp()
+    with pytest.raises(data.DatasetNotPreparedError) as info:
+        data.build_dataset(
+            "imagenet2012",
+            "train",
+            batch_size=8,
+            training=True,
+            data_dir=data_dir,
+        )
+    assert_one_line_error(info.value, "imagenet2012", data_dir)
+    assert "ILSVRC2012_img_train.tar" in str(info.value)
+    assert f"{data_dir}/downloads/manual" in str(info.value)
+
+
+def test_probe_ok_then_download_failure_is_one_line(monkeypatch):
+    """Reachable host: TFDS's own download runs; its failure is wrapped."""
+    calls = []
+
+    class Connection:
+        def close(self):
+            pass
+
+    def download_and_prepare(self, *args, **kwargs):
+        calls.append(self.name)
+        raise ConnectionError("Max retries exceeded\nwith url: cifar-10")
+
+    monkeypatch.setattr(
+        socket, "create_connection", lambda *a, **k: Connection()
+    )
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare
+    )
+    data_dir = tempfile.mkdtemp()
+    with pytest.raises(
+        data.DatasetNotPreparedError, match="downloading it failed"
+    ) as info:
+        data.build_dataset(
+            "cifar10", "train", batch_size=8, training=True, data_dir=data_dir
+        )
+    assert calls == ["cifar10"]
+    assert_one_line_error(info.value, "cifar10", data_dir)
+
+
+# --------------------------------------------------------------------------
+# A really prepared dataset (TFDS's own CIFAR-10 generator on small fake
+# archives) is read from data_dir without any network access.
+
+
+@pytest.fixture(scope="module")
+def prepared_cifar10(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tfds")
+    extracted = root / "extracted"
+    batches_dir = extracted / "cifar-10-batches-bin"
+    batches_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    records = {}
+    for index, filename in enumerate(
+        [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    ):
+        labels = rng.integers(0, 10, size=8, dtype=np.uint8)
+        chw = rng.integers(0, 256, size=(8, 3, 32, 32), dtype=np.uint8)
+        rows = np.concatenate([labels[:, None], chw.reshape(8, -1)], axis=1)
+        (batches_dir / filename).write_bytes(rows.tobytes())
+        records[filename] = (chw.transpose(0, 2, 3, 1), labels)
+    (batches_dir / "batches.meta.txt").write_text(
+        "\n".join(f"class{i}" for i in range(10)) + "\n"
+    )
+    data_dir = str(root / "data")
+    with mock.patch.object(
+        tfds.download.DownloadManager,
+        "download_and_extract",
+        lambda self, url: str(extracted),
+    ):
+        tfds.builder("cifar10", data_dir=data_dir).download_and_prepare()
+    return data_dir, records["test_batch.bin"]
+
+
+def test_prepared_dataset_is_read_without_network(
+    prepared_cifar10, monkeypatch
+):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was probed")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    data_dir, (test_images, test_labels) = prepared_cifar10
+    assert os.path.isdir(os.path.join(data_dir, "cifar10"))
+    ((images, labels),) = batches(
+        data.build_dataset(
+            "cifar10",
+            "test",
+            batch_size=8,
+            training=False,
+            data_dir=data_dir,
+            download=False,
+        )
+    )
+    # TFDS stores examples in a hashed order: match them one by one.
+    expected = (test_images / np.float32(255.0) - CIFAR10_MEAN) / CIFAR10_STD
+    order = [
+        int(np.argmin(np.abs(expected - x).max(axis=(1, 2, 3)))) for x in images
+    ]
+    assert sorted(order) == list(range(8))
+    np.testing.assert_allclose(images, expected[order], atol=1e-6)
+    np.testing.assert_array_equal(labels, test_labels[order])
+    train = batches(
+        data.build_dataset(
+            "cifar10", "train", batch_size=16, training=True, data_dir=data_dir
+        )
+    )
+    assert [x.shape for x, _ in train] == [(16, 32, 32, 3)] * 2  # 40 // 16
