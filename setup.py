@@ -36,6 +36,8 @@ setup(
         "importlib_resources>=6",
         "gin-config>=0.5,<0.6",
         "absl-py>=2.1",
+        # TensorFlow 2.21 no longer installs it; the runner logs to it.
+        "tensorboard>=2.19",
         "scikit-learn>=1.4",
         "numpy>=1.26",
     ],

@@ -109,6 +109,13 @@ def check_factor_shapes(
     `teacher_map` and `student_map` are the taps' shapes `(N, H, W, C)`; the
     connectors need not be built.
     """
+    for layer, shape in ((teacher_layer, teacher_map), (student_layer, student_map)):
+        if len(shape) != 4:
+            raise ValueError(
+                f"Layer {layer!r} gives a tensor of shape {tuple(shape)}; a "
+                "factor transfer tap must be a (batch, height, width, "
+                "channels) feature map, such as a stage output."
+            )
     teacher_factor = tuple(paraphraser.compute_output_shape(teacher_map))
     student_factor = tuple(translator.compute_output_shape(student_map))
     try:

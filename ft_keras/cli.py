@@ -1,0 +1,76 @@
+"""Command-line plumbing shared by `ft_keras.train`, `ft_keras.evaluate` and
+`ft_keras.export`: flags, gin parsing, and errors as exit codes.
+
+Exit status: 0 on success; 2 when the experiment cannot start (a gin typo, a
+missing file or value, an unknown dataset, data not prepared, mismatched
+taps or checkpoint, a workdir of another config), with one line on stderr
+naming the problem; 1 when training fails (e.g. a NaN loss).
+Set FT_KERAS_TRACEBACK=1 to see the traceback of these errors.
+"""
+
+import os
+import pathlib
+import sys
+
+import gin
+from absl import flags
+
+FLAGS = flags.FLAGS
+_REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def define_flags():
+    flags.DEFINE_multi_string(
+        "gin_file", [], "Gin config file(s), parsed in order."
+    )
+    flags.DEFINE_multi_string(
+        "gin_bindings", [], "Gin bindings, e.g. 'student/training.epochs = 10'."
+    )
+    flags.DEFINE_string("workdir", None, "Directory of the experiment.")
+    flags.DEFINE_bool(
+        "overwrite", False, "Delete the workdir first and start over."
+    )
+    flags.mark_flag_as_required("workdir")
+
+
+def _fail(error, code):
+    if isinstance(error, Exception) and os.environ.get("FT_KERAS_TRACEBACK"):
+        raise error
+    first = " ".join(str(error).split())
+    print(f"ft_keras: error: {first}", file=sys.stderr, flush=True)
+    return code
+
+
+def parse_config(gin_files, gin_bindings):
+    """Parses gin files (includes are resolved from the current directory
+    and from the ft_keras checkout) and bindings."""
+    from ft_keras import config  # noqa: F401  (registers the configurables)
+
+    gin.add_config_file_search_path(str(_REPO_ROOT))
+    for path in gin_files:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Gin file not found: {path}")
+    config.parse(gin_files, gin_bindings)
+
+
+def run(argv, stages=None):
+    """Parses the config, builds the experiment and runs it; returns the
+    process exit status."""
+    del argv
+    from ft_keras import callbacks
+    from ft_keras import train
+
+    if not FLAGS.gin_file:
+        return _fail("give at least one --gin_file.", 2)
+    try:
+        parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
+        experiment = train.Experiment(
+            FLAGS.workdir, overwrite=FLAGS.overwrite, stages=stages
+        )
+    except Exception as e:  # noqa: BLE001 - every start-up error is reported.
+        return _fail(e, 2)
+    try:
+        experiment.run()
+    except (callbacks.NonFiniteLossError, train.ConfigurationError) as e:
+        return _fail(e, 1 if isinstance(e, callbacks.NonFiniteLossError) else 2)
+    return 0

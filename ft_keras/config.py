@@ -1,0 +1,252 @@
+"""What gin binds: small configurable functions that return plain settings.
+
+Each stage of an experiment reads its settings from these functions, called
+under a gin scope (`teacher/`, `paraphraser/`, `student/`); the objects built
+from them are ordinary Keras objects. In a gin file:
+
+    dataset.name = 'cifar10'
+    teacher/network.name = 'resnet56'
+    student/network.name = 'resnet20'
+    teacher/training.epochs = 164
+    factor_transfer.teacher_layer = 'stage3'
+
+Every function is called once when the experiment starts, before any work,
+so a missing required value or a typo fails at once.
+"""
+
+import dataclasses
+
+import gin
+
+STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    name: str
+    data_dir: str
+    batch_size: int
+    eval_batch_size: int
+    train_split: str
+    test_split: str
+    options: dict
+    eval_options: dict
+
+
+@gin.configurable("dataset")
+def dataset(
+    name=gin.REQUIRED,
+    data_dir=None,
+    batch_size=128,
+    eval_batch_size=None,
+    train_split="train",
+    test_split="test",
+    options=None,
+    eval_options=None,
+):
+    """The dataset, and the batch size *per replica*.
+
+    `options` go to `ft_keras.data.build_dataset` for the training split,
+    `eval_options` for the test split (e.g. `{'mean': ..., 'std': ...}`).
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"`dataset.batch_size` must be a positive integer (per replica). "
+            f"Received: batch_size={batch_size!r}"
+        )
+    return DataConfig(
+        name=name,
+        data_dir=data_dir,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size or batch_size,
+        train_split=train_split,
+        test_split=test_split,
+        options=dict(options or {}),
+        eval_options=dict(eval_options or {}),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    name: str
+    kwargs: dict
+
+
+@gin.configurable("network")
+def network(name=gin.REQUIRED, **kwargs):
+    """A network of `ft_keras.models.get` and its keyword arguments
+    (`weight_decay`, `shortcut`, `dropout`, ...). Bind it under a scope:
+    `teacher/network.name = 'resnet56'`."""
+    return NetworkConfig(name=name, kwargs=dict(kwargs))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int
+    optimizer: dict
+
+
+@gin.configurable("training")
+def training(
+    epochs=gin.REQUIRED,
+    optimizer="sgd",
+    learning_rate=0.1,
+    momentum=0.9,
+    nesterov=False,
+    schedule="step",
+    boundaries=(),
+    decay=0.1,
+    warmup_epochs=0,
+    weight_decay=None,
+):
+    """A stage's schedule: epochs and the optimizer settings of
+    `ft_keras.optim.build_optimizer` (learning-rate boundaries in epochs).
+    Bind it under a scope: `student/training.epochs = 164`."""
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(
+            f"`training.epochs` must be a positive integer. Received: "
+            f"epochs={epochs!r}"
+        )
+    return TrainingConfig(
+        epochs=epochs,
+        optimizer=dict(
+            optimizer=optimizer,
+            learning_rate=learning_rate,
+            momentum=momentum,
+            nesterov=nesterov,
+            schedule=schedule,
+            boundaries=tuple(boundaries),
+            decay=decay,
+            warmup_epochs=warmup_epochs,
+            weight_decay=weight_decay,
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FactorTransferConfig:
+    teacher_layer: str
+    student_layer: str
+    rate: float
+    paraphraser_bn: bool
+    translator_bn: bool
+    negative_slope: float
+    connector_weight_decay: float
+    reconstruction: str
+    beta: float
+    p: int
+    factor: str
+
+
+@gin.configurable("factor_transfer")
+def factor_transfer(
+    teacher_layer=gin.REQUIRED,
+    student_layer=gin.REQUIRED,
+    rate=0.5,
+    paraphraser_bn=False,
+    translator_bn=False,
+    negative_slope=0.1,
+    connector_weight_decay=0.0,
+    reconstruction="l1",
+    beta=500.0,
+    p=1,
+    factor="full",
+):
+    """The method's knobs: taps, paraphrase rate, connectors' BN and weight
+    decay (PyTorch-style coefficient), reconstruction loss, beta, p, and the
+    factor mode. Defaults are the paper's code."""
+    return FactorTransferConfig(
+        teacher_layer=teacher_layer,
+        student_layer=student_layer,
+        rate=rate,
+        paraphraser_bn=paraphraser_bn,
+        translator_bn=translator_bn,
+        negative_slope=negative_slope,
+        connector_weight_decay=connector_weight_decay,
+        reconstruction=reconstruction,
+        beta=beta,
+        p=p,
+        factor=factor,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    stages: tuple
+    teacher_checkpoint: str
+    seed: int
+    strategy: str
+    checkpoint_every: object
+    representative_batches: int
+    validate: bool
+
+
+@gin.configurable("experiment")
+def experiment(
+    stages=("teacher", "paraphraser", "student", "evaluate", "export"),
+    teacher_checkpoint=None,
+    seed=0,
+    strategy="auto",
+    checkpoint_every="epoch",
+    representative_batches=8,
+    validate=False,
+):
+    """Which stages run, and how.
+
+    Args:
+        stages: Ordered subset of `("teacher", "paraphraser", "student",
+            "baseline", "evaluate", "export")`; `baseline` trains the student
+            alone (cross-entropy only) for comparison.
+        teacher_checkpoint: A trained teacher (`.keras` model or
+            `.weights.h5` weights of `teacher/network`); trained if None.
+        seed: Seed of weights, shuffling and augmentation.
+        strategy: `"auto"` (MirroredStrategy over the visible GPUs, the
+            default strategy on a CPU-only machine), `"default"`,
+            `"mirrored"` or `"multi_worker"`.
+        checkpoint_every: `"epoch"` or a number of steps between the
+            `BackupAndRestore` checkpoints that make stages resumable.
+        representative_batches: Batches of training images used to calibrate
+            the int8 TFLite export.
+        validate: Evaluate on the test split after every epoch.
+    """
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or len(set(stages)) != len(stages):
+        raise ValueError(
+            f"`experiment.stages` must be distinct names among {STAGES}. "
+            f"Received: stages={tuple(stages)}"
+        )
+    order = [STAGES.index(s) for s in stages]
+    if order != sorted(order):
+        raise ValueError(
+            f"`experiment.stages` must be in the order {STAGES}. Received: "
+            f"stages={tuple(stages)}"
+        )
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"`experiment.strategy` must be one of {STRATEGIES}. Received: "
+            f"strategy={strategy!r}"
+        )
+    if checkpoint_every != "epoch" and (
+        not isinstance(checkpoint_every, int) or checkpoint_every < 1
+    ):
+        raise ValueError(
+            "`experiment.checkpoint_every` must be 'epoch' or a positive "
+            f"number of steps. Received: checkpoint_every={checkpoint_every!r}"
+        )
+    return ExperimentConfig(
+        stages=tuple(stages),
+        teacher_checkpoint=teacher_checkpoint,
+        seed=seed,
+        strategy=strategy,
+        checkpoint_every=checkpoint_every,
+        representative_batches=representative_batches,
+        validate=validate,
+    )
+
+
+def parse(gin_files, gin_bindings):
+    """Parses gin files and bindings, failing on unknown names at once."""
+    gin.parse_config_files_and_bindings(
+        list(gin_files), list(gin_bindings), finalize_config=False
+    )

@@ -1,0 +1,564 @@
+"""The experiment runner: teacher -> paraphraser -> student -> evaluate -> export.
+
+    python -m ft_keras.train --gin_file=gin/distill.gin --workdir=/tmp/ft
+
+Every stage leaves its artifact in the workdir; rerunning the same command
+skips finished stages and resumes an interrupted one from its last
+checkpoint. Everything here is plain Keras: `Experiment` builds the networks,
+datasets and training models and calls `fit`, as a user would by hand.
+
+Workdir layout:
+
+    config.gin            the parsed config (a rerun must match it)
+    operative_config.gin  the values actually used
+    teacher/model.keras   + log.csv, tensorboard/, stage.json, backup/ while running
+    paraphraser/paraphraser.keras
+    student/model.keras, student/translator.keras
+    baseline/model.keras  (the student trained alone, if that stage runs)
+    results.json          evaluation, wall time and images/second per stage
+    export/               SavedModel, TFLite float and int8, student.keras
+"""
+
+import difflib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ft_keras import callbacks as ft_callbacks
+from ft_keras import config
+from ft_keras import data
+from ft_keras import distiller as ft_distiller
+from ft_keras import export as ft_export
+from ft_keras import layers as ft_layers
+from ft_keras import models
+from ft_keras import optim
+
+
+class ConfigurationError(ValueError):
+    """The experiment cannot start: bad config, inputs or workdir."""
+
+
+def _atomic_save(model, path):
+    tmp = f"{path[: -len('.keras')]}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path, value):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _comparable_config(config_str):
+    """The config without `experiment.stages`, which may change between
+    runs of the same experiment (e.g. to export later)."""
+    return re.sub(
+        r"^experiment\.stages = .*?(?=^\S|\Z)", "", config_str, flags=re.M | re.S
+    ).strip()
+
+
+def make_strategy(kind):
+    """A `tf.distribute` strategy by name (see `config.experiment`)."""
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "auto" and tf.config.list_logical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def top_k_metrics(num_classes):
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="top1")]
+    if num_classes > 5:
+        metrics.append(
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")
+        )
+    return metrics
+
+
+def stage_callbacks(stage, stage_dir, checkpoint_every="epoch"):
+    """The callbacks of every stage: resumable checkpoints in
+    `stage_dir/backup`, a stop on NaN/inf losses that keeps them, a CSV of
+    per-epoch metrics that continues on resume, and TensorBoard logs."""
+    return [
+        keras.callbacks.BackupAndRestore(
+            os.path.join(stage_dir, "backup"), save_freq=checkpoint_every
+        ),
+        ft_callbacks.StopOnNonFiniteLoss(stage),
+        keras.callbacks.CSVLogger(os.path.join(stage_dir, "log.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(stage_dir, "tensorboard")),
+    ]
+
+
+class Experiment:
+    """One Factor Transfer experiment, configured by gin, in a workdir.
+
+    Construction resolves the whole configuration, builds the networks and
+    datasets and checks the taps, so that every configuration error is
+    raised before any training. `run()` then runs the enabled stages.
+
+    Example:
+
+    ```python
+    import gin
+    gin.parse_config_file("gin/quickstart.gin")
+    results = Experiment("/tmp/quickstart").run()
+    ```
+    """
+
+    def __init__(self, workdir, overwrite=False, stages=None):
+        self.cfg = config.experiment()
+        self.stages = tuple(stages) if stages else self.cfg.stages
+        self.data_cfg = config.dataset()
+        self.ft_cfg = config.factor_transfer()
+        self.train_cfgs = {}
+        for scope in ("teacher", "paraphraser", "student"):
+            with gin.config_scope(scope):
+                self.train_cfgs[scope] = config.training()
+        self.net_cfgs = {}
+        for scope in ("teacher", "student"):
+            with gin.config_scope(scope):
+                self.net_cfgs[scope] = config.network()
+        self.workdir = os.path.abspath(workdir)
+        self._prepare_workdir(overwrite)
+
+        keras.utils.set_random_seed(self.cfg.seed)
+        self.strategy = make_strategy(self.cfg.strategy)
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.num_classes = data.num_classes(self.data_cfg.name)
+        self.input_shape = data.input_shape(self.data_cfg.name)
+        self.global_batch = self.data_cfg.batch_size * self.replicas
+        self.train_ds = self._dataset(training=True)
+        self.test_ds = self._dataset(training=False)
+        self.steps_per_epoch = int(self.train_ds.cardinality())
+        if self.steps_per_epoch < 1:
+            raise ConfigurationError(
+                f"The train split of {self.data_cfg.name!r} gives no full "
+                f"batch of {self.global_batch}: lower `dataset.batch_size`."
+            )
+        with self.strategy.scope():
+            self.teacher = self._network("teacher")
+            self.student = self._network("student")
+        self._teacher_loaded = False
+        self._check_taps()
+        with open(os.path.join(self.workdir, "operative_config.gin"), "w") as f:
+            f.write(gin.operative_config_str())
+
+    # ------------------------------------------------------------------
+    # Set-up.
+
+    def _prepare_workdir(self, overwrite):
+        requested = gin.config_str()
+        path = os.path.join(self.workdir, "config.gin")
+        if overwrite and os.path.isdir(self.workdir):
+            shutil.rmtree(self.workdir)
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = f.read()
+            if _comparable_config(saved) != _comparable_config(requested):
+                diff = [
+                    line
+                    for line in difflib.unified_diff(
+                        _comparable_config(saved).splitlines(),
+                        _comparable_config(requested).splitlines(),
+                        lineterm="",
+                        n=0,
+                    )
+                    if line[:1] in "+-" and line[:3] not in ("+++", "---")
+                ]
+                raise ConfigurationError(
+                    f"The workdir {self.workdir} holds an experiment with a "
+                    f"different config, so it cannot be resumed. Differences "
+                    f"(- saved, + now): {'; '.join(diff[:6])}. Use another "
+                    "--workdir, or --overwrite to delete it and start over."
+                )
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(requested)
+
+    def _dataset(self, training):
+        cfg = self.data_cfg
+        options = dict(cfg.options if training else cfg.eval_options)
+        options.setdefault("seed", self.cfg.seed)
+        return data.build_dataset(
+            cfg.name,
+            cfg.train_split if training else cfg.test_split,
+            batch_size=self.global_batch
+            if training
+            else cfg.eval_batch_size * self.replicas,
+            training=training,
+            data_dir=cfg.data_dir,
+            **options,
+        )
+
+    def _network(self, role):
+        net = self.net_cfgs[role]
+        return models.get(
+            net.name,
+            model_name=role,
+            num_classes=self.num_classes,
+            input_shape=self.input_shape,
+            **net.kwargs,
+        )
+
+    def _tap_shape(self, model, role, layer):
+        names = [l.name for l in model.layers]
+        if layer not in names:
+            raise ConfigurationError(
+                f"`factor_transfer.{role}_layer`={layer!r} is not a layer of "
+                f"the {role} {self.net_cfgs[role].name!r}. Its feature taps: "
+                f"{models.feature_taps(model)}"
+            )
+        return tuple(model.get_layer(layer).output.shape)
+
+    def _connectors(self):
+        ft = self.ft_cfg
+        regularizer = (
+            keras.regularizers.L2(ft.connector_weight_decay / 2)
+            if ft.connector_weight_decay
+            else None
+        )
+        paraphraser = ft_layers.Paraphraser(
+            rate=ft.rate,
+            use_bn=ft.paraphraser_bn,
+            negative_slope=ft.negative_slope,
+            kernel_regularizer=regularizer,
+        )
+        teacher_map = self._tap_shape(self.teacher, "teacher", ft.teacher_layer)
+        translator = ft_layers.Translator(
+            out_channels=ft_layers.factor_channels(teacher_map[-1], ft.rate),
+            use_bn=ft.translator_bn,
+            negative_slope=ft.negative_slope,
+            kernel_regularizer=regularizer,
+        )
+        return paraphraser, translator
+
+    def _check_taps(self):
+        ft = self.ft_cfg
+        paraphraser, translator = self._connectors()
+        try:
+            ft_distiller.check_factor_shapes(
+                ft.teacher_layer,
+                self._tap_shape(self.teacher, "teacher", ft.teacher_layer),
+                paraphraser,
+                ft.student_layer,
+                self._tap_shape(self.student, "student", ft.student_layer),
+                translator,
+                ft.factor,
+            )
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from None
+
+    # ------------------------------------------------------------------
+    # Stage machinery.
+
+    def _path(self, *parts):
+        return os.path.join(self.workdir, *parts)
+
+    def _optimizer(self, scope):
+        train = self.train_cfgs[scope]
+        return optim.build_optimizer(
+            self.steps_per_epoch, train.epochs, **train.optimizer
+        )
+
+    def _fit(self, stage, model, epochs, validation_data=None):
+        stage_dir = self._path(stage)
+        os.makedirs(stage_dir, exist_ok=True)
+        throughput = ft_callbacks.Throughput(
+            self.global_batch, self.steps_per_epoch
+        )
+        callbacks = stage_callbacks(
+            stage, stage_dir, self.cfg.checkpoint_every
+        ) + [throughput]
+        print(f"[ft_keras] stage {stage}: {epochs} epochs", flush=True)
+        model.fit(
+            self.train_ds,
+            epochs=epochs,
+            validation_data=validation_data,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        _write_json(
+            os.path.join(stage_dir, "stage.json"),
+            {
+                "wall_time_s": throughput.wall_time,
+                "images_per_second": throughput.images_per_second,
+                "epochs_run": len(throughput.epoch_seconds),
+                "epochs": epochs,
+                "replicas": self.replicas,
+                "global_batch_size": self.global_batch,
+            },
+        )
+
+    def _validation(self):
+        return self.test_ds if self.cfg.validate else None
+
+    def _load(self, path):
+        with self.strategy.scope():
+            return keras.models.load_model(path)
+
+    def _train_classifier(self, stage, model, scope):
+        with self.strategy.scope():
+            model.compile(
+                optimizer=self._optimizer(scope),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=top_k_metrics(self.num_classes),
+            )
+        self._fit(stage, model, self.train_cfgs[scope].epochs, self._validation())
+
+    # ------------------------------------------------------------------
+    # Stages.
+
+    def run_teacher(self):
+        path = self._path("teacher", "model.keras")
+        if os.path.exists(path):
+            self._trained_teacher()
+            return
+        os.makedirs(self._path("teacher"), exist_ok=True)
+        if self.cfg.teacher_checkpoint:
+            self.teacher = self._load_teacher_checkpoint(self.cfg.teacher_checkpoint)
+        else:
+            self._train_classifier("teacher", self.teacher, "teacher")
+        _atomic_save(self.teacher, path)
+        self._teacher_loaded = True
+
+    def _load_teacher_checkpoint(self, checkpoint):
+        if not os.path.exists(checkpoint):
+            raise ConfigurationError(
+                f"Teacher checkpoint not found: {checkpoint} (set "
+                "`experiment.teacher_checkpoint` to a .keras model or the "
+                ".weights.h5 weights of `teacher/network`, or to None to "
+                "train the teacher)."
+            )
+        try:
+            if checkpoint.endswith(".keras"):
+                teacher = self._load(checkpoint)
+            else:
+                with self.strategy.scope():
+                    self.teacher.load_weights(checkpoint)
+                teacher = self.teacher
+        except Exception as e:  # Keras raises several types on mismatch.
+            raise ConfigurationError(
+                f"Teacher checkpoint {checkpoint} does not match the teacher "
+                f"network {self.net_cfgs['teacher'].name!r}: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
+        expected = (None,) + tuple(self.input_shape)
+        if (
+            tuple(teacher.input_shape) != expected
+            or teacher.output_shape[-1] != self.num_classes
+        ):
+            raise ConfigurationError(
+                f"Teacher checkpoint {checkpoint} does not match the data: "
+                f"it takes {tuple(teacher.input_shape)} and gives "
+                f"{teacher.output_shape[-1]} classes; the dataset "
+                f"{self.data_cfg.name!r} needs {expected} and "
+                f"{self.num_classes} classes."
+            )
+        self._tap_shape(teacher, "teacher", self.ft_cfg.teacher_layer)
+        return teacher
+
+    def _require(self, stage, artifact):
+        path = self._path(stage, artifact)
+        if not os.path.exists(path):
+            raise ConfigurationError(
+                f"The {stage} stage has not finished in {self.workdir} (no "
+                f"{path}): enable it in `experiment.stages`."
+            )
+        return path
+
+    def _trained_teacher(self):
+        if not self._teacher_loaded:
+            self.teacher = self._load(self._require("teacher", "model.keras"))
+            self._teacher_loaded = True
+        return self.teacher
+
+    def run_paraphraser(self):
+        path = self._path("paraphraser", "paraphraser.keras")
+        if os.path.exists(path):
+            return
+        ft = self.ft_cfg
+        self._trained_teacher()
+        with self.strategy.scope():
+            paraphraser, _ = self._connectors()
+            trainer = ft_distiller.ParaphraserTrainer(
+                self.teacher,
+                paraphraser,
+                ft.teacher_layer,
+                reconstruction=ft.reconstruction,
+            )
+            trainer.compile(optimizer=self._optimizer("paraphraser"))
+        self._fit(
+            "paraphraser", trainer, self.train_cfgs["paraphraser"].epochs
+        )
+        tap = self._tap_shape(self.teacher, "teacher", ft.teacher_layer)
+        _atomic_save(keras.Sequential([keras.Input(tap[1:]), paraphraser]), path)
+
+    def run_student(self):
+        path = self._path("student", "model.keras")
+        if os.path.exists(path):
+            self.student = self._load(path)
+            return
+        ft = self.ft_cfg
+        self._trained_teacher()
+        with self.strategy.scope():
+            paraphraser = self._load(
+                self._require("paraphraser", "paraphraser.keras")
+            ).layers[-1]
+            _, translator = self._connectors()
+            distiller = ft_distiller.Distiller(
+                self.teacher,
+                self.student,
+                paraphraser,
+                translator,
+                teacher_layer=ft.teacher_layer,
+                student_layer=ft.student_layer,
+                beta=ft.beta,
+                p=ft.p,
+                factor=ft.factor,
+            )
+            distiller.compile(
+                optimizer=self._optimizer("student"),
+                metrics=top_k_metrics(self.num_classes),
+            )
+        self._fit(
+            "student",
+            distiller,
+            self.train_cfgs["student"].epochs,
+            self._validation(),
+        )
+        tap = self._tap_shape(self.student, "student", ft.student_layer)
+        _atomic_save(
+            keras.Sequential([keras.Input(tap[1:]), translator]),
+            self._path("student", "translator.keras"),
+        )
+        _atomic_save(self.student, path)
+
+    def run_baseline(self):
+        path = self._path("baseline", "model.keras")
+        if os.path.exists(path):
+            return
+        with self.strategy.scope():
+            baseline = self._network("student")
+        self._train_classifier("baseline", baseline, "student")
+        _atomic_save(baseline, path)
+
+    def evaluate(self):
+        """Top-1/top-5 of every trained network on the test split."""
+        results = {}
+        for role in ("teacher", "baseline", "student"):
+            path = self._path(role, "model.keras")
+            if not os.path.exists(path):
+                continue
+            with self.strategy.scope():
+                model = keras.models.load_model(path, compile=False)
+                model.compile(metrics=top_k_metrics(self.num_classes))
+            scores = model.evaluate(self.test_ds, verbose=0, return_dict=True)
+            results[role] = {k: float(v) for k, v in scores.items() if k != "loss"}
+        if not results:
+            raise ConfigurationError(
+                f"Nothing to evaluate in {self.workdir}: run the training "
+                "stages first (python -m ft_keras.train with the same config)."
+            )
+        return results
+
+    def run_evaluate(self):
+        results = self.evaluate()
+        self._update_results(evaluation=results)
+        names = {"teacher": "teacher", "baseline": "student alone",
+                 "student": "FT student"}
+        for role, scores in results.items():
+            line = ", ".join(f"{k} {100 * v:.2f}%" for k, v in scores.items())
+            print(f"[ft_keras] {names[role]:>13}: {line}", flush=True)
+
+    def representative_images(self):
+        """Raw training images (uint8 at the dataset's pixel scale) for int8
+        calibration: the test-time pipeline's output, un-normalised."""
+        pixel_max, mean, std = data.pixel_normalization(self.data_cfg.name)
+        batches = self.train_ds_eval_mode().take(self.cfg.representative_batches)
+        images = np.concatenate([np.asarray(x) for x, _ in batches])
+        raw = (images * np.asarray(std) + np.asarray(mean)) * pixel_max
+        return np.clip(np.round(raw), 0, pixel_max).astype(np.uint8)
+
+    def train_ds_eval_mode(self):
+        cfg = self.data_cfg
+        return data.build_dataset(
+            cfg.name,
+            cfg.train_split,
+            batch_size=cfg.eval_batch_size,
+            training=False,
+            data_dir=cfg.data_dir,
+            **cfg.eval_options,
+        )
+
+    def run_export(self):
+        student = keras.models.load_model(
+            self._require("student", "model.keras"), compile=False
+        )
+        pixel_max, mean, std = data.pixel_normalization(self.data_cfg.name)
+        paths = ft_export.export_student(
+            student,
+            self._path("export"),
+            pixel_max,
+            mean,
+            std,
+            representative_images=self.representative_images(),
+        )
+        self._update_results(export=paths)
+        print(f"[ft_keras] exported to {self._path('export')}", flush=True)
+
+    # ------------------------------------------------------------------
+
+    def _update_results(self, **entries):
+        path = self._path("results.json")
+        results = _read_json(path) if os.path.exists(path) else {}
+        results.update(entries)
+        stages = {}
+        for stage in ("teacher", "paraphraser", "student", "baseline"):
+            stage_json = self._path(stage, "stage.json")
+            if os.path.exists(stage_json):
+                stages[stage] = _read_json(stage_json)
+        results["stages"] = stages
+        results["workdir"] = self.workdir
+        _write_json(path, results)
+        return results
+
+    def run(self):
+        """Runs the enabled stages in order; returns `results.json`'s dict."""
+        start = time.perf_counter()
+        for stage in self.stages:
+            getattr(self, f"run_{stage}")()
+        return self._update_results(
+            last_run_wall_time_s=time.perf_counter() - start
+        )
+
+
+def main(argv):
+    from ft_keras import cli
+
+    return cli.run(argv)
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    from ft_keras import cli
+
+    cli.define_flags()
+    app.run(main)

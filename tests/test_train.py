@@ -1,0 +1,369 @@
+"""The experiment runner: gin files, the quickstart end to end, export,
+kill-and-resume, and every bad input with its error and exit status."""
+
+import csv
+import glob
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import gin
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ft_keras import callbacks as ft_callbacks
+from ft_keras import cli
+from ft_keras import data
+from ft_keras import export as ft_export
+from ft_keras import train
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+GIN_FILES = sorted(
+    os.path.relpath(p, REPO) for p in glob.glob(str(REPO / "gin" / "**" / "*.gin"),
+                                               recursive=True))
+INCLUDES = [f for f in GIN_FILES if f.split(os.sep)[1] in ("data", "recipes")]
+EXPERIMENTS = [f for f in GIN_FILES if f not in INCLUDES]
+
+# A shorter quickstart for tests: same pipeline, fewer epochs.
+FAST = [
+    "teacher/training.epochs = 3",
+    "paraphraser/training.epochs = 1",
+    "student/training.epochs = 3",
+]
+
+
+def run_cli(module, *args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=timeout)
+
+
+def bindings(*values):
+    return [f"--gin_bindings={v}" for v in values]
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("gin_file", INCLUDES)
+def test_include_files_parse(gin_file):
+    cli.parse_config([gin_file], [])
+
+
+@pytest.mark.parametrize("gin_file", EXPERIMENTS)
+def test_every_experiment_config_builds(gin_file, tmp_path):
+    with tfds.testing.mock_data(num_examples=32):
+        cli.parse_config([gin_file], ["dataset.batch_size = 8"])
+        experiment = train.Experiment(tmp_path / "w")
+    assert experiment.steps_per_epoch >= 1
+    assert experiment.teacher.count_params() > experiment.student.count_params()
+    operative = (tmp_path / "w" / "operative_config.gin").read_text()
+    assert "factor_transfer.beta" in operative
+
+
+# ----------------------------------------------------------------------
+# The quickstart, end to end through the CLI.
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("quickstart") / "run"
+    start = time.perf_counter()
+    result = run_cli("ft_keras.train", "--gin_file=gin/quickstart.gin",
+                     f"--workdir={workdir}", *bindings(*FAST))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result, time.perf_counter() - start
+
+
+def test_quickstart_leaves_every_artifact(quickstart):
+    workdir, result, _ = quickstart
+    for path in ["config.gin", "operative_config.gin", "results.json",
+                 "teacher/model.keras", "paraphraser/paraphraser.keras",
+                 "student/model.keras", "student/translator.keras",
+                 "baseline/model.keras", "export/student.keras",
+                 "export/saved_model/saved_model.pb",
+                 "export/student_float.tflite", "export/student_int8.tflite"]:
+        assert (workdir / path).exists(), path
+    for stage in ("teacher", "paraphraser", "student", "baseline"):
+        assert len(read_csv(workdir / stage / "log.csv")) >= 1
+        assert any((workdir / stage / "tensorboard").rglob("*tfevents*"))
+        assert not (workdir / stage / "backup").exists()
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results["evaluation"]) == {"teacher", "baseline", "student"}
+    assert results["evaluation"]["teacher"]["top1"] > 0.8
+    assert results["stages"]["student"]["images_per_second"] > 0
+    assert "FT student: top1" in result.stdout
+    assert "factor_transfer.beta = 500.0" in (
+        workdir / "operative_config.gin").read_text()
+    # CSV of the distillation stage has the loss terms.
+    assert {"ce_loss", "ft_loss", "loss", "top1"} <= set(
+        read_csv(workdir / "student" / "log.csv")[0])
+
+
+def test_rerun_skips_finished_stages(quickstart):
+    workdir, _, first_time = quickstart
+    before = (workdir / "student" / "model.keras").stat().st_mtime
+    result = run_cli("ft_keras.train", "--gin_file=gin/quickstart.gin",
+                     f"--workdir={workdir}", *bindings(
+                         *FAST, "experiment.stages = ['teacher', 'paraphraser',"
+                         " 'student', 'baseline', 'evaluate']"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stage teacher" not in result.stdout
+    assert (workdir / "student" / "model.keras").stat().st_mtime == before
+
+
+def _test_images(n=64):
+    x, y = data._digits_splits()["test"]
+    return x[:n].reshape(-1, 8, 8, 1), y[:n]
+
+
+def _keras_logits(workdir, images):
+    student = keras.models.load_model(workdir / "student" / "model.keras")
+    pixel_max, mean, std = data.pixel_normalization("digits")
+    x = (images.astype(np.float32) / pixel_max - np.float32(mean)) / np.float32(std)
+    return np.asarray(student(x, training=False))
+
+
+def test_saved_model_in_a_fresh_process_matches_keras(quickstart, tmp_path):
+    workdir, _, _ = quickstart
+    images, _ = _test_images()
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(f"""
+        import numpy as np, tensorflow as tf
+        model = tf.saved_model.load({str(workdir / 'export' / 'saved_model')!r})
+        out = model.signatures['serving_default'](
+            images=tf.constant(np.load({str(tmp_path / 'images.npy')!r})))
+        np.save({str(tmp_path / 'logits.npy')!r}, out['logits'].numpy())
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    subprocess.run([sys.executable, "-c", script], check=True, env=env,
+                   timeout=300)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"),
+                               _keras_logits(workdir, images), atol=1e-5)
+
+
+def test_tflite_float_matches_and_int8_keeps_accuracy(quickstart):
+    workdir, _, _ = quickstart
+    images, labels = _test_images(360)
+    reference = _keras_logits(workdir, images)
+    float_logits = ft_export.tflite_predict(
+        workdir / "export" / "student_float.tflite", images)
+    np.testing.assert_allclose(float_logits, reference, atol=1e-4)
+    int8_logits = ft_export.tflite_predict(
+        workdir / "export" / "student_int8.tflite", images)
+    float_acc = np.mean(float_logits.argmax(1) == labels)
+    int8_acc = np.mean(int8_logits.argmax(1) == labels)
+    assert float_acc > 0.5
+    assert int8_acc >= float_acc - 0.02, (float_acc, int8_acc)
+    # The int8 file is really quantized.
+    assert (os.path.getsize(workdir / "export" / "student_int8.tflite")
+            < 0.5 * os.path.getsize(workdir / "export" / "student_float.tflite"))
+
+
+def test_evaluate_and_export_entry_points(quickstart):
+    workdir, _, _ = quickstart
+    result = run_cli("ft_keras.evaluate", "--gin_file=gin/quickstart.gin",
+                     f"--workdir={workdir}", *bindings(*FAST))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "teacher: top1" in result.stdout
+    assert "stage" not in result.stdout
+
+
+# ----------------------------------------------------------------------
+# Kill and resume.
+
+
+def test_sigkill_during_distillation_then_resume(tmp_path):
+    workdir = tmp_path / "run"
+    args = ["--gin_file=gin/quickstart.gin", f"--workdir={workdir}", *bindings(
+        "teacher/training.epochs = 1", "paraphraser/training.epochs = 1",
+        "student/training.epochs = 12",
+        "experiment.stages = ['teacher', 'paraphraser', 'student']")]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ft_keras.train", *args], cwd=REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = workdir / "student" / "log.csv"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if log.exists() and len(read_csv(log)) >= 3:
+                break
+            assert process.poll() is None, "finished before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("distillation did not start in time")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    epochs_before = len(read_csv(log))
+    assert 3 <= epochs_before < 12
+    assert (workdir / "student" / "backup").exists()
+    assert not (workdir / "student" / "model.keras").exists()
+
+    result = run_cli("ft_keras.train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = [int(row["epoch"]) for row in read_csv(log)]
+    # Resumed, not restarted: each of the 12 epochs appears exactly once.
+    assert epochs == list(range(12)), epochs
+    assert "stage teacher" not in result.stdout
+    assert (workdir / "student" / "model.keras").exists()
+
+
+def test_non_finite_loss_stops_with_stage_epoch_step_and_keeps_checkpoint(tmp_path):
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    y = np.zeros((64, 1), np.float32)
+    bad = x.copy()
+    bad[40:48] = np.nan  # epoch 2 (steps of 8 over 32 examples), step 2
+
+    def dataset(values):
+        return tf.data.Dataset.from_tensor_slices((values, y)).batch(8).repeat()
+
+    def model():
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        m.compile(keras.optimizers.SGD(0.01), "mse")
+        return m
+
+    stage_dir = tmp_path / "student"
+    first = model()
+    with pytest.raises(ft_callbacks.NonFiniteLossError,
+                       match=r"Stage 'student'.*epoch 2, step 2"):
+        first.fit(dataset(bad), epochs=4, steps_per_epoch=4, verbose=0,
+                  callbacks=train.stage_callbacks("student", stage_dir))
+    # The last good checkpoint (end of epoch 1) is intact and finite ...
+    weights = stage_dir / "backup" / "latest.weights.h5"
+    assert weights.exists()
+    # ... and a rerun resumes from it at epoch 2.
+    second = model()
+    history = second.fit(dataset(x), epochs=4, steps_per_epoch=4, verbose=0,
+                         callbacks=train.stage_callbacks("student", stage_dir))
+    assert len(history.history["loss"]) == 3
+    assert all(np.isfinite(history.history["loss"]))
+    assert [int(r["epoch"]) for r in read_csv(stage_dir / "log.csv")] == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------
+# Bad input: clear errors, exit status 2, before any work.
+
+
+def test_misspelled_binding_exits_2_naming_it(tmp_path):
+    result = run_cli("ft_keras.train", "--gin_file=gin/quickstart.gin",
+                     f"--workdir={tmp_path / 'w'}",
+                     *bindings("student/training.epoch = 3"))
+    assert result.returncode == 2
+    assert "epoch" in result.stderr and "ft_keras: error:" in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_missing_gin_file_exits_2(tmp_path):
+    result = run_cli("ft_keras.train", "--gin_file=gin/nope.gin",
+                     f"--workdir={tmp_path / 'w'}")
+    assert result.returncode == 2
+    assert "gin/nope.gin" in result.stderr
+
+
+def test_missing_teacher_checkpoint_exits_2_naming_path(tmp_path):
+    missing = tmp_path / "teacher.keras"
+    result = run_cli("ft_keras.train", "--gin_file=gin/quickstart.gin",
+                     f"--workdir={tmp_path / 'w'}",
+                     *bindings(f"experiment.teacher_checkpoint = '{missing}'"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"Teacher checkpoint not found: {missing}" in result.stderr
+
+
+def quickstart_experiment(workdir, *extra, overwrite=False):
+    gin.clear_config()
+    cli.parse_config(["gin/quickstart.gin"], FAST + list(extra))
+    return train.Experiment(workdir, overwrite=overwrite)
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def test_teacher_checkpoint_of_another_network_is_rejected(tmp_path, in_repo):
+    other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    path = tmp_path / "other.weights.h5"
+    other.save_weights(path)
+    experiment = quickstart_experiment(
+        tmp_path / "w", f"experiment.teacher_checkpoint = '{path}'")
+    with pytest.raises(train.ConfigurationError,
+                       match=rf"{path} does not match the teacher network "
+                             r"'wrn16_2'"):
+        experiment.run_teacher()
+
+
+def test_teacher_keras_checkpoint_is_used_without_training(tmp_path, in_repo):
+    experiment = quickstart_experiment(tmp_path / "a")
+    path = tmp_path / "teacher.keras"
+    experiment.teacher.save(path)
+    experiment = quickstart_experiment(
+        tmp_path / "b", f"experiment.teacher_checkpoint = '{path}'")
+    experiment.run_teacher()
+    assert not (tmp_path / "b" / "teacher" / "log.csv").exists()
+    assert (tmp_path / "b" / "teacher" / "model.keras").exists()
+
+
+def test_taps_that_cannot_match_name_both_layers(tmp_path, in_repo):
+    with pytest.raises(train.ConfigurationError,
+                       match=r"'stage9' is not a layer of the student 'wrn10_1'"
+                             r".*\['stage1', 'stage2', 'stage3', 'last_conv'\]"):
+        quickstart_experiment(tmp_path / "w",
+                              "factor_transfer.student_layer = 'stage9'")
+    with pytest.raises(train.ConfigurationError,
+                       match=r"Layer 'logits' gives a tensor of shape \(None, 10\)"):
+        quickstart_experiment(tmp_path / "w2",
+                              "factor_transfer.student_layer = 'logits'")
+
+
+def test_workdir_of_another_config_is_refused_then_overwritten(tmp_path, in_repo):
+    quickstart_experiment(tmp_path / "w")
+    with pytest.raises(train.ConfigurationError,
+                       match=r"different config.*student/training.epochs = 3.*"
+                             r"student/training.epochs = 4.*--overwrite"):
+        quickstart_experiment(tmp_path / "w", "student/training.epochs = 4")
+    # Changing only the stages is the same experiment.
+    quickstart_experiment(tmp_path / "w", "experiment.stages = ['evaluate']")
+    quickstart_experiment(tmp_path / "w", "student/training.epochs = 4",
+                          overwrite=True)
+    assert "student/training.epochs = 4" in (tmp_path / "w" / "config.gin").read_text()
+
+
+def test_unknown_dataset_fails_before_work(tmp_path, in_repo):
+    with pytest.raises(ValueError, match="cifar11"):
+        quickstart_experiment(tmp_path / "w", "dataset.name = 'cifar11'")
+
+
+def test_cifar_without_data_fails_fast_with_one_line(tmp_path):
+    start = time.perf_counter()
+    result = run_cli("ft_keras.train", "--gin_file=gin/distill.gin",
+                     f"--workdir={tmp_path / 'w'}",
+                     *bindings(f"DATA_DIR = '{tmp_path / 'tfds'}'"), timeout=120)
+    assert result.returncode == 2
+    error = [l for l in result.stderr.splitlines() if "ft_keras: error:" in l]
+    assert len(error) == 1 and "cifar10" in error[0] and str(tmp_path / "tfds") in error[0]
+    assert "Traceback" not in result.stderr
+    assert time.perf_counter() - start < 90
