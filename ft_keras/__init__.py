@@ -7,6 +7,7 @@ Factor Transfer", NeurIPS 2018.
 __version__ = "0.1.0"
 
 from ft_keras import losses
+from ft_keras.distiller import BaselineDistiller
 from ft_keras.distiller import Distiller
 from ft_keras.distiller import ParaphraserTrainer
 from ft_keras.layers import Paraphraser
@@ -14,6 +15,7 @@ from ft_keras.layers import Translator
 from ft_keras.losses import FactorTransferLoss
 
 __all__ = [
+    "BaselineDistiller",
     "Distiller",
     "FactorTransferLoss",
     "Paraphraser",

@@ -4,6 +4,8 @@
   frozen teacher's feature map.
 - `Distiller`: training of student and translator on
   `CE(y, student_logits) + beta * FactorTransferLoss(F_T, F_S)`.
+- `BaselineDistiller`: Hinton KD and attention transfer, the baselines FT
+  is compared with, trained the same way.
 
 Both override `train_step`/`test_step`, so `compile`, `fit`, `evaluate`,
 callbacks and `tf.distribute` strategies work as for any Keras model. Each
@@ -293,8 +295,105 @@ def _classification_loss(loss):
     raise ValueError(f"Could not interpret `loss`. Received: loss={loss!r}")
 
 
+def _non_negative(name, value, hint):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value < 0
+    ):
+        raise ValueError(
+            f"`{name}` must be a non-negative number ({hint}). Received: "
+            f"{name}={value!r}"
+        )
+    return float(value)
+
+
+class _TeacherStudentModel(keras.Model):
+    """What every distiller shares: a frozen teacher, a student returning
+    logits, a compiled classification loss, and `train_step`/`test_step`
+    driven by `compute_losses`, which subclasses define."""
+
+    def __init__(self, teacher, student, loss_terms, **kwargs):
+        super().__init__(**kwargs)
+        self.teacher = _freeze(teacher)
+        self.student = student
+        self._classification_loss = None
+        # `loss` is Keras' own tracker; one more per loss term.
+        self.loss_term_trackers = [keras.metrics.Mean(name=n) for n in loss_terms]
+
+    def call(self, inputs, training=None):
+        """Returns the student's logits."""
+        return self.student(inputs, training=training)
+
+    def compile(self, optimizer="sgd", loss=None, metrics=None, **kwargs):
+        """Configures the student's optimizer, loss and metrics.
+
+        Args:
+            optimizer: Optimizer of the trained parts.
+            loss: Classification loss on the student's logits. Defaults to
+                sparse categorical cross-entropy from logits; the strings
+                `"sparse_categorical_crossentropy"` and
+                `"categorical_crossentropy"` are taken with
+                `from_logits=True`, since the student returns logits.
+            metrics: Metrics on the student's logits, e.g. `["accuracy"]`.
+            **kwargs: Other `keras.Model.compile` arguments.
+        """
+        self._classification_loss = _classification_loss(loss)
+        super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+
+    def _ce(self, y, logits, sample_weight):
+        if self._classification_loss is None:
+            raise ValueError(
+                f"The {type(self).__name__} is not compiled: call "
+                "`compile(...)` before training or evaluating it."
+            )
+        return self._classification_loss(y, logits, sample_weight=sample_weight)
+
+    def compute_losses(self, x, y, sample_weight=None, training=False):
+        """One forward pass of each network and all loss terms.
+
+        Returns `(logits, losses)`: `losses` maps `"loss"` (the total) and
+        each term's name to its value, divided by the number of replicas (as
+        Keras losses are), ready to be differentiated.
+        """
+        raise NotImplementedError
+
+    def _update_loss_trackers(self, x, losses):
+        batch = _batch_size(x)
+        for tracker in [self._loss_tracker] + self.loss_term_trackers:
+            tracker.update_state(
+                _unscale_for_replicas(losses[tracker.name]), sample_weight=batch
+            )
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            logits, losses = self.compute_losses(
+                x, y, sample_weight, training=True
+            )
+            scaled = self.optimizer.scale_loss(losses["loss"])
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+        self._update_loss_trackers(x, losses)
+        return self.compute_metrics(x, y, logits, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        logits, losses = self.compute_losses(x, y, sample_weight, training=False)
+        self._update_loss_trackers(x, losses)
+        return self.compute_metrics(x, y, logits, sample_weight=sample_weight)
+
+    def _base_config(self):
+        return {
+            "name": self.name,
+            "teacher": _serialize(self.teacher),
+            "student": _serialize(self.student),
+        }
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Distiller(keras.Model):
+class Distiller(_TeacherStudentModel):
     """Factor Transfer distillation of a student from a frozen teacher.
 
     Per step, the teacher (inference mode) gives its map at `teacher_layer`,
@@ -304,12 +403,13 @@ class Distiller(keras.Model):
     `F_S`. Student and translator are trained on
 
         loss = CE(y, logits) + beta * FactorTransferLoss(p, factor)(F_T, F_S)
+               [+ kd_weight * KnowledgeDistillationLoss(T)(teacher, logits)]
                + the student's and translator's regularization losses
 
-    `fit` reports `loss`, `ce_loss`, `ft_loss` (before `beta`) and the
-    compiled metrics, all for the global batch. `call` returns the student's
-    logits, so `evaluate` and `predict` work; `distiller.student` is the
-    plain student model to save or export.
+    `fit` reports `loss`, `ce_loss`, `ft_loss` (before `beta`), `kd_loss`
+    when `kd_weight > 0`, and the compiled metrics, all for the global batch.
+    `call` returns the student's logits, so `evaluate` and `predict` work;
+    `distiller.student` is the plain student model to save or export.
 
     Args:
         teacher: A trained functional `keras.Model`. Frozen by this call.
@@ -323,6 +423,9 @@ class Distiller(keras.Model):
         beta: Weight of the factor transfer loss (500 in the paper's code).
         p: 1 or 2, the norm of `FactorTransferLoss`.
         factor: `"full"` (the paper) or `"attention"` (RepDistiller).
+        kd_weight: Weight of an added Hinton KD term on the logits (FT+KD);
+            0 (the paper) leaves it out.
+        temperature: Temperature of the KD term.
         **kwargs: `keras.Model` keyword arguments such as `name`.
 
     Example:
@@ -350,10 +453,11 @@ class Distiller(keras.Model):
         beta=500.0,
         p=1,
         factor="full",
+        kd_weight=0.0,
+        temperature=4.0,
         **kwargs,
     ):
         kwargs.setdefault("name", "distiller")
-        super().__init__(**kwargs)
         if not isinstance(paraphraser, ft_layers.Paraphraser):
             raise ValueError(
                 "`paraphraser` must be an `ft_keras.Paraphraser`. Received: "
@@ -364,142 +468,262 @@ class Distiller(keras.Model):
                 "`translator` must be an `ft_keras.Translator`. Received: "
                 f"translator={translator!r}"
             )
-        if (
-            isinstance(beta, bool)
-            or not isinstance(beta, (int, float))
-            or beta < 0
-        ):
-            raise ValueError(
-                "`beta` must be a non-negative number (500 in the paper's "
-                f"code). Received: beta={beta!r}"
-            )
         self.ft_loss_fn = ft_losses.FactorTransferLoss(p=p, factor=factor)
-        self.beta = float(beta)
+        beta = _non_negative("beta", beta, "500 in the paper's code")
+        kd_weight = _non_negative("kd_weight", kd_weight, "0 for plain FT")
+        self.kd_loss_fn = ft_losses.KnowledgeDistillationLoss(temperature)
+        terms = ["ce_loss", "ft_loss"] + (["kd_loss"] if kd_weight else [])
+        super().__init__(teacher, student, terms, **kwargs)
+        self.beta = beta
         self.p = p
         self.factor = factor
+        self.kd_weight = kd_weight
+        self.temperature = float(temperature)
         self.teacher_layer = teacher_layer
         self.student_layer = student_layer
-
-        self.teacher = _freeze(teacher)
-        self.student = student
         self.paraphraser = _freeze(paraphraser)
         self.translator = translator
         self._teacher_features = feature_extractor(
-            teacher, [teacher_layer], "teacher"
+            teacher, [teacher_layer], "teacher", include_output=bool(kd_weight)
         )
         self._student_features = feature_extractor(
             student, [student_layer], "student", include_output=True
         )
-        teacher_map = tuple(self._teacher_features.output.shape)
+        teacher_map = tuple(teacher.get_layer(teacher_layer).output.shape)
         student_map = tuple(self._student_features.outputs[1].shape)
-        if not paraphraser.built:
-            paraphraser.build(teacher_map)
-        if not translator.built:
-            translator.build(student_map)
         check_factor_shapes(
             teacher_layer, teacher_map, paraphraser,
             student_layer, student_map, translator, factor,
         )
+        if not paraphraser.built:
+            paraphraser.build(teacher_map)
+        if not translator.built:
+            translator.build(student_map)
         self.built = True
 
-        self.ce_loss_tracker = keras.metrics.Mean(name="ce_loss")
-        self.ft_loss_tracker = keras.metrics.Mean(name="ft_loss")
-        self._classification_loss = None
-
-    def call(self, inputs, training=None):
-        """Returns the student's logits."""
-        return self.student(inputs, training=training)
-
-    def compile(self, optimizer="sgd", loss=None, metrics=None, **kwargs):
-        """Configures the student's optimizer, loss and metrics.
-
-        Args:
-            optimizer: Optimizer for the student and the translator.
-            loss: Classification loss on the student's logits. Defaults to
-                sparse categorical cross-entropy from logits; the strings
-                `"sparse_categorical_crossentropy"` and
-                `"categorical_crossentropy"` are taken with
-                `from_logits=True`, since the student returns logits.
-            metrics: Metrics on the student's logits, e.g. `["accuracy"]`.
-            **kwargs: Other `keras.Model.compile` arguments.
-        """
-        self._classification_loss = _classification_loss(loss)
-        super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+    def _teacher_outputs(self, x):
+        outputs = self._teacher_features(x, training=False)
+        if self.kd_weight:
+            logits, feature_map = outputs
+        else:
+            logits, feature_map = None, outputs
+        factor = self.paraphraser(feature_map, training=False)
+        if logits is not None:
+            logits = ops.stop_gradient(logits)
+        return logits, ops.stop_gradient(factor)
 
     def teacher_factor(self, x):
         """The frozen teacher factor of a batch (no gradient)."""
-        features = self._teacher_features(x, training=False)
-        return ops.stop_gradient(self.paraphraser(features, training=False))
+        return self._teacher_outputs(x)[1]
 
     def compute_losses(self, x, y, sample_weight=None, training=False):
-        """One forward pass of each network and all loss terms.
-
-        Returns `(logits, losses)` where `losses` is a dict with `loss`,
-        `ce_loss` and `ft_loss`, each already divided by the number of
-        replicas (as Keras losses are), ready to be differentiated.
-        """
-        if self._classification_loss is None:
-            raise ValueError(
-                "The Distiller is not compiled: call `distiller.compile(...)` "
-                "before training or evaluating it."
-            )
-        teacher_factor = self.teacher_factor(x)
+        teacher_logits, teacher_factor = self._teacher_outputs(x)
         logits, student_map = self._student_features(x, training=training)
         student_factor = self.translator(student_map, training=training)
-        ce = self._classification_loss(y, logits, sample_weight=sample_weight)
-        ft = self.ft_loss_fn(teacher_factor, student_factor)
-        total = ce + self.beta * ft
+        losses = {
+            "ce_loss": self._ce(y, logits, sample_weight),
+            "ft_loss": self.ft_loss_fn(teacher_factor, student_factor),
+        }
+        total = losses["ce_loss"] + self.beta * losses["ft_loss"]
+        if self.kd_weight:
+            losses["kd_loss"] = self.kd_loss_fn(teacher_logits, logits)
+            total = total + self.kd_weight * losses["kd_loss"]
         if training:
             total = total + _regularization(self.student, self.translator)
-        return logits, {"loss": total, "ce_loss": ce, "ft_loss": ft}
-
-    def _update_loss_trackers(self, x, losses):
-        batch = _batch_size(x)
-        for tracker, key in (
-            (self._loss_tracker, "loss"),
-            (self.ce_loss_tracker, "ce_loss"),
-            (self.ft_loss_tracker, "ft_loss"),
-        ):
-            tracker.update_state(
-                _unscale_for_replicas(losses[key]), sample_weight=batch
-            )
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.trainable_variables
-        with tf.GradientTape() as tape:
-            logits, losses = self.compute_losses(
-                x, y, sample_weight, training=True
-            )
-            scaled = self.optimizer.scale_loss(losses["loss"])
-        gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply(gradients, variables)
-        self._update_loss_trackers(x, losses)
-        return self.compute_metrics(x, y, logits, sample_weight=sample_weight)
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        logits, losses = self.compute_losses(x, y, sample_weight, training=False)
-        self._update_loss_trackers(x, losses)
-        return self.compute_metrics(x, y, logits, sample_weight=sample_weight)
+        losses["loss"] = total
+        return logits, losses
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "teacher": _serialize(self.teacher),
-            "student": _serialize(self.student),
-            "paraphraser": _serialize(self.paraphraser),
-            "translator": _serialize(self.translator),
-            "teacher_layer": self.teacher_layer,
-            "student_layer": self.student_layer,
-            "beta": self.beta,
-            "p": self.p,
-            "factor": self.factor,
-        }
+        config = self._base_config()
+        config.update(
+            {
+                "paraphraser": _serialize(self.paraphraser),
+                "translator": _serialize(self.translator),
+                "teacher_layer": self.teacher_layer,
+                "student_layer": self.student_layer,
+                "beta": self.beta,
+                "p": self.p,
+                "factor": self.factor,
+                "kd_weight": self.kd_weight,
+                "temperature": self.temperature,
+            }
+        )
+        return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         for key in ("teacher", "student", "paraphraser", "translator"):
+            config[key] = _deserialize(config[key])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BaselineDistiller(_TeacherStudentModel):
+    """The baselines Factor Transfer is compared with, in the same framework.
+
+    Trains the student on
+
+        loss = ce_weight * CE(y, logits)
+               + kd_weight * KnowledgeDistillationLoss(T)(teacher, logits)
+               + at_weight * sum over tap pairs of AttentionTransferLoss
+               + the student's regularization losses
+
+    - Hinton KD: `kd_weight > 0` (RepDistiller: `ce_weight=0.1,
+      kd_weight=0.9, temperature=4`);
+    - Attention Transfer: `at_weight > 0` with `teacher_layers` and
+      `student_layers` (RepDistiller: `at_weight=1000`), on the same taps as
+      Factor Transfer or on several;
+    - both at once.
+
+    The teacher runs once per step in inference mode, the student once.
+    `fit` reports `loss`, `ce_loss` and the active terms' `kd_loss`,
+    `at_loss` (before their weights).
+
+    Args:
+        teacher: A trained functional `keras.Model`. Frozen by this call.
+        student: A functional `keras.Model` returning logits.
+        ce_weight: Weight of the classification loss.
+        kd_weight: Weight of the KD loss; 0 leaves it out.
+        temperature: KD temperature.
+        at_weight: Weight of the attention transfer loss; 0 leaves it out.
+        teacher_layers: Teacher tap names for AT.
+        student_layers: Student tap names for AT, paired with
+            `teacher_layers`.
+        at_power: The exponent of the attention maps.
+        **kwargs: `keras.Model` keyword arguments such as `name`.
+
+    Example:
+
+    ```python
+    kd = ft_keras.BaselineDistiller(teacher, student, ce_weight=0.1,
+                                    kd_weight=0.9, temperature=4.0)
+    at = ft_keras.BaselineDistiller(teacher, student, at_weight=1000.0,
+                                    teacher_layers=["stage3"],
+                                    student_layers=["stage3"])
+    kd.compile(keras.optimizers.SGD(0.05, momentum=0.9), metrics=["accuracy"])
+    kd.fit(train_ds, epochs=240)
+    ```
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        ce_weight=1.0,
+        kd_weight=0.0,
+        temperature=4.0,
+        at_weight=0.0,
+        teacher_layers=(),
+        student_layers=(),
+        at_power=2,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "baseline_distiller")
+        ce_weight = _non_negative("ce_weight", ce_weight, "1 without KD")
+        kd_weight = _non_negative("kd_weight", kd_weight, "0.9 in RepDistiller")
+        at_weight = _non_negative("at_weight", at_weight, "1000 in RepDistiller")
+        teacher_layers, student_layers = list(teacher_layers), list(student_layers)
+        if len(teacher_layers) != len(student_layers):
+            raise ValueError(
+                "`teacher_layers` and `student_layers` are paired and must "
+                f"have the same length. Received: teacher_layers="
+                f"{teacher_layers}, student_layers={student_layers}"
+            )
+        if at_weight and not teacher_layers:
+            raise ValueError(
+                "Attention transfer needs taps: give `teacher_layers` and "
+                f"`student_layers`. Received: at_weight={at_weight}, no layers."
+            )
+        if not (kd_weight or at_weight):
+            raise ValueError(
+                "BaselineDistiller needs a teacher term: set `kd_weight` "
+                "(Hinton KD) and/or `at_weight` (attention transfer) above 0; "
+                "train the student alone with a plain `keras.Model.fit`."
+            )
+        self.kd_loss_fn = ft_losses.KnowledgeDistillationLoss(temperature)
+        self.at_loss_fn = ft_losses.AttentionTransferLoss(power=at_power)
+        terms = (
+            ["ce_loss"]
+            + (["kd_loss"] if kd_weight else [])
+            + (["at_loss"] if at_weight else [])
+        )
+        super().__init__(teacher, student, terms, **kwargs)
+        self.ce_weight = ce_weight
+        self.kd_weight = kd_weight
+        self.temperature = float(temperature)
+        self.at_weight = at_weight
+        self.at_power = at_power
+        self.teacher_layers = teacher_layers if at_weight else []
+        self.student_layers = student_layers if at_weight else []
+        self._teacher_features = feature_extractor(
+            teacher, self.teacher_layers, "teacher", include_output=True
+        )
+        self._student_features = feature_extractor(
+            student, self.student_layers, "student", include_output=True
+        )
+        for t_name, s_name in zip(self.teacher_layers, self.student_layers):
+            t_shape = tuple(teacher.get_layer(t_name).output.shape)
+            s_shape = tuple(student.get_layer(s_name).output.shape)
+            try:
+                if len(t_shape) != 4 or len(s_shape) != 4:
+                    raise ValueError("not a feature map")
+                ft_losses.match_spatial_size(
+                    keras.KerasTensor(t_shape), keras.KerasTensor(s_shape)
+                )
+            except ValueError:
+                raise ValueError(
+                    f"Attention transfer cannot pair teacher layer {t_name!r} "
+                    f"{t_shape} with student layer {s_name!r} {s_shape}: both "
+                    "must be (batch, height, width, channels) maps whose "
+                    "heights/widths are integer multiples of each other."
+                ) from None
+        self.built = True
+
+    @staticmethod
+    def _as_list(outputs):
+        return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+    def compute_losses(self, x, y, sample_weight=None, training=False):
+        teacher = [
+            ops.stop_gradient(t)
+            for t in self._as_list(self._teacher_features(x, training=False))
+        ]
+        student = self._as_list(self._student_features(x, training=training))
+        logits = student[0]
+        losses = {"ce_loss": self._ce(y, logits, sample_weight)}
+        total = self.ce_weight * losses["ce_loss"]
+        if self.kd_weight:
+            losses["kd_loss"] = self.kd_loss_fn(teacher[0], logits)
+            total = total + self.kd_weight * losses["kd_loss"]
+        if self.at_weight:
+            losses["at_loss"] = ops.sum(
+                [self.at_loss_fn(t, s) for t, s in zip(teacher[1:], student[1:])]
+            )
+            total = total + self.at_weight * losses["at_loss"]
+        if training:
+            total = total + _regularization(self.student)
+        losses["loss"] = total
+        return logits, losses
+
+    def get_config(self):
+        config = self._base_config()
+        config.update(
+            {
+                "ce_weight": self.ce_weight,
+                "kd_weight": self.kd_weight,
+                "temperature": self.temperature,
+                "at_weight": self.at_weight,
+                "teacher_layers": self.teacher_layers,
+                "student_layers": self.student_layers,
+                "at_power": self.at_power,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student"):
             config[key] = _deserialize(config[key])
         return cls(**config)

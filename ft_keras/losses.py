@@ -1,7 +1,9 @@
-"""Losses of Factor Transfer.
+"""Losses of Factor Transfer, and of the baselines it is compared with.
 
 `FactorTransferLoss` compares the student factor to the teacher factor;
-`reconstruction_loss` returns the loss that pre-trains the paraphraser.
+`reconstruction_loss` returns the loss that pre-trains the paraphraser;
+`KnowledgeDistillationLoss` (Hinton et al.) and `AttentionTransferLoss`
+(Zagoruyko & Komodakis) are the usual baselines.
 
 All are `keras.losses.Loss` objects with the default "sum_over_batch_size"
 reduction, so under `tf.distribute` each replica's value is already divided by
@@ -149,6 +151,117 @@ class FactorTransferLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update({"p": self.p, "factor": self.factor})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class KnowledgeDistillationLoss(keras.losses.Loss):
+    """Hinton et al.'s knowledge distillation loss between logits.
+
+    `T^2 * KL(softmax(teacher / T) || softmax(student / T))` per example,
+    averaged over the batch (as RepDistiller's `DistillKL`). Called as
+    `loss(teacher_logits, student_logits)`; computed in float32.
+
+    Args:
+        temperature: The softening temperature `T` (4 in RepDistiller).
+
+    Example:
+
+    ```python
+    import numpy as np
+    loss = ft_keras.losses.KnowledgeDistillationLoss(temperature=4.0)
+    logits = np.random.rand(8, 10).astype("float32")
+    float(loss(logits, logits))  # 0.0
+    ```
+    """
+
+    def __init__(
+        self,
+        temperature=4.0,
+        reduction="sum_over_batch_size",
+        name="knowledge_distillation_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or temperature <= 0
+        ):
+            raise ValueError(
+                "`temperature` must be a positive number (4 in RepDistiller). "
+                f"Received: temperature={temperature!r}"
+            )
+        self.temperature = float(temperature)
+
+    def call(self, y_true, y_pred):
+        t = ops.cast(y_true, "float32") / self.temperature
+        s = ops.cast(y_pred, "float32") / self.temperature
+        log_p_t = ops.log_softmax(t, axis=-1)
+        log_p_s = ops.log_softmax(s, axis=-1)
+        kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+        return kl * self.temperature**2
+
+    def get_config(self):
+        config = super().get_config()
+        config["temperature"] = self.temperature
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class AttentionTransferLoss(keras.losses.Loss):
+    """Zagoruyko & Komodakis' attention transfer loss between feature maps.
+
+    The attention map of a (N, H, W, C) map is the channel-mean of
+    `|x|^power`, flattened and L2-normalised; the loss is the mean squared
+    difference of the two attention maps (RepDistiller's `Attention`). If the
+    spatial sizes differ, the larger map is average-pooled to the smaller.
+    Channel counts may differ. Called as `loss(teacher_map, student_map)`.
+
+    Args:
+        power: The exponent `p` of the attention map (2 in the paper).
+
+    Example:
+
+    ```python
+    import numpy as np
+    loss = ft_keras.losses.AttentionTransferLoss()
+    teacher_map = np.random.rand(2, 8, 8, 64).astype("float32")
+    student_map = np.random.rand(2, 8, 8, 16).astype("float32")
+    float(loss(teacher_map, student_map))  # a small positive number
+    ```
+    """
+
+    def __init__(
+        self,
+        power=2,
+        reduction="sum_over_batch_size",
+        name="attention_transfer_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or (
+            power <= 0
+        ):
+            raise ValueError(
+                "`power` must be a positive number (2 in the paper). "
+                f"Received: power={power!r}"
+            )
+        self.power = power
+
+    def attention(self, feature_map):
+        x = ops.abs(ops.cast(feature_map, "float32"))
+        x = ops.mean(ops.power(x, self.power), axis=-1)
+        return _l2_normalize_rows(_flatten_per_example(x))
+
+    def call(self, y_true, y_pred):
+        teacher, student = match_spatial_size(y_true, y_pred)
+        diff = self.attention(student) - self.attention(teacher)
+        return ops.mean(ops.square(diff), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config["power"] = self.power
         return config
 
 

@@ -335,3 +335,89 @@ def test_mixed_precision_distillation():
         assert np.isfinite(trainer.fit(x, epochs=1, verbose=0).history["loss"][0])
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_ft_plus_kd_reports_and_sums_the_kd_term():
+    teacher = trained_teacher()
+    distiller = make_distiller(teacher=teacher)
+    combined = ft_keras.Distiller(
+        teacher, small_net("student2", 8, seed=2), distiller.paraphraser,
+        ft_keras.Translator(8, use_bn=True), "tap", "tap", beta=10.0,
+        kd_weight=0.5, temperature=2.0)
+    combined.compile(keras.optimizers.SGD(0.0))
+    x, y = data(16)
+    result = combined.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    kd = ft_keras.losses.KnowledgeDistillationLoss(2.0)(
+        teacher(x, training=False), combined.student(x, training=False))
+    np.testing.assert_allclose(result["kd_loss"], float(kd), rtol=1e-5)
+    np.testing.assert_allclose(
+        result["loss"],
+        result["ce_loss"] + 10.0 * result["ft_loss"] + 0.5 * result["kd_loss"],
+        rtol=1e-5)
+
+
+def test_kd_baseline_trains_only_the_student():
+    teacher = trained_teacher()
+    teacher_before = snapshot(teacher)
+    student = small_net("student", 8, seed=2)
+    student_before = [np.array(v) for v in student.trainable_weights]
+    kd = ft_keras.BaselineDistiller(teacher, student, ce_weight=0.1,
+                                    kd_weight=0.9, temperature=4.0)
+    kd.compile(keras.optimizers.SGD(0.05, momentum=0.9), metrics=["accuracy"])
+    x, y = data()
+    history = kd.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert set(history) == {"loss", "ce_loss", "kd_loss", "accuracy"}
+    assert_unchanged(teacher_before, teacher)
+    assert_all_trainable_changed(student_before, student)
+    assert {id(v) for v in kd.trainable_variables} == {
+        id(v) for v in student.trainable_variables}
+
+
+def test_attention_transfer_baseline_loss_decomposition():
+    teacher = trained_teacher()
+    student = small_net("student", 8, seed=2)
+    at = ft_keras.BaselineDistiller(
+        teacher, student, at_weight=1000.0,
+        teacher_layers=["tap", "tap_small"], student_layers=["tap", "tap_small"])
+    at.compile(keras.optimizers.SGD(0.0))
+    x, y = data(16)
+    result = at.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    loss = ft_keras.losses.AttentionTransferLoss()
+    expected_at = sum(
+        float(loss(keras.Model(teacher.input, teacher.get_layer(n).output)(x),
+                   keras.Model(student.input, student.get_layer(n).output)(x)))
+        for n in ("tap", "tap_small"))
+    np.testing.assert_allclose(result["at_loss"], expected_at, rtol=1e-5)
+    np.testing.assert_allclose(result["loss"],
+                               result["ce_loss"] + 1000.0 * expected_at, rtol=1e-5)
+
+
+def test_baseline_distiller_validates_its_terms():
+    teacher = trained_teacher()
+    student = small_net("student", 8)
+    with pytest.raises(ValueError, match="needs a teacher term"):
+        ft_keras.BaselineDistiller(teacher, student)
+    with pytest.raises(ValueError, match="Attention transfer needs taps"):
+        ft_keras.BaselineDistiller(teacher, student, at_weight=1.0)
+    with pytest.raises(ValueError, match="same length"):
+        ft_keras.BaselineDistiller(teacher, student, at_weight=1.0,
+                                   teacher_layers=["tap"], student_layers=[])
+    with pytest.raises(ValueError, match=r"'logits' \(None, 5\)"):
+        ft_keras.BaselineDistiller(teacher, student, at_weight=1.0,
+                                   teacher_layers=["tap"],
+                                   student_layers=["logits"])
+
+
+def test_baseline_distiller_keras_round_trip(tmp_path):
+    teacher = trained_teacher()
+    at = ft_keras.BaselineDistiller(
+        teacher, small_net("student", 8, seed=2), kd_weight=0.5, at_weight=10.0,
+        teacher_layers=["tap"], student_layers=["tap"])
+    at.compile(keras.optimizers.SGD(0.01))
+    x, y = data(16)
+    at.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    at.save(tmp_path / "at.keras")
+    restored = keras.models.load_model(tmp_path / "at.keras", compile=False)
+    assert (restored.kd_weight, restored.at_weight, restored.student_layers) == (
+        0.5, 10.0, ["tap"])
+    np.testing.assert_array_equal(restored(x), at(x))

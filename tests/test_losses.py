@@ -149,3 +149,36 @@ def test_config_round_trip():
     loss = ft_keras.FactorTransferLoss(p=2, factor="attention", name="ft")
     clone = ft_keras.FactorTransferLoss.from_config(loss.get_config())
     assert (clone.p, clone.factor, clone.name) == (2, "attention", "ft")
+
+
+def np_log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_kd_loss_matches_numpy(temperature):
+    teacher = rng.normal(size=(6, 10)).astype(np.float32) * 3
+    student = rng.normal(size=(6, 10)).astype(np.float32) * 3
+    log_pt = np_log_softmax(teacher.astype(np.float64) / temperature)
+    log_ps = np_log_softmax(student.astype(np.float64) / temperature)
+    expected = (np.exp(log_pt) * (log_pt - log_ps)).sum(1).mean() * temperature**2
+    got = float(losses.KnowledgeDistillationLoss(temperature)(teacher, student))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_kd_rejects_bad_temperature():
+    with pytest.raises(ValueError, match="temperature=0"):
+        losses.KnowledgeDistillationLoss(temperature=0)
+
+
+@pytest.mark.parametrize("student_shape", [(3, 8, 8, 5), (3, 4, 4, 5)])
+def test_attention_transfer_loss_matches_numpy(student_shape):
+    teacher = rng.normal(size=(3, 8, 8, 16)).astype(np.float32)
+    student = rng.normal(size=student_shape).astype(np.float32)
+    t = teacher if student_shape[1] == 8 else np_avg_pool(teacher, (4, 4))
+    at_t = np_normalize((t.astype(np.float64) ** 2).mean(-1))
+    at_s = np_normalize((student.astype(np.float64) ** 2).mean(-1))
+    expected = ((at_s - at_t) ** 2).mean()
+    got = float(losses.AttentionTransferLoss()(teacher, student))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
