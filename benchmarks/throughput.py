@@ -34,6 +34,9 @@ KINDS = {
     "b": "teacher inference step",
     "c": "paraphraser pre-training step",
     "d": "Factor Transfer distillation step",
+    # The parts of (d), to explain its cost:
+    "b_tap": "teacher inference up to the tap",
+    "e": "connectors (paraphraser enc. fwd + translator fwd/bwd)",
 }
 TAPS = {"resnet20": "stage3", "resnet56": "stage3", "resnet18": "stage4",
         "resnet50": "stage4"}
@@ -63,9 +66,35 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
     student = models.get(student_name, model_name="student")
     t_tap, s_tap = TAPS[teacher_name], TAPS[student_name]
 
-    if kind == "b":
-        forward = tf.function(lambda images: teacher(images, training=False),
-                              jit_compile=xla)
+    if kind in ("b", "b_tap", "e"):
+        to_tap = keras.Model(teacher.input, teacher.get_layer(t_tap).output)
+        if kind == "e":
+            paraphraser = ft_keras.Paraphraser(0.5)
+            t_map = tf.constant(np.asarray(to_tap(x[:2])).repeat(batch // 2, 0))
+            s_map = tf.constant(np.asarray(keras.Model(
+                student.input, student.get_layer(s_tap).output)(x[:2])).repeat(
+                    batch // 2, 0))
+            translator = ft_keras.Translator(ft_keras.layers.factor_channels(
+                t_map.shape[-1], 0.5))
+            translator.build(s_map.shape)
+            paraphraser.build(t_map.shape)
+            optimizer = sgd()
+            loss_fn = ft_keras.FactorTransferLoss()
+
+            @tf.function(jit_compile=xla)
+            def step(t, s):
+                factor = paraphraser(t, training=False)
+                with tf.GradientTape() as tape:
+                    loss = loss_fn(factor, translator(s, training=True))
+                grads = tape.gradient(loss, translator.trainable_variables)
+                optimizer.apply(grads, translator.trainable_variables)
+                return loss
+
+            forward = lambda images: step(t_map, s_map)  # noqa: E731
+        else:
+            network = teacher if kind == "b" else to_tap
+            forward = tf.function(
+                lambda images: network(images, training=False), jit_compile=xla)
 
         def run(n):
             for _ in range(n):
@@ -109,6 +138,48 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "all_seconds_per_step": seconds,
     }
+
+
+def _conv_macs(model):
+    """Multiply-accumulates per image of a model's (transposed) convolutions
+    and dense layers, from their output shapes."""
+    import keras
+
+    total = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            k = layer.kernel.shape
+            h, w = layer.output.shape[1:3] if hasattr(layer, "output") else (0, 0)
+            total += h * w * k[0] * k[1] * k[2] * k[3]
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.kernel.shape[0] * layer.kernel.shape[1]
+    return total
+
+
+def connector_macs(teacher_name, student_name):
+    """Analytic MACs: networks, and the connectors on their taps."""
+    import keras
+
+    import ft_keras
+    from ft_keras import models
+
+    teacher = models.get(teacher_name)
+    student = models.get(student_name)
+    t_map = teacher.get_layer(TAPS[teacher_name]).output.shape
+    s_map = student.get_layer(TAPS[student_name]).output.shape
+    m = ft_keras.layers.factor_channels(t_map[-1], 0.5)
+
+    def convs(h, w, channels):
+        return sum(h * w * 9 * a * b for a, b in zip(channels, channels[1:]))
+
+    encoder = convs(t_map[1], t_map[2], [t_map[-1], t_map[-1], m, m])
+    translator = convs(s_map[1], s_map[2], [s_map[-1], s_map[-1], m, m])
+    g = lambda v: f"{v / 1e9:.3f}G"  # noqa: E731
+    del keras
+    return (f"teacher fwd {g(_conv_macs(teacher))}, student fwd "
+            f"{g(_conv_macs(student))}, paraphraser encoder fwd {g(encoder)} "
+            f"on {tuple(t_map[1:])}, translator fwd {g(translator)} on "
+            f"{tuple(s_map[1:])}")
 
 
 def machine():
@@ -169,10 +240,15 @@ def main():
             print(f"  ({kind}) {name:<34} {r['images_per_second']:8.1f} img/s"
                   f"  {1000 * r['seconds_per_step']:8.1f} ms/step"
                   f"  peak RSS {r['peak_rss_mib']:7.0f} MiB")
-        ratio = results["d"]["seconds_per_step"] / (
-            results["a"]["seconds_per_step"] + results["b"]["seconds_per_step"])
+        t = {k: r["seconds_per_step"] for k, r in results.items()}
+        ratio = t["d"] / (t["a"] + t["b"])
         print(f"  overhead ratio time(d) / (time(a) + time(b)) = {ratio:.3f}"
               f"  (ideal 1.0, target <= 1.10)")
+        parts = t["a"] + t["b_tap"] + t["e"]
+        print(f"  (d) explained by its parts: (a) + (b_tap) + (e) = "
+              f"{1000 * parts:.1f} ms of {1000 * t['d']:.1f} ms "
+              f"({100 * parts / t['d']:.0f}%)")
+        print(f"  multiply-accumulates per image: {connector_macs(teacher, student)}")
 
 
 if __name__ == "__main__":

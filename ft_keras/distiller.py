@@ -152,8 +152,22 @@ def _deserialize(config):
     return keras.saving.deserialize_keras_object(config)
 
 
+class _NestedConfig:
+    """`from_config` for models whose config holds serialized Keras objects
+    under the keys in `_NESTED_OBJECTS`."""
+
+    _NESTED_OBJECTS = ()
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in cls._NESTED_OBJECTS:
+            config[key] = _deserialize(config[key])
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ParaphraserTrainer(keras.Model):
+class ParaphraserTrainer(_NestedConfig, keras.Model):
     """Pre-trains a `Paraphraser` on the frozen teacher's feature map.
 
     The teacher runs in inference mode and is never updated; only the
@@ -182,6 +196,8 @@ class ParaphraserTrainer(keras.Model):
     paraphraser = trainer.paraphraser
     ```
     """
+
+    _NESTED_OBJECTS = ("teacher", "paraphraser")
 
     def __init__(
         self, teacher, paraphraser, teacher_layer, reconstruction="l1", **kwargs
@@ -260,12 +276,6 @@ class ParaphraserTrainer(keras.Model):
             "reconstruction": self.reconstruction,
         }
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["teacher"] = _deserialize(config["teacher"])
-        config["paraphraser"] = _deserialize(config["paraphraser"])
-        return cls(**config)
 
 
 class _FunctionLoss(keras.losses.Loss):
@@ -308,7 +318,7 @@ def _non_negative(name, value, hint):
     return float(value)
 
 
-class _TeacherStudentModel(keras.Model):
+class _TeacherStudentModel(_NestedConfig, keras.Model):
     """What every distiller shares: a frozen teacher, a student returning
     logits, a compiled classification loss, and `train_step`/`test_step`
     driven by `compute_losses`, which subclasses define."""
@@ -442,6 +452,8 @@ class Distiller(_TeacherStudentModel):
     ```
     """
 
+    _NESTED_OBJECTS = ("teacher", "student", "paraphraser", "translator")
+
     def __init__(
         self,
         teacher,
@@ -550,12 +562,6 @@ class Distiller(_TeacherStudentModel):
         )
         return config
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("teacher", "student", "paraphraser", "translator"):
-            config[key] = _deserialize(config[key])
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -605,6 +611,8 @@ class BaselineDistiller(_TeacherStudentModel):
     kd.fit(train_ds, epochs=240)
     ```
     """
+
+    _NESTED_OBJECTS = ("teacher", "student")
 
     def __init__(
         self,
@@ -721,9 +729,3 @@ class BaselineDistiller(_TeacherStudentModel):
         )
         return config
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("teacher", "student"):
-            config[key] = _deserialize(config[key])
-        return cls(**config)

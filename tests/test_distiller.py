@@ -421,3 +421,17 @@ def test_baseline_distiller_keras_round_trip(tmp_path):
     assert (restored.kd_weight, restored.at_weight, restored.student_layers) == (
         0.5, 10.0, ["tap"])
     np.testing.assert_array_equal(restored(x), at(x))
+
+
+def test_paraphraser_trainer_keras_round_trip(tmp_path):
+    trainer = ft_keras.ParaphraserTrainer(
+        trained_teacher(), ft_keras.Paraphraser(rate=0.25, use_bn=True), "tap",
+        reconstruction="normalized_l2")
+    trainer.compile(keras.optimizers.SGD(0.01))
+    x, _ = data(16)
+    trainer.fit(x, batch_size=8, epochs=1, verbose=0)
+    trainer.save(tmp_path / "trainer.keras")
+    restored = keras.models.load_model(tmp_path / "trainer.keras", compile=False)
+    assert (restored.reconstruction, restored.paraphraser.rate) == (
+        "normalized_l2", 0.25)
+    np.testing.assert_array_equal(restored(x), trainer(x))
