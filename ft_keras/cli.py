@@ -30,7 +30,25 @@ def define_flags():
     flags.DEFINE_bool(
         "overwrite", False, "Delete the workdir first and start over."
     )
+    flags.DEFINE_enum(
+        "strategy", None, ["auto", "default", "mirrored", "multi_worker"],
+        "Sets `experiment.strategy` (see ft_keras.distribute).",
+    )
+    flags.DEFINE_enum(
+        "cluster", None, ["auto", "tf_config", "slurm"],
+        "Sets `cluster.resolver`: where multiple workers find each other.",
+    )
     flags.mark_flag_as_required("workdir")
+
+
+def flag_bindings():
+    """Gin bindings of the `--strategy` and `--cluster` flags."""
+    bindings = []
+    if FLAGS.strategy:
+        bindings.append(f"experiment.strategy = '{FLAGS.strategy}'")
+    if FLAGS.cluster:
+        bindings.append(f"cluster.resolver = '{FLAGS.cluster}'")
+    return bindings
 
 
 def _fail(error, code):
@@ -63,7 +81,7 @@ def run(argv, stages=None):
     if not FLAGS.gin_file:
         return _fail("give at least one --gin_file.", 2)
     try:
-        parse_config(FLAGS.gin_file, FLAGS.gin_bindings)
+        parse_config(FLAGS.gin_file, FLAGS.gin_bindings + flag_bindings())
         experiment = train.Experiment(
             FLAGS.workdir, overwrite=FLAGS.overwrite, stages=stages
         )

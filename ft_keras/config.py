@@ -20,6 +20,9 @@ import gin
 
 STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+RESOLVERS = ("auto", "tf_config", "slurm")
+COMMUNICATIONS = ("auto", "ring", "nccl")
+AUTO_SHARD_POLICIES = ("auto", "data", "file", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,9 +204,11 @@ def experiment(
         teacher_checkpoint: A trained teacher (`.keras` model or
             `.weights.h5` weights of `teacher/network`); trained if None.
         seed: Seed of weights, shuffling and augmentation.
-        strategy: `"auto"` (MirroredStrategy over the visible GPUs, the
-            default strategy on a CPU-only machine), `"default"`,
-            `"mirrored"` or `"multi_worker"`.
+        strategy: `"auto"` (MultiWorkerMirroredStrategy when a cluster is
+            configured, see `cluster`; else MirroredStrategy over the
+            visible GPUs, the default strategy on a CPU-only machine),
+            `"default"`, `"mirrored"` or `"multi_worker"`. The `--strategy`
+            flag sets it.
         checkpoint_every: `"epoch"` or a number of steps between the
             `BackupAndRestore` checkpoints that make stages resumable.
         representative_batches: Batches of training images used to calibrate
@@ -242,6 +247,89 @@ def experiment(
         checkpoint_every=checkpoint_every,
         representative_batches=representative_batches,
         validate=validate,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    resolver: str
+    communication: str
+    timeout_seconds: float
+    auto_shard: str
+    slurm_port_base: int
+    gpus_per_node: int
+
+
+@gin.configurable("cluster")
+def cluster(
+    resolver="auto",
+    communication="auto",
+    timeout_seconds=None,
+    auto_shard="auto",
+    slurm_port_base=8888,
+    gpus_per_node=None,
+):
+    """Multi-worker training: how workers find each other and communicate.
+
+    Used when `experiment.strategy` is `"multi_worker"`, or `"auto"` and a
+    cluster is configured (see `ft_keras.distribute` and `launch/`).
+
+    Args:
+        resolver: `"tf_config"` (the `TF_CONFIG` environment variable, e.g.
+            set by Kubernetes operators or launch/local_workers.sh),
+            `"slurm"` (the tasks of an `srun` step), or `"auto"` (TF_CONFIG
+            if set, else SLURM inside an `srun` step of several tasks). The
+            `--cluster` flag sets it.
+        communication: Collective implementation: `"auto"`, `"ring"` (gRPC)
+            or `"nccl"` (GPUs).
+        timeout_seconds: Fail a collective op that waits longer than this
+            (None: wait; a dead worker is still detected by heartbeats).
+        auto_shard: How `tf.data` splits the data among workers: `"auto"`
+            (by file when the dataset reads files, else by data), `"data"`,
+            `"file"` or `"off"`.
+        slurm_port_base: First port of the workers on each SLURM node (one
+            port per task on the node).
+        gpus_per_node: GPUs per SLURM node (None: those visible; 0 for
+            CPU-only nodes).
+    """
+    choices = {
+        "resolver": (resolver, RESOLVERS),
+        "communication": (communication, COMMUNICATIONS),
+        "auto_shard": (auto_shard, AUTO_SHARD_POLICIES),
+    }
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(
+                f"`cluster.{name}` must be one of {allowed}. Received: "
+                f"{name}={value!r}"
+            )
+    if timeout_seconds is not None and (
+        isinstance(timeout_seconds, bool)
+        or not isinstance(timeout_seconds, (int, float))
+        or timeout_seconds <= 0
+    ):
+        raise ValueError(
+            "`cluster.timeout_seconds` must be None or a positive number of "
+            f"seconds. Received: timeout_seconds={timeout_seconds!r}"
+        )
+    for name, value, low in (
+        ("slurm_port_base", slurm_port_base, 1),
+        ("gpus_per_node", gpus_per_node, 0),
+    ):
+        if value is None and name == "gpus_per_node":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(
+                f"`cluster.{name}` must be an integer >= {low}. Received: "
+                f"{name}={value!r}"
+            )
+    return ClusterConfig(
+        resolver=resolver,
+        communication=communication,
+        timeout_seconds=timeout_seconds,
+        auto_shard=auto_shard,
+        slurm_port_base=slurm_port_base,
+        gpus_per_node=gpus_per_node,
     )
 
 

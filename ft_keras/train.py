@@ -17,6 +17,10 @@ Workdir layout:
     baseline/model.keras  (the student trained alone, if that stage runs)
     results.json          evaluation, wall time and images/second per stage
     export/               SavedModel, TFLite float and int8, student.keras
+
+With several workers (`ft_keras.distribute`, launch/), every worker runs the
+same command; only the chief writes the workdir, the others write to a
+temporary directory of their own, removed at the end.
 """
 
 import difflib
@@ -30,12 +34,12 @@ import time
 import gin
 import keras
 import numpy as np
-import tensorflow as tf
 
 from ft_keras import callbacks as ft_callbacks
 from ft_keras import config
 from ft_keras import data
 from ft_keras import distiller as ft_distiller
+from ft_keras import distribute
 from ft_keras import export as ft_export
 from ft_keras import layers as ft_layers
 from ft_keras import models
@@ -64,23 +68,24 @@ def _write_json(path, value):
     os.replace(tmp, path)
 
 
+# Bindings that may change between runs of the same experiment: the stages
+# (e.g. to export later) and where it runs (one process, a cluster).
+_RUNTIME_BINDINGS = r"experiment\.stages|experiment\.strategy|cluster\.\w+"
+
+
 def _comparable_config(config_str):
-    """The config without `experiment.stages`, which may change between
-    runs of the same experiment (e.g. to export later)."""
-    return re.sub(
-        r"^experiment\.stages = .*?(?=^\S|\Z)", "", config_str, flags=re.M | re.S
-    ).strip()
-
-
-def make_strategy(kind):
-    """A `tf.distribute` strategy by name (see `config.experiment`)."""
-    if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if kind == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if kind == "auto" and tf.config.list_logical_devices("GPU"):
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    """The config's bindings without `_RUNTIME_BINDINGS` and comments."""
+    bindings = re.sub(
+        rf"^(?:{_RUNTIME_BINDINGS}) = .*?(?=^\S|\Z)",
+        "",
+        config_str,
+        flags=re.M | re.S,
+    )
+    return "\n".join(
+        line
+        for line in bindings.splitlines()
+        if line.strip() and not line.startswith("#")
+    )
 
 
 def top_k_metrics(num_classes):
@@ -112,6 +117,8 @@ class Experiment:
     Construction resolves the whole configuration, builds the networks and
     datasets and checks the taps, so that every configuration error is
     raised before any training. `run()` then runs the enabled stages.
+    `strategy` overrides the one `experiment.strategy` and `cluster` select
+    (`ft_keras.distribute.make_strategy`).
 
     Example:
 
@@ -122,8 +129,9 @@ class Experiment:
     ```
     """
 
-    def __init__(self, workdir, overwrite=False, stages=None):
+    def __init__(self, workdir, overwrite=False, stages=None, strategy=None):
         self.cfg = config.experiment()
+        self.cluster_cfg = config.cluster()
         self.stages = tuple(stages) if stages else self.cfg.stages
         self.data_cfg = config.dataset()
         self.ft_cfg = config.factor_transfer()
@@ -136,10 +144,16 @@ class Experiment:
             with gin.config_scope(scope):
                 self.net_cfgs[scope] = config.network()
         self.workdir = os.path.abspath(workdir)
+        self.strategy = strategy or distribute.make_strategy(
+            self.cfg.strategy, self.cluster_cfg
+        )
+        self.is_chief = distribute.is_chief(self.strategy)
+        # Where this process writes: the workdir, or a worker's temp dir.
+        self.output_dir = distribute.worker_dir(self.workdir, self.strategy)
         self._prepare_workdir(overwrite)
+        distribute.barrier(self.strategy)
 
         keras.utils.set_random_seed(self.cfg.seed)
-        self.strategy = make_strategy(self.cfg.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
         self.num_classes = data.num_classes(self.data_cfg.name)
         self.input_shape = data.input_shape(self.data_cfg.name)
@@ -152,12 +166,12 @@ class Experiment:
                 f"The train split of {self.data_cfg.name!r} gives no full "
                 f"batch of {self.global_batch}: lower `dataset.batch_size`."
             )
-        with self.strategy.scope():
+        with distribute.scope(self.strategy):
             self.teacher = self._network("teacher")
             self.student = self._network("student")
         self._teacher_loaded = False
         self._check_taps()
-        with open(os.path.join(self.workdir, "operative_config.gin"), "w") as f:
+        with open(self._out("operative_config.gin"), "w") as f:
             f.write(gin.operative_config_str())
 
     # ------------------------------------------------------------------
@@ -166,9 +180,12 @@ class Experiment:
     def _prepare_workdir(self, overwrite):
         requested = gin.config_str()
         path = os.path.join(self.workdir, "config.gin")
-        if overwrite and os.path.isdir(self.workdir):
+        if not self.is_chief:
+            distribute.remove_worker_dir(self.output_dir, self.workdir)
+            os.makedirs(self.output_dir)
+        if overwrite and self.is_chief and os.path.isdir(self.workdir):
             shutil.rmtree(self.workdir)
-        if os.path.exists(path):
+        if os.path.exists(path) and not (overwrite and not self.is_chief):
             with open(path) as f:
                 saved = f.read()
             if _comparable_config(saved) != _comparable_config(requested):
@@ -188,15 +205,21 @@ class Experiment:
                     f"(- saved, + now): {'; '.join(diff[:6])}. Use another "
                     "--workdir, or --overwrite to delete it and start over."
                 )
-        os.makedirs(self.workdir, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(requested)
+        if self.is_chief:
+            os.makedirs(self.workdir, exist_ok=True)
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(requested)
+            os.replace(tmp, path)
 
     def _dataset(self, training):
         cfg = self.data_cfg
         options = dict(cfg.options if training else cfg.eval_options)
         options.setdefault("seed", self.cfg.seed)
-        return data.build_dataset(
+        if distribute.num_workers(self.strategy) > 1:
+            # Every worker must cut the same global batches from its copy.
+            options.setdefault("deterministic", True)
+        dataset = data.build_dataset(
             cfg.name,
             cfg.train_split if training else cfg.test_split,
             batch_size=self.global_batch
@@ -205,6 +228,9 @@ class Experiment:
             training=training,
             data_dir=cfg.data_dir,
             **options,
+        )
+        return dataset.with_options(
+            distribute.shard_options(self.cluster_cfg.auto_shard)
         )
 
     def _network(self, role):
@@ -271,6 +297,10 @@ class Experiment:
     def _path(self, *parts):
         return os.path.join(self.workdir, *parts)
 
+    def _out(self, *parts):
+        """Where this process writes `parts` (see `output_dir`)."""
+        return os.path.join(self.output_dir, *parts)
+
     def _optimizer(self, scope):
         train = self.train_cfgs[scope]
         return optim.build_optimizer(
@@ -278,8 +308,15 @@ class Experiment:
         )
 
     def _fit(self, stage, model, epochs, validation_data=None):
-        stage_dir = self._path(stage)
+        stage_dir = self._out(stage)
         os.makedirs(stage_dir, exist_ok=True)
+        if not self.is_chief and os.path.isdir(self._path(stage, "backup")):
+            # Resume from the chief's checkpoint, like every worker.
+            shutil.copytree(
+                self._path(stage, "backup"),
+                os.path.join(stage_dir, "backup"),
+                dirs_exist_ok=True,
+            )
         throughput = ft_callbacks.Throughput(
             self.global_batch, self.steps_per_epoch
         )
@@ -294,6 +331,13 @@ class Experiment:
             callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 2,
         )
+        info = distribute.task_info(self.strategy)
+        if info.num_workers > 1:
+            print(
+                f"[ft_keras] {info.task_type} {info.task_id}: stage {stage} "
+                f"weights {distribute.weights_fingerprint(model)}",
+                flush=True,
+            )
         _write_json(
             os.path.join(stage_dir, "stage.json"),
             {
@@ -310,11 +354,11 @@ class Experiment:
         return self.test_ds if self.cfg.validate else None
 
     def _load(self, path):
-        with self.strategy.scope():
+        with distribute.scope(self.strategy):
             return keras.models.load_model(path)
 
     def _train_classifier(self, stage, model, scope):
-        with self.strategy.scope():
+        with distribute.scope(self.strategy):
             model.compile(
                 optimizer=self._optimizer(scope),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -330,12 +374,12 @@ class Experiment:
         if os.path.exists(path):
             self._trained_teacher()
             return
-        os.makedirs(self._path("teacher"), exist_ok=True)
+        os.makedirs(self._out("teacher"), exist_ok=True)
         if self.cfg.teacher_checkpoint:
             self.teacher = self._load_teacher_checkpoint(self.cfg.teacher_checkpoint)
         else:
             self._train_classifier("teacher", self.teacher, "teacher")
-        _atomic_save(self.teacher, path)
+        _atomic_save(self.teacher, self._out("teacher", "model.keras"))
         self._teacher_loaded = True
 
     def _load_teacher_checkpoint(self, checkpoint):
@@ -350,7 +394,7 @@ class Experiment:
             if checkpoint.endswith(".keras"):
                 teacher = self._load(checkpoint)
             else:
-                with self.strategy.scope():
+                with distribute.scope(self.strategy):
                     self.teacher.load_weights(checkpoint)
                 teacher = self.teacher
         except Exception as e:  # Keras raises several types on mismatch.
@@ -395,7 +439,7 @@ class Experiment:
             return
         ft = self.ft_cfg
         self._trained_teacher()
-        with self.strategy.scope():
+        with distribute.scope(self.strategy):
             paraphraser, _ = self._connectors()
             trainer = ft_distiller.ParaphraserTrainer(
                 self.teacher,
@@ -408,7 +452,10 @@ class Experiment:
             "paraphraser", trainer, self.train_cfgs["paraphraser"].epochs
         )
         tap = self._tap_shape(self.teacher, "teacher", ft.teacher_layer)
-        _atomic_save(keras.Sequential([keras.Input(tap[1:]), paraphraser]), path)
+        _atomic_save(
+            keras.Sequential([keras.Input(tap[1:]), paraphraser]),
+            self._out("paraphraser", "paraphraser.keras"),
+        )
 
     def run_student(self):
         path = self._path("student", "model.keras")
@@ -417,7 +464,7 @@ class Experiment:
             return
         ft = self.ft_cfg
         self._trained_teacher()
-        with self.strategy.scope():
+        with distribute.scope(self.strategy):
             paraphraser = self._load(
                 self._require("paraphraser", "paraphraser.keras")
             ).layers[-1]
@@ -446,18 +493,18 @@ class Experiment:
         tap = self._tap_shape(self.student, "student", ft.student_layer)
         _atomic_save(
             keras.Sequential([keras.Input(tap[1:]), translator]),
-            self._path("student", "translator.keras"),
+            self._out("student", "translator.keras"),
         )
-        _atomic_save(self.student, path)
+        _atomic_save(self.student, self._out("student", "model.keras"))
 
     def run_baseline(self):
         path = self._path("baseline", "model.keras")
         if os.path.exists(path):
             return
-        with self.strategy.scope():
+        with distribute.scope(self.strategy):
             baseline = self._network("student")
         self._train_classifier("baseline", baseline, "student")
-        _atomic_save(baseline, path)
+        _atomic_save(baseline, self._out("baseline", "model.keras"))
 
     def evaluate(self):
         """Top-1/top-5 of every trained network on the test split."""
@@ -466,7 +513,7 @@ class Experiment:
             path = self._path(role, "model.keras")
             if not os.path.exists(path):
                 continue
-            with self.strategy.scope():
+            with distribute.scope(self.strategy):
                 model = keras.models.load_model(path, compile=False)
                 model.compile(metrics=top_k_metrics(self.num_classes))
             scores = model.evaluate(self.test_ds, verbose=0, return_dict=True)
@@ -508,6 +555,8 @@ class Experiment:
         )
 
     def run_export(self):
+        if not self.is_chief:
+            return
         student = keras.models.load_model(
             self._require("student", "model.keras"), compile=False
         )
@@ -526,12 +575,12 @@ class Experiment:
     # ------------------------------------------------------------------
 
     def _update_results(self, **entries):
-        path = self._path("results.json")
+        path = self._out("results.json")
         results = _read_json(path) if os.path.exists(path) else {}
         results.update(entries)
         stages = {}
         for stage in ("teacher", "paraphraser", "student", "baseline"):
-            stage_json = self._path(stage, "stage.json")
+            stage_json = self._out(stage, "stage.json")
             if os.path.exists(stage_json):
                 stages[stage] = _read_json(stage_json)
         results["stages"] = stages
@@ -542,11 +591,17 @@ class Experiment:
     def run(self):
         """Runs the enabled stages in order; returns `results.json`'s dict."""
         start = time.perf_counter()
-        for stage in self.stages:
-            getattr(self, f"run_{stage}")()
-        return self._update_results(
-            last_run_wall_time_s=time.perf_counter() - start
-        )
+        try:
+            for i, stage in enumerate(self.stages):
+                getattr(self, f"run_{stage}")()
+                if i + 1 < len(self.stages):
+                    # The chief's artifacts are complete before others read.
+                    distribute.barrier(self.strategy)
+            return self._update_results(
+                last_run_wall_time_s=time.perf_counter() - start
+            )
+        finally:
+            distribute.remove_worker_dir(self.output_dir, self.workdir)
 
 
 def main(argv):
