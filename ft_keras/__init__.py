@@ -7,6 +7,7 @@ Factor Transfer", NeurIPS 2018.
 __version__ = "0.1.0"
 
 from ft_keras import losses
+from ft_keras import optim  # registers EpochSchedule, used by saved models
 from ft_keras.distiller import BaselineDistiller
 from ft_keras.distiller import Distiller
 from ft_keras.distiller import ParaphraserTrainer
@@ -22,4 +23,5 @@ __all__ = [
     "ParaphraserTrainer",
     "Translator",
     "losses",
+    "optim",
 ]

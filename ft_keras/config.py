@@ -174,6 +174,65 @@ def factor_transfer(
     )
 
 
+METHODS = ("ft", "ft+kd", "kd", "at")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillationConfig:
+    method: str
+    ce_weight: float
+    kd_weight: float
+    temperature: float
+    at_weight: float
+    at_teacher_layers: tuple
+    at_student_layers: tuple
+
+
+@gin.configurable("distillation")
+def distillation(
+    method="ft",
+    ce_weight=None,
+    kd_weight=None,
+    temperature=4.0,
+    at_weight=1000.0,
+    at_teacher_layers=None,
+    at_student_layers=None,
+):
+    """How the `student` stage distils, so methods compare with one flag.
+
+    Args:
+        method: `"ft"` (Factor Transfer, the default), `"ft+kd"` (FT plus a
+            Hinton KD term), `"kd"` (Hinton KD alone) or `"at"` (attention
+            transfer alone). KD and AT skip the paraphraser stage.
+        ce_weight: Weight of the cross-entropy; defaults to 0.1 for `"kd"`
+            (RepDistiller) and 1 otherwise.
+        kd_weight: Weight of the KD term; defaults to 0.9 for `"kd"`
+            (RepDistiller) and 1 for `"ft+kd"`.
+        temperature: KD temperature (4 in RepDistiller).
+        at_weight: Weight of attention transfer (1000 in RepDistiller).
+        at_teacher_layers, at_student_layers: AT taps; default to the
+            `factor_transfer` taps.
+    """
+    if method not in METHODS:
+        raise ValueError(
+            f"`distillation.method` must be one of {METHODS}. Received: "
+            f"method={method!r}"
+        )
+    if ce_weight is None:
+        ce_weight = 0.1 if method == "kd" else 1.0
+    if kd_weight is None:
+        kd_weight = {"kd": 0.9, "ft+kd": 1.0}.get(method, 0.0)
+    return DistillationConfig(
+        method=method,
+        ce_weight=ce_weight,
+        kd_weight=kd_weight,
+        temperature=temperature,
+        at_weight=at_weight,
+        at_teacher_layers=tuple(at_teacher_layers or ()),
+        at_student_layers=tuple(at_student_layers or ()),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     stages: tuple
@@ -189,7 +248,7 @@ class ExperimentConfig:
 def experiment(
     stages=("teacher", "paraphraser", "student", "evaluate", "export"),
     teacher_checkpoint=None,
-    seed=0,
+    seed=None,
     strategy="auto",
     checkpoint_every="epoch",
     representative_batches=8,
@@ -203,7 +262,9 @@ def experiment(
             alone (cross-entropy only) for comparison.
         teacher_checkpoint: A trained teacher (`.keras` model or
             `.weights.h5` weights of `teacher/network`); trained if None.
-        seed: Seed of weights, shuffling and augmentation.
+        seed: None, or an integer that seeds weights, shuffling and
+            augmentation and makes TensorFlow's ops deterministic, so a run
+            on the CPU repeats exactly.
         strategy: `"auto"` (MultiWorkerMirroredStrategy when a cluster is
             configured, see `cluster`; else MirroredStrategy over the
             visible GPUs, the default strategy on a CPU-only machine),

@@ -135,6 +135,7 @@ class Experiment:
         self.stages = tuple(stages) if stages else self.cfg.stages
         self.data_cfg = config.dataset()
         self.ft_cfg = config.factor_transfer()
+        self.method_cfg = config.distillation()
         self.train_cfgs = {}
         for scope in ("teacher", "paraphraser", "student"):
             with gin.config_scope(scope):
@@ -153,7 +154,12 @@ class Experiment:
         self._prepare_workdir(overwrite)
         distribute.barrier(self.strategy)
 
-        keras.utils.set_random_seed(self.cfg.seed)
+        if self.cfg.seed is not None:
+            # With the seeded, deterministic input pipeline this repeats a
+            # run exactly on the CPU (tested). GPU kernels may still differ
+            # run to run: call tf.config.experimental.enable_op_determinism()
+            # for those, at some speed cost.
+            keras.utils.set_random_seed(self.cfg.seed)
         self.replicas = self.strategy.num_replicas_in_sync
         self.num_classes = data.num_classes(self.data_cfg.name)
         self.input_shape = data.input_shape(self.data_cfg.name)
@@ -216,7 +222,7 @@ class Experiment:
         cfg = self.data_cfg
         options = dict(cfg.options if training else cfg.eval_options)
         options.setdefault("seed", self.cfg.seed)
-        if distribute.num_workers(self.strategy) > 1:
+        if self.cfg.seed is not None or distribute.num_workers(self.strategy) > 1:
             # Every worker must cut the same global batches from its copy.
             options.setdefault("deterministic", True)
         dataset = data.build_dataset(
@@ -437,6 +443,13 @@ class Experiment:
         path = self._path("paraphraser", "paraphraser.keras")
         if os.path.exists(path):
             return
+        if self.method_cfg.method not in ("ft", "ft+kd"):
+            print(
+                f"[ft_keras] stage paraphraser: skipped, "
+                f"distillation.method={self.method_cfg.method!r} has none",
+                flush=True,
+            )
+            return
         ft = self.ft_cfg
         self._trained_teacher()
         with distribute.scope(self.strategy):
@@ -462,24 +475,9 @@ class Experiment:
         if os.path.exists(path):
             self.student = self._load(path)
             return
-        ft = self.ft_cfg
         self._trained_teacher()
         with distribute.scope(self.strategy):
-            paraphraser = self._load(
-                self._require("paraphraser", "paraphraser.keras")
-            ).layers[-1]
-            _, translator = self._connectors()
-            distiller = ft_distiller.Distiller(
-                self.teacher,
-                self.student,
-                paraphraser,
-                translator,
-                teacher_layer=ft.teacher_layer,
-                student_layer=ft.student_layer,
-                beta=ft.beta,
-                p=ft.p,
-                factor=ft.factor,
-            )
+            distiller, translator = self._student_distiller()
             distiller.compile(
                 optimizer=self._optimizer("student"),
                 metrics=top_k_metrics(self.num_classes),
@@ -490,12 +488,49 @@ class Experiment:
             self.train_cfgs["student"].epochs,
             self._validation(),
         )
-        tap = self._tap_shape(self.student, "student", ft.student_layer)
-        _atomic_save(
-            keras.Sequential([keras.Input(tap[1:]), translator]),
-            self._out("student", "translator.keras"),
-        )
+        if translator is not None:
+            tap = self._tap_shape(self.student, "student", self.ft_cfg.student_layer)
+            _atomic_save(
+                keras.Sequential([keras.Input(tap[1:]), translator]),
+                self._out("student", "translator.keras"),
+            )
         _atomic_save(self.student, self._out("student", "model.keras"))
+
+    def _student_distiller(self):
+        """The training model of `distillation.method`, and its translator
+        (None for KD/AT). Call in the strategy's scope."""
+        ft, method = self.ft_cfg, self.method_cfg
+        if method.method in ("kd", "at"):
+            at = method.method == "at"
+            distiller = ft_distiller.BaselineDistiller(
+                self.teacher,
+                self.student,
+                ce_weight=method.ce_weight,
+                kd_weight=0.0 if at else method.kd_weight,
+                temperature=method.temperature,
+                at_weight=method.at_weight if at else 0.0,
+                teacher_layers=method.at_teacher_layers or [ft.teacher_layer],
+                student_layers=method.at_student_layers or [ft.student_layer],
+            )
+            return distiller, None
+        paraphraser = self._load(
+            self._require("paraphraser", "paraphraser.keras")
+        ).layers[-1]
+        _, translator = self._connectors()
+        distiller = ft_distiller.Distiller(
+            self.teacher,
+            self.student,
+            paraphraser,
+            translator,
+            teacher_layer=ft.teacher_layer,
+            student_layer=ft.student_layer,
+            beta=ft.beta,
+            p=ft.p,
+            factor=ft.factor,
+            kd_weight=method.kd_weight if method.method == "ft+kd" else 0.0,
+            temperature=method.temperature,
+        )
+        return distiller, translator
 
     def run_baseline(self):
         path = self._path("baseline", "model.keras")
@@ -515,7 +550,12 @@ class Experiment:
                 continue
             with distribute.scope(self.strategy):
                 model = keras.models.load_model(path, compile=False)
-                model.compile(metrics=top_k_metrics(self.num_classes))
+                model.compile(
+                    loss=keras.losses.SparseCategoricalCrossentropy(
+                        from_logits=True
+                    ),
+                    metrics=top_k_metrics(self.num_classes),
+                )
             scores = model.evaluate(self.test_ds, verbose=0, return_dict=True)
             results[role] = {k: float(v) for k, v in scores.items() if k != "loss"}
         if not results:
@@ -528,8 +568,9 @@ class Experiment:
     def run_evaluate(self):
         results = self.evaluate()
         self._update_results(evaluation=results)
+        method = self.method_cfg.method.upper()
         names = {"teacher": "teacher", "baseline": "student alone",
-                 "student": "FT student"}
+                 "student": f"{method} student"}
         for role, scores in results.items():
             line = ", ".join(f"{k} {100 * v:.2f}%" for k, v in scores.items())
             print(f"[ft_keras] {names[role]:>13}: {line}", flush=True)

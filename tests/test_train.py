@@ -367,3 +367,62 @@ def test_cifar_without_data_fails_fast_with_one_line(tmp_path):
     assert len(error) == 1 and "cifar10" in error[0] and str(tmp_path / "tfds") in error[0]
     assert "Traceback" not in result.stderr
     assert time.perf_counter() - start < 90
+
+
+# ----------------------------------------------------------------------
+# Seeds and methods.
+
+
+def test_one_seed_makes_a_stage_repeat_exactly(tmp_path, in_repo):
+    weights = []
+    for run in ("a", "b"):
+        experiment = quickstart_experiment(
+            tmp_path / run, "teacher/training.epochs = 1",
+            "experiment.stages = ['teacher']")
+        experiment.run()
+        weights.append(keras.models.load_model(
+            tmp_path / run / "teacher" / "model.keras").get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("method, terms", [
+    ("kd", {"ce_loss", "kd_loss"}),
+    ("at", {"ce_loss", "at_loss"}),
+    ("ft+kd", {"ce_loss", "ft_loss", "kd_loss"}),
+])
+def test_distillation_method_selects_the_training_model(
+        method, terms, tmp_path, in_repo):
+    experiment = quickstart_experiment(
+        tmp_path / "w", f"distillation.method = '{method}'",
+        "teacher/training.epochs = 1", "paraphraser/training.epochs = 1",
+        "student/training.epochs = 1",
+        "experiment.stages = ['teacher', 'paraphraser', 'student', 'evaluate']")
+    experiment.run()
+    row = read_csv(tmp_path / "w" / "student" / "log.csv")[0]
+    assert terms <= set(row) and "loss" in row
+    assert ("ft_loss" in row) == method.startswith("ft")
+    assert (tmp_path / "w" / "paraphraser" / "paraphraser.keras").exists() == (
+        method.startswith("ft"))
+    results = json.loads((tmp_path / "w" / "results.json").read_text())
+    assert "student" in results["evaluation"]
+
+
+def test_unknown_method_is_rejected(tmp_path, in_repo):
+    with pytest.raises(ValueError, match=r"method='fitnet'"):
+        quickstart_experiment(tmp_path / "w", "distillation.method = 'fitnet'")
+
+
+def test_artifacts_load_in_a_fresh_process_after_import_ft_keras(quickstart):
+    workdir, _, _ = quickstart
+    script = textwrap.dedent(f"""
+        import keras, ft_keras
+        for path in ["teacher/model.keras", "baseline/model.keras",
+                     "student/model.keras", "student/translator.keras",
+                     "paraphraser/paraphraser.keras", "export/student.keras"]:
+            keras.models.load_model({str(workdir)!r} + "/" + path)
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", script], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
