@@ -7,6 +7,8 @@ of test top-1 (mean and standard deviation over seeds) and training wall time
 per method. Finished runs are reused, so an interrupted table resumes.
 
     python benchmarks/reproduce.py --gin_file=gin/quickstart.gin --seeds 0 1 2 3 4
+    python benchmarks/reproduce.py --gin_file=gin/quickstart.gin --methods AT \
+        --gin_bindings="distillation.at_weight = 62.5" --workdir runs/reproduce_at
     python benchmarks/reproduce.py --gin_file=gin/paper/cifar100_resnet56_resnet20.gin \\
         --seeds 0 1 2 --workdir runs/reproduce_cifar100    # on a GPU machine
 """
@@ -58,15 +60,20 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--workdir", default=os.path.join(REPO, "runs",
                                                           "reproduce"))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        choices=list(METHODS), help="which rows (the teacher "
+                        "is always trained: the others start from it)")
     args = parser.parse_args()
 
-    top1 = {m: [] for m in METHODS}
-    seconds = {m: [] for m in METHODS}
+    methods = ["teacher"] + [m for m in args.methods if m != "teacher"]
+    top1 = {m: [] for m in methods}
+    seconds = {m: [] for m in methods}
     for seed in args.seeds:
         base = args.gin_bindings + [f"experiment.seed = {seed}"]
         teacher_dir = os.path.join(args.workdir, f"seed{seed}", "teacher")
         teacher_model = os.path.join(teacher_dir, "teacher", "model.keras")
-        for method, (extra, timed, role) in METHODS.items():
+        for method in methods:
+            extra, timed, role = METHODS[method]
             workdir = os.path.join(args.workdir, f"seed{seed}",
                                    method.replace(" ", "_"))
             bindings = base + extra + [
@@ -88,7 +95,7 @@ def main():
     print(f"\n{', '.join(args.gin_file)}; seeds {args.seeds}\n")
     print("| method | test top-1 (%) | training wall time (s) |")
     print("|---|---|---|")
-    for method in METHODS:
+    for method in methods:
         print(f"| {method} | {mean_std(top1[method])} | "
               f"{statistics.mean(seconds[method]):.1f} |")
 
