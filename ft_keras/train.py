@@ -218,8 +218,10 @@ class Experiment:
                 f.write(requested)
             os.replace(tmp, path)
 
-    def _dataset(self, training):
+    def _dataset(self, training, split=None):
         cfg = self.data_cfg
+        if split is None:
+            split = cfg.train_split if training else cfg.test_split
         options = dict(cfg.options if training else cfg.eval_options)
         options.setdefault("seed", self.cfg.seed)
         if self.cfg.seed is not None or distribute.num_workers(self.strategy) > 1:
@@ -227,7 +229,7 @@ class Experiment:
             options.setdefault("deterministic", True)
         dataset = data.build_dataset(
             cfg.name,
-            cfg.train_split if training else cfg.test_split,
+            split,
             batch_size=self.global_batch
             if training
             else cfg.eval_batch_size * self.replicas,
@@ -575,25 +577,25 @@ class Experiment:
             line = ", ".join(f"{k} {100 * v:.2f}%" for k, v in scores.items())
             print(f"[ft_keras] {names[role]:>13}: {line}", flush=True)
 
+    def normalization(self):
+        """`(pixel_max, mean, std)` of the evaluation pipeline, with any
+        `mean`/`std` of `dataset.eval_options`: what the exported serving
+        graph must apply to raw images."""
+        pixel_max, mean, std = data.pixel_normalization(self.data_cfg.name)
+        options = self.data_cfg.eval_options
+        return pixel_max, options.get("mean", mean), options.get("std", std)
+
     def representative_images(self):
         """Raw training images (uint8 at the dataset's pixel scale) for int8
         calibration: the test-time pipeline's output, un-normalised."""
-        pixel_max, mean, std = data.pixel_normalization(self.data_cfg.name)
-        batches = self.train_ds_eval_mode().take(self.cfg.representative_batches)
-        images = np.concatenate([np.asarray(x) for x, _ in batches])
+        pixel_max, mean, std = self.normalization()
+        count = self.cfg.representative_batches * self.data_cfg.eval_batch_size
+        batches = self._dataset(training=False, split=self.data_cfg.train_split)
+        images = np.concatenate(
+            [np.asarray(x) for x, _ in batches.take(self.cfg.representative_batches)]
+        )[:count]
         raw = (images * np.asarray(std) + np.asarray(mean)) * pixel_max
         return np.clip(np.round(raw), 0, pixel_max).astype(np.uint8)
-
-    def train_ds_eval_mode(self):
-        cfg = self.data_cfg
-        return data.build_dataset(
-            cfg.name,
-            cfg.train_split,
-            batch_size=cfg.eval_batch_size,
-            training=False,
-            data_dir=cfg.data_dir,
-            **cfg.eval_options,
-        )
 
     def run_export(self):
         if not self.is_chief:
@@ -601,7 +603,7 @@ class Experiment:
         student = keras.models.load_model(
             self._require("student", "model.keras"), compile=False
         )
-        pixel_max, mean, std = data.pixel_normalization(self.data_cfg.name)
+        pixel_max, mean, std = self.normalization()
         paths = ft_export.export_student(
             student,
             self._path("export"),

@@ -426,3 +426,15 @@ def test_artifacts_load_in_a_fresh_process_after_import_ft_keras(quickstart):
     result = subprocess.run([sys.executable, "-c", script], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_export_normalization_follows_configured_mean_and_std(tmp_path, in_repo):
+    experiment = quickstart_experiment(
+        tmp_path / "w", "dataset.eval_options = {'mean': 0.25, 'std': 0.5}")
+    assert experiment.normalization() == (16, 0.25, 0.5)
+    images = experiment.representative_images()
+    assert images.dtype == np.uint8 and images.max() <= 16
+    # Un-normalising with the configured statistics recovers the raw digits
+    # (the evaluation pipeline keeps the split's order).
+    x, _ = data._digits_splits()["train"]
+    np.testing.assert_array_equal(images, x[:len(images)].reshape(images.shape))
