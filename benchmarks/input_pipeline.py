@@ -10,8 +10,8 @@ Measures, on this machine's CPU:
    full epochs.
 2. images/second consumed by a compiled `model.fit` train step of ResNet-20
    and ResNet-56 (SGD momentum 0.9, sparse categorical cross-entropy, batch
-   128, random data), median over several timed `fit` calls after a warm-up
-   call that traces the step.
+   128, random data), median over several blocks of steps timed between
+   batch ends inside one `fit` call, after warm-up steps that trace it.
 
 and prints the ratio pipeline / ResNet-20 (target: >= 5x).
 
@@ -38,12 +38,13 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
-from ft_keras import data  # noqa: E402
+import _timing  # noqa: E402
+from ft_keras import data, models  # noqa: E402
 
 BATCH = 128
 
 
-def pipeline_throughput(examples, epochs, augment):
+def pipeline_throughput(examples, epochs, augment, autotune):
     """Returns (warm-up epoch images/s, [images/s of each timed epoch])."""
     with tfds.testing.mock_data(num_examples=examples):
         ds = data.build_dataset(
@@ -52,6 +53,7 @@ def pipeline_throughput(examples, epochs, augment):
             batch_size=BATCH,
             training=True,
             augment=augment,
+            autotune=autotune,
         )
         rates = []
         for _ in range(epochs + 1):
@@ -63,55 +65,9 @@ def pipeline_throughput(examples, epochs, augment):
     return rates[0], rates[1:]
 
 
-def _local_resnet(depth):
-    """He et al. CIFAR ResNet, used only if ft_keras.models is missing."""
-
-    def block(x, filters, stride):
-        shortcut = x
-        y = keras.layers.Conv2D(filters, 3, stride, "same", use_bias=False)(x)
-        y = keras.layers.ReLU()(keras.layers.BatchNormalization()(y))
-        y = keras.layers.Conv2D(filters, 3, 1, "same", use_bias=False)(y)
-        y = keras.layers.BatchNormalization()(y)
-        if stride != 1 or x.shape[-1] != filters:
-            shortcut = keras.layers.Conv2D(filters, 1, stride, use_bias=False)(
-                x
-            )
-            shortcut = keras.layers.BatchNormalization()(shortcut)
-        return keras.layers.ReLU()(y + shortcut)
-
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(16, 3, 1, "same", use_bias=False)(inputs)
-    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-    for stage, filters in enumerate((16, 32, 64)):
-        for i in range((depth - 2) // 6):
-            x = block(x, filters, 2 if stage and not i else 1)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(10)(x))
-
-
-def get_network(name, wait_minutes):
-    """`ft_keras.models.get(name, ...)`; polls while a colleague writes it."""
-    deadline = time.monotonic() + 60 * wait_minutes
-    while True:
-        try:
-            from ft_keras import models
-
-            return models.get(name, num_classes=10, input_shape=(32, 32, 3)), (
-                "ft_keras.models"
-            )
-        except (ImportError, AttributeError, KeyError, ValueError) as error:
-            if time.monotonic() > deadline:
-                print(
-                    f"ft_keras.models unavailable ({error}); using a local "
-                    f"{name}"
-                )
-                return _local_resnet(int(name[len("resnet") :])), "local"
-            time.sleep(60)
-
-
-def train_step_throughput(name, steps, runs, wait_minutes):
-    """Returns ([images/s of each timed fit], jit_compile, source)."""
-    model, source = get_network(name, wait_minutes)
+def train_step_throughput(name, steps, runs):
+    """Returns ([images/s of each timed block of steps], jit_compile)."""
+    model = models.get(name, num_classes=10, input_shape=(32, 32, 3))
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.1, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -121,13 +77,8 @@ def train_step_throughput(name, steps, runs, wait_minutes):
     y = rng.integers(0, 10, BATCH * 4).astype(np.int32)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).repeat()
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # trace + warm up
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-        rates.append(steps * BATCH / (time.perf_counter() - start))
-    return rates, model.jit_compile, source
+    _, blocks = _timing.fit_step_seconds(model, ds, steps, runs, warmup=3)
+    return [BATCH / seconds for seconds in blocks], model.jit_compile
 
 
 def main():
@@ -151,6 +102,11 @@ def main():
         help="extra augmentations, e.g. randaugment",
     )
     parser.add_argument(
+        "--autotune",
+        action="store_true",
+        help="turn tf.data autotuning on (build_dataset's default is off)",
+    )
+    parser.add_argument(
         "--steps20",
         type=int,
         default=15,
@@ -163,13 +119,7 @@ def main():
         help="train steps per timed ResNet-56 fit",
     )
     parser.add_argument(
-        "--runs", type=int, default=3, help="timed fits per network"
-    )
-    parser.add_argument(
-        "--wait-minutes",
-        type=float,
-        default=20,
-        help="how long to wait for ft_keras.models",
+        "--runs", type=int, default=3, help="timed blocks per network"
     )
     args = parser.parse_args()
     absl_logging.set_verbosity(absl_logging.ERROR)
@@ -184,11 +134,14 @@ def main():
         f"tensorflow-datasets {tfds.__version__}"
     )
 
-    warm, rates = pipeline_throughput(args.examples, args.epochs, args.augment)
+    warm, rates = pipeline_throughput(
+        args.examples, args.epochs, args.augment, args.autotune
+    )
     pipeline = statistics.median(rates)
     label = "+".join(["pad-crop-flip"] + args.augment)
     print(
         f"input pipeline (cifar10 train, {label}, batch {BATCH}, "
+        f"autotune={args.autotune}, "
         f"{args.examples} mock examples): {pipeline:,.0f} images/s "
         f"(median of {len(rates)} epochs: "
         f"{', '.join(f'{r:,.0f}' for r in rates)}; warm-up epoch 1 "
@@ -197,14 +150,12 @@ def main():
 
     results = {}
     for name, steps in (("resnet20", args.steps20), ("resnet56", args.steps56)):
-        rates, jit, source = train_step_throughput(
-            name, steps, args.runs, args.wait_minutes
-        )
+        rates, jit = train_step_throughput(name, steps, args.runs)
         results[name] = statistics.median(rates)
         print(
-            f"{name} train step ({source}, SGD, sparse CE, batch {BATCH}, "
+            f"{name} train step (SGD, sparse CE, batch {BATCH}, "
             f"jit_compile={jit}): {results[name]:,.0f} images/s (median of "
-            f"{len(rates)} fits x {steps} steps: "
+            f"{len(rates)} blocks x {steps} steps: "
             f"{', '.join(f'{r:,.0f}' for r in rates)})"
         )
 

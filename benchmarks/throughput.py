@@ -10,11 +10,14 @@ distillation step, then prints the overhead ratio
 whose ideal is 1.0: the connectors are small, and a distillation step is one
 teacher inference plus one student train step. Each step kind runs in a
 fresh subprocess, so its peak memory (max RSS) is its own; timings exclude
-warm-up (tracing) and are the median of `--repeats` runs of `--steps` steps.
+warm-up (tracing) and are the median of `--repeats` blocks of `--steps`
+steps. Train steps are timed between batch ends inside one `fit` call
+(`_timing.py`), so dataset iterator start and deletion are not counted.
 
     python benchmarks/throughput.py                       # both pairs
     python benchmarks/throughput.py --pairs resnet56:resnet20 --steps 10
     python benchmarks/throughput.py --mixed_precision     # float16 compute
+    python benchmarks/throughput.py --mixed_precision mixed_bfloat16
     python benchmarks/throughput.py --xla                 # jit_compile=True
     python benchmarks/throughput.py --profile /tmp/prof   # TF profile of (d)
 """
@@ -28,6 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import _timing
 
 KINDS = {
     "a": "student train step",
@@ -54,7 +59,7 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
     from ft_keras import models
 
     if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.mixed_precision.set_global_policy(mixed_precision)
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32))
@@ -120,17 +125,23 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
         def run(n):
             model.fit(data, epochs=1, steps_per_epoch=n, verbose=0)
 
-    run(2)  # warm-up: tracing and first allocations.
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(steps)
-        seconds.append((time.perf_counter() - start) / steps)
+    if kind in ("a", "c", "d"):
+        # Timed between batch ends inside one `fit`: the iterator's start
+        # and (possibly stalling, see iterator_stall.py) deletion are not
+        # part of a step.
+        step, seconds = _timing.fit_step_seconds(model, data, steps, repeats)
+    else:
+        run(2)  # warm-up: tracing and first allocations.
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(steps)
+            seconds.append((time.perf_counter() - start) / steps)
+        step = statistics.median(seconds)
     if profile and kind == "d":
         tf.profiler.experimental.start(profile)
-        run(2)
+        run(3)
         tf.profiler.experimental.stop()
-    step = statistics.median(seconds)
     return {
         "kind": kind,
         "seconds_per_step": step,
@@ -204,7 +215,11 @@ def main():
                              "networks, 3 for ResNet-18/50)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--xla", action="store_true")
-    parser.add_argument("--mixed_precision", action="store_true")
+    parser.add_argument(
+        "--mixed_precision", nargs="?", const="mixed_float16", default=None,
+        choices=["mixed_float16", "mixed_bfloat16"],
+        help="Keras dtype policy (mixed_float16 if given without a value); "
+             "bfloat16 is the one CPUs with AVX512-BF16 or AMX compute fast")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -228,7 +243,8 @@ def main():
                        "--repeats", str(args.repeats),
                        "--_child", f"{kind},{teacher},{student},{steps}"]
             command += ["--xla"] * args.xla
-            command += ["--mixed_precision"] * args.mixed_precision
+            if args.mixed_precision:
+                command += ["--mixed_precision", args.mixed_precision]
             if args.profile:
                 command += ["--profile", args.profile]
             out = subprocess.run(command, check=True, capture_output=True,

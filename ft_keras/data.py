@@ -79,6 +79,7 @@ _MIXING_AUGMENTATIONS = ("cutmix", "mixup", "keras_cv.cutmix", "keras_cv.mixup")
 
 _OPTIONS = (
     "augment",
+    "autotune",
     "cache",
     "deterministic",
     "download",
@@ -625,6 +626,7 @@ class _Options:
     repeat: bool
     download: bool
     image_size: object
+    autotune: bool
 
 
 def _is_int(value):
@@ -758,6 +760,11 @@ def _parse_options(name, spec, training, options):
         raise ValueError(f"`std` values must be > 0. Received: std={std!r}")
 
     drop_remainder = options.get("drop_remainder")
+    autotune = options.get("autotune")
+    if autotune is not None and not isinstance(autotune, bool):
+        raise ValueError(
+            f"`autotune` must be True or False. Received: autotune={autotune!r}"
+        )
     return _Options(
         mean=mean,
         std=std,
@@ -770,6 +777,7 @@ def _parse_options(name, spec, training, options):
         repeat=options.get("repeat") is True,
         download=options.get("download") is not False,
         image_size=image_size,
+        autotune=autotune,
     )
 
 
@@ -895,6 +903,15 @@ def build_dataset(
             - `image_size`: ImageNet crop side (default 224; evaluation
               resizes to `round(side * 256 / 224)` first) or the
               `(height, width)` generic datasets are resized to.
+            - `autotune`: bool, sets `tf.data.Options.autotune.enabled`
+              (default False). With TensorFlow 2.21, deleting an iterator
+              of an autotuned pipeline blocks until the autotuner's next
+              wake-up, whose period doubles from 10 ms: every epoch's
+              iterator then costs up to its own lifetime again (an epoch of
+              3 s stalls up to 2.1 s when it ends; see
+              `benchmarks/iterator_stall.py`). Off, each `AUTOTUNE`
+              parallelism stays at its initial value, the number of cores
+              (at most 16).
 
     Returns:
         A `tf.data.Dataset` yielding `(images, labels)` batches.
@@ -1063,6 +1080,7 @@ def build_dataset(
 
     tf_options = tf.data.Options()
     tf_options.deterministic = opts.deterministic
+    tf_options.autotune.enabled = bool(opts.autotune)
     return ds.with_options(tf_options)
 
 

@@ -89,6 +89,23 @@ def test_unknown_option_and_bad_values_are_rejected_with_the_value():
         )
     with pytest.raises(ValueError, match="split='validation'"):
         data.build_dataset("digits", "validation", batch_size=8, training=True)
+    with pytest.raises(ValueError, match="autotune='yes'"):
+        data.build_dataset(
+            "digits", "train", batch_size=8, training=True, autotune="yes"
+        )
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_autotune_is_off_unless_asked_for(training):
+    # TF 2.21 can block an iterator's deletion until the autotuner's next
+    # wake-up (benchmarks/iterator_stall.py), once per Keras epoch.
+    ds = data.build_dataset("digits", "train", batch_size=8, training=training)
+    assert ds.options().autotune.enabled is False
+    ds = data.build_dataset(
+        "digits", "train", batch_size=8, training=training, autotune=True
+    )
+    assert ds.options().autotune.enabled is True
+    assert len(batches(ds, 2)) == 2
 
 
 # --------------------------------------------------------------------------

@@ -316,14 +316,19 @@ def test_mirrored_strategy_step_matches_single_device():
                                    rtol=1e-5)
 
 
-def test_mixed_precision_distillation():
-    keras.mixed_precision.set_global_policy("mixed_float16")
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_distillation(policy):
+    keras.mixed_precision.set_global_policy(policy)
     try:
         distiller = make_distiller()
-        assert distiller.student.get_layer("conv").compute_dtype == "float16"
+        compute = policy.split("_")[1]
+        assert distiller.student.get_layer("conv").compute_dtype == compute
+        assert distiller.translator.compute_dtype == compute
         distiller.compile(keras.optimizers.SGD(0.01))
+        # Only float16 needs loss scaling.
         assert isinstance(distiller.optimizer,
-                          keras.optimizers.LossScaleOptimizer)
+                          keras.optimizers.LossScaleOptimizer) == (
+                              compute == "float16")
         x, y = data(16)
         before = [np.array(v) for v in distiller.translator.trainable_weights]
         history = distiller.fit(x, y, batch_size=8, epochs=2, verbose=0).history
