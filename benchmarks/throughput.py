@@ -19,7 +19,8 @@ steps. Train steps are timed between batch ends inside one `fit` call
     python benchmarks/throughput.py --mixed_precision     # float16 compute
     python benchmarks/throughput.py --mixed_precision mixed_bfloat16
     python benchmarks/throughput.py --xla                 # jit_compile=True
-    python benchmarks/throughput.py --profile /tmp/prof   # TF profile of (d)
+    python benchmarks/throughput.py --profile /tmp/prof   # TF profile of (d),
+                                                          # time per part
 """
 
 import argparse
@@ -33,7 +34,9 @@ import sys
 import time
 
 import _timing
+import profile_summary
 
+PROFILED_STEPS = 3
 KINDS = {
     "a": "student train step",
     "b": "teacher inference step",
@@ -140,7 +143,7 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
         step = statistics.median(seconds)
     if profile and kind == "d":
         tf.profiler.experimental.start(profile)
-        run(3)
+        run(PROFILED_STEPS)
         tf.profiler.experimental.stop()
     return {
         "kind": kind,
@@ -246,7 +249,7 @@ def main():
             if args.mixed_precision:
                 command += ["--mixed_precision", args.mixed_precision]
             if args.profile:
-                command += ["--profile", args.profile]
+                command += ["--profile", _profile_dir(args.profile, pair)]
             out = subprocess.run(command, check=True, capture_output=True,
                                  text=True).stdout
             results[kind] = json.loads(out.strip().splitlines()[-1])
@@ -265,6 +268,14 @@ def main():
               f"{1000 * parts:.1f} ms of {1000 * t['d']:.1f} ms "
               f"({100 * parts / t['d']:.0f}%)")
         print(f"  multiply-accumulates per image: {connector_macs(teacher, student)}")
+        if args.profile:
+            print(f"  where the time of (d) goes ({PROFILED_STEPS} profiled steps):")
+            profile_summary.summarize(_profile_dir(args.profile, pair),
+                                      steps=PROFILED_STEPS)
+
+
+def _profile_dir(root, pair):
+    return os.path.join(root, pair.replace(":", "-"))
 
 
 if __name__ == "__main__":

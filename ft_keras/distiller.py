@@ -120,13 +120,9 @@ def check_factor_shapes(
             )
     teacher_factor = tuple(paraphraser.compute_output_shape(teacher_map))
     student_factor = tuple(translator.compute_output_shape(student_map))
-    try:
-        if factor == "full" and teacher_factor[-1] != student_factor[-1]:
-            raise ValueError("channels differ")
-        ft_losses.match_spatial_size(
-            keras.KerasTensor(teacher_factor), keras.KerasTensor(student_factor)
-        )
-    except ValueError:
+    if not _comparable_maps(
+        teacher_factor, student_factor, same_channels=factor == "full"
+    ):
         raise ValueError(
             "The teacher factor and the student factor cannot be compared: "
             f"teacher layer {teacher_layer!r} gives a map of shape "
@@ -136,7 +132,20 @@ def check_factor_shapes(
             f"{student_factor}. The factors need the same number of channels "
             f"(set `Translator(out_channels={teacher_factor[-1]})`) and "
             "heights/widths that are integer multiples of each other."
-        ) from None
+        )
+
+
+def _comparable_maps(a, b, same_channels=False):
+    """Whether two map shapes `(N, H, W, C)` can enter one loss: both 4-D,
+    heights/widths integer multiples of each other (`match_spatial_size`),
+    and, if `same_channels`, equal channels."""
+    if len(a) != 4 or len(b) != 4 or (same_channels and a[-1] != b[-1]):
+        return False
+    try:
+        ft_losses.match_spatial_size(keras.KerasTensor(a), keras.KerasTensor(b))
+    except ValueError:
+        return False
+    return True
 
 
 def _freeze(model):
@@ -493,7 +502,6 @@ class Distiller(_TeacherStudentModel):
         self.temperature = float(temperature)
         self.teacher_layer = teacher_layer
         self.student_layer = student_layer
-        self.paraphraser = _freeze(paraphraser)
         self.translator = translator
         self._teacher_features = feature_extractor(
             teacher, [teacher_layer], "teacher", include_output=bool(kd_weight)
@@ -511,6 +519,8 @@ class Distiller(_TeacherStudentModel):
             paraphraser.build(teacher_map)
         if not translator.built:
             translator.build(student_map)
+        # Frozen once built: freezing marks the variables that exist.
+        self.paraphraser = _freeze(paraphraser)
         self.built = True
 
     def _teacher_outputs(self, x):
@@ -673,19 +683,13 @@ class BaselineDistiller(_TeacherStudentModel):
         for t_name, s_name in zip(self.teacher_layers, self.student_layers):
             t_shape = tuple(teacher.get_layer(t_name).output.shape)
             s_shape = tuple(student.get_layer(s_name).output.shape)
-            try:
-                if len(t_shape) != 4 or len(s_shape) != 4:
-                    raise ValueError("not a feature map")
-                ft_losses.match_spatial_size(
-                    keras.KerasTensor(t_shape), keras.KerasTensor(s_shape)
-                )
-            except ValueError:
+            if not _comparable_maps(t_shape, s_shape):
                 raise ValueError(
                     f"Attention transfer cannot pair teacher layer {t_name!r} "
                     f"{t_shape} with student layer {s_name!r} {s_shape}: both "
                     "must be (batch, height, width, channels) maps whose "
                     "heights/widths are integer multiples of each other."
-                ) from None
+                )
         self.built = True
 
     @staticmethod

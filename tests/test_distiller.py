@@ -1,6 +1,8 @@
 """ParaphraserTrainer and Distiller: what trains, what is frozen, what is
 reported, and how they behave under tf.distribute and mixed precision."""
 
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -127,12 +129,25 @@ def test_teacher_and_paraphraser_are_frozen_after_fit():
                               np.array(distiller.student.non_trainable_weights[0]))
 
 
-def test_only_student_and_translator_variables_are_trained():
-    distiller = make_distiller()
+@pytest.mark.parametrize("built", [True, False])
+def test_only_student_and_translator_variables_are_trained(built):
+    if built:
+        distiller = make_distiller()
+    else:
+        # A paraphraser that the Distiller builds itself (e.g. to load its
+        # weights afterwards) is frozen too.
+        distiller = ft_keras.Distiller(
+            trained_teacher(), small_net("student", 8, seed=2),
+            ft_keras.Paraphraser(rate=0.5), ft_keras.Translator(8), "tap", "tap")
     trained = {id(v) for v in distiller.trainable_variables}
     expected = {id(v) for v in distiller.student.trainable_variables
                 + distiller.translator.trainable_variables}
     assert trained == expected
+    distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+    x, y = data()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Gradients do not exist")
+        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
 
 
 def test_reported_loss_is_ce_plus_beta_ft_plus_regularization():
