@@ -905,10 +905,10 @@ def build_dataset(
               `(height, width)` generic datasets are resized to.
             - `autotune`: bool, sets `tf.data.Options.autotune.enabled`
               (default False). With TensorFlow 2.21, deleting an iterator
-              of an autotuned pipeline blocks until the autotuner's next
-              wake-up, whose period doubles from 10 ms: every epoch's
-              iterator then costs up to its own lifetime again (an epoch of
-              3 s stalls up to 2.1 s when it ends; see
+              of an autotuned pipeline sometimes blocks until the
+              autotuner's next wake-up, whose period doubles from 10 ms: an
+              epoch's iterator can then cost up to its own lifetime again
+              (an epoch of 3 s stalled 2.1 s when it ended; see
               `benchmarks/iterator_stall.py`). Off, each `AUTOTUNE`
               parallelism stays at its initial value, the number of cores
               (at most 16).
