@@ -263,8 +263,9 @@ def experiment(
         teacher_checkpoint: A trained teacher (`.keras` model or
             `.weights.h5` weights of `teacher/network`); trained if None.
         seed: None, or an integer that seeds weights, shuffling and
-            augmentation and makes TensorFlow's ops deterministic, so a run
-            on the CPU repeats exactly.
+            augmentation and makes the input pipeline deterministic, so a
+            run on the CPU repeats exactly. TensorFlow's op determinism is
+            not turned on: GPU kernels may still differ from run to run.
         strategy: `"auto"` (MultiWorkerMirroredStrategy when a cluster is
             configured, see `cluster`; else MirroredStrategy over the
             visible GPUs, the default strategy on a CPU-only machine),
