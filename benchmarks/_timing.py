@@ -14,14 +14,23 @@ import keras
 
 
 class StepTimes(keras.callbacks.Callback):
-    """Records the wall time at the end of every training batch."""
+    """Records the wall time at the start and end of every training batch."""
 
     def __init__(self):
         super().__init__()
+        self.begins = []
         self.ends = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begins.append(time.perf_counter())
 
     def on_train_batch_end(self, batch, logs=None):
         self.ends.append(time.perf_counter())
+
+    @property
+    def durations(self):
+        """Seconds of each batch, from its start to its end."""
+        return [end - begin for begin, end in zip(self.begins, self.ends)]
 
 
 def fit_step_seconds(model, dataset, steps, repeats, warmup=2):

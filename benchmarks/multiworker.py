@@ -36,13 +36,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def worker(args):
     """Runs in each process: builds a Distiller and times its steps."""
+    import _timing
     from ft_keras import distribute
 
     strategy = distribute.make_strategy("auto")
@@ -69,21 +69,13 @@ def worker(args):
             optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")])
 
-    class StepTimes(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
-    times = []
     distiller.fit(dataset, epochs=1, steps_per_epoch=10, verbose=0)  # trace
-    times.clear()
+    timer = _timing.StepTimes()
     distiller.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0,
-                  callbacks=[StepTimes()])
+                  callbacks=[timer])
     info = distribute.task_info(strategy)
     if info.is_chief:
-        step = statistics.median(times)
+        step = statistics.median(timer.durations)
         with open(args.out, "w") as f:
             json.dump({"replicas": replicas, "global_batch":
                        args.batch * replicas, "steps_per_second": 1 / step,

@@ -90,7 +90,7 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
             loss_fn = ft_keras.FactorTransferLoss()
 
             @tf.function(jit_compile=xla)
-            def step(t, s):
+            def connector_step(t, s):
                 factor = paraphraser(t, training=False)
                 with tf.GradientTape() as tape:
                     loss = loss_fn(factor, translator(s, training=True))
@@ -98,7 +98,7 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
                 optimizer.apply(grads, translator.trainable_variables)
                 return loss
 
-            forward = lambda images: step(t_map, s_map)  # noqa: E731
+            forward = lambda images: connector_step(t_map, s_map)  # noqa: E731
         else:
             network = teacher if kind == "b" else to_tap
             forward = tf.function(
