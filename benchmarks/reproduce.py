@@ -30,13 +30,13 @@ METHODS = {
     "AT": (["distillation.method = 'at'"], ["student"], "student"),
     "FT": (["distillation.method = 'ft'"], ["paraphraser", "student"], "student"),
 }
-STAGES = {
-    "teacher": ["teacher", "evaluate"],
-    "student alone": ["baseline", "evaluate"],
-    "KD": ["teacher", "student", "evaluate"],
-    "AT": ["teacher", "student", "evaluate"],
-    "FT": ["teacher", "paraphraser", "student", "evaluate"],
-}
+
+
+def stages(method):
+    """The runner's stages of a method: a distilled student also runs the
+    teacher stage, which loads the seed's trained teacher."""
+    _, timed, role = METHODS[method]
+    return (["teacher"] if role == "student" else []) + timed + ["evaluate"]
 
 
 def run(gin_files, bindings, workdir):
@@ -77,7 +77,7 @@ def main():
             workdir = os.path.join(args.workdir, f"seed{seed}",
                                    method.replace(" ", "_"))
             bindings = base + extra + [
-                f"experiment.stages = {STAGES[method]}"]
+                f"experiment.stages = {stages(method)}"]
             if method != "teacher":
                 bindings.append(
                     f"experiment.teacher_checkpoint = '{teacher_model}'")

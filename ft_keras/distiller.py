@@ -286,7 +286,6 @@ class ParaphraserTrainer(_NestedConfig, keras.Model):
         }
 
 
-
 class _FunctionLoss(keras.losses.Loss):
     """A plain loss function as a reducing, replica-aware `Loss` object."""
 
@@ -571,7 +570,6 @@ class Distiller(_TeacherStudentModel):
             }
         )
         return config
-
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -78,3 +78,14 @@ def test_part_of_op_names(name, part):
 
 def test_iterator_stall_measures_a_deletion():
     assert 0 <= iterator_stall.stall(False, 0.05) < 5
+
+
+def test_reproduce_runs_each_method_with_its_stages():
+    import reproduce
+
+    assert reproduce.stages("teacher") == ["teacher", "evaluate"]
+    assert reproduce.stages("student alone") == ["baseline", "evaluate"]
+    assert reproduce.stages("KD") == ["teacher", "student", "evaluate"]
+    assert reproduce.stages("AT") == ["teacher", "student", "evaluate"]
+    assert reproduce.stages("FT") == [
+        "teacher", "paraphraser", "student", "evaluate"]
