@@ -1,24 +1,42 @@
-"""A measured results table: teacher, student alone, KD, AT and FT over seeds.
+"""A measured results table: teacher, student alone, KD, AT, FT and FT+KD over seeds.
 
-For each seed, trains the teacher once, then the student four ways from that
-same teacher (alone, Hinton KD, attention transfer, Factor Transfer), each
-through the experiment runner in its own workdir, and prints a markdown table
-of test top-1 (mean and standard deviation over seeds) and training wall time
-per method. Finished runs are reused, so an interrupted table resumes.
+For each seed, trains the teacher once, then the student five ways from that
+same teacher (alone, Hinton KD, attention transfer, Factor Transfer, FT+KD),
+each through the experiment runner in its own workdir
+(`<workdir>/seed<S>/<method>/`), and prints a markdown table of test top-1
+(mean and standard deviation over seeds) and training wall time per method.
+
+It resumes: a finished run is reused (its bindings are kept in
+`reproduce.json` beside its `results.json`), and an interrupted one resumes
+from its last epoch checkpoint, so kill it and start the same command again
+at any time. `--report_only` writes the table from the runs finished so far
+without training anything.
+
+Outputs in `--results_dir` (default `--workdir`): `summary.json` (every run's top-1, wall time and
+per-epoch test accuracy, the table's figures, the command), `table.md`, and,
+when the config validates every epoch (`experiment.validate = True`),
+`curves.png` (per-epoch test top-1 of each method, mean over seeds).
+`--readme FILE` also replaces the text between
+`<!-- reproduce:NAME -->` and `<!-- /reproduce:NAME -->` in FILE (NAME:
+`--name`) with the table, so a README quotes the command's output.
 
     python benchmarks/reproduce.py --gin_file=gin/quickstart.gin --seeds 0 1 2 3 4
-    python benchmarks/reproduce.py --gin_file=gin/quickstart.gin --methods AT \
+    python benchmarks/reproduce.py --gin_file=gin/fashion_mnist/wrn16_2_wrn10_1.gin \\
+        --seeds 0 1 2 --workdir runs/fmnist --readme README.md --name fashion_mnist
+    python benchmarks/reproduce.py --gin_file=gin/quickstart.gin --methods AT \\
         --gin_bindings="distillation.at_weight = 62.5" --workdir runs/reproduce_at
-    python benchmarks/reproduce.py --gin_file=gin/paper/cifar100_resnet56_resnet20.gin \\
-        --seeds 0 1 2 --workdir runs/reproduce_cifar100    # on a GPU machine
 """
 
 import argparse
+import csv
 import json
 import os
+import re
+import shlex
 import statistics
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +47,12 @@ METHODS = {
     "KD": (["distillation.method = 'kd'"], ["student"], "student"),
     "AT": (["distillation.method = 'at'"], ["student"], "student"),
     "FT": (["distillation.method = 'ft'"], ["paraphraser", "student"], "student"),
+    "FT+KD": (["distillation.method = 'ft+kd'"], ["paraphraser", "student"],
+              "student"),
 }
+# The stage whose log.csv holds a method's per-epoch test accuracy.
+_CURVE_STAGE = {"teacher": "teacher", "baseline": "baseline",
+                "student": "student"}
 
 
 def stages(method):
@@ -39,21 +62,189 @@ def stages(method):
     return (["teacher"] if role == "student" else []) + timed + ["evaluate"]
 
 
-def run(gin_files, bindings, workdir):
-    command = [sys.executable, "-m", "ft_keras.train", f"--workdir={workdir}"]
+def run_dir(workdir, seed, method):
+    return os.path.join(workdir, f"seed{seed}", method.replace(" ", "_")
+                        .replace("+", "_"))
+
+
+def bindings_of(method, seed, workdir, extra):
+    bindings = list(extra) + [f"experiment.seed = {seed}"]
+    bindings += METHODS[method][0] + [f"experiment.stages = {stages(method)}"]
+    if method != "teacher":
+        teacher = os.path.join(run_dir(workdir, seed, "teacher"), "teacher",
+                               "model.keras")
+        bindings.append(f"experiment.teacher_checkpoint = '{teacher}'")
+    return bindings
+
+
+def finished(directory, gin_files, bindings):
+    """The results of a run finished with these settings, or None."""
+    try:
+        with open(os.path.join(directory, "reproduce.json")) as f:
+            done = json.load(f)
+        with open(os.path.join(directory, "results.json")) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if done != {"gin_files": list(gin_files), "bindings": list(bindings)}:
+        return None
+    return results
+
+
+def train(gin_files, bindings, directory):
+    """Runs (or resumes) one run of the experiment runner; returns its
+    results. Its output goes to `<directory>/train.log`."""
+    results = finished(directory, gin_files, bindings)
+    if results is not None:
+        return results
+    command = [sys.executable, "-m", "ft_keras.train", f"--workdir={directory}"]
     command += [f"--gin_file={f}" for f in gin_files]
     command += [f"--gin_bindings={b}" for b in bindings]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True,
-                            text=True)
-    if result.returncode:
-        sys.exit(f"failed ({result.returncode}): {' '.join(command)}\n"
-                 f"{result.stderr[-3000:]}")
-    with open(os.path.join(workdir, "results.json")) as f:
-        return json.load(f)
+    os.makedirs(directory, exist_ok=True)
+    log = os.path.join(directory, "train.log")
+    with open(log, "a") as out:
+        out.write(f"\n$ {shlex.join(command)}\n")
+        out.flush()
+        code = subprocess.call(command, cwd=REPO, env=env, stdout=out,
+                               stderr=subprocess.STDOUT)
+    if code:
+        with open(log) as f:
+            tail = f.read()[-3000:]
+        sys.exit(f"failed ({code}): {shlex.join(command)}\n{tail}")
+    with open(os.path.join(directory, "results.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(directory, "reproduce.json"), "w") as f:
+        json.dump({"gin_files": list(gin_files), "bindings": list(bindings)},
+                  f, indent=2)
+    return results
 
 
-def main():
+def curve(directory, role):
+    """Per-epoch test top-1 (%) of a run, from its stage's log.csv; empty if
+    the config did not validate every epoch."""
+    path = os.path.join(directory, _CURVE_STAGE[role], "log.csv")
+    if not os.path.exists(path):
+        return []
+    by_epoch = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row.get("val_top1"):
+                # A resumed stage may log an epoch again: keep the last.
+                by_epoch[int(row["epoch"])] = 100 * float(row["val_top1"])
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def record(method, seed, directory, results):
+    _, timed, role = METHODS[method]
+    return {
+        "seed": seed,
+        "top1": 100 * results["evaluation"][role]["top1"],
+        "wall_time_s": sum(results["stages"][s]["wall_time_s"] for s in timed),
+        "curve": curve(directory, role),
+        "workdir": directory,
+    }
+
+
+def mean_std(values):
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.mean(values), std
+
+
+def table(summary):
+    lines = [
+        "| method | test top-1 (%), mean ± std | seeds | training wall time "
+        "per run (s), mean |",
+        "|---|---|---|---|",
+    ]
+    for method, row in summary["methods"].items():
+        if not row["runs"]:
+            lines.append(f"| {method} | not yet measured | 0 | |")
+            continue
+        lines.append(
+            f"| {method} | {row['top1_mean']:.2f} ± {row['top1_std']:.2f} | "
+            f"{len(row['runs'])} | {row['wall_time_s_mean']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(summary, path):
+    """Per-epoch test top-1 of each method (mean over seeds) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
+    drawn = False
+    for method, row in summary["methods"].items():
+        curves = [r["curve"] for r in row["runs"] if r["curve"]]
+        if not curves:
+            continue
+        epochs = min(len(c) for c in curves)
+        mean = [statistics.mean(c[e] for c in curves) for e in range(epochs)]
+        axis.plot(range(1, epochs + 1), mean, marker="o", markersize=3,
+                  label=f"{method} ({len(curves)} seeds)")
+        drawn = True
+    if not drawn:
+        plt.close(figure)
+        return False
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("test top-1 (%)")
+    axis.set_title(summary["title"], fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    low = min(min(r["curve"][-1] for r in row["runs"] if r["curve"])
+              for row in summary["methods"].values()
+              if any(r["curve"] for r in row["runs"]))
+    axis.set_ylim(max(0.0, low - 6), 100)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def write_readme(path, name, text):
+    """Replaces the block between the `reproduce:name` markers of `path`."""
+    start, end = f"<!-- reproduce:{name} -->", f"<!-- /reproduce:{name} -->"
+    with open(path) as f:
+        content = f.read()
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{path} has no {start} ... {end} block to fill.")
+    content = pattern.sub(lambda _: f"{start}\n{text}\n{end}", content)
+    with open(path, "w") as f:
+        f.write(content)
+
+
+def summarize(args, methods, runs, elapsed):
+    summary = {
+        "command": shlex.join(["python", "benchmarks/reproduce.py"]
+                              + sys.argv[1:]),
+        "title": f"{', '.join(args.gin_file)}; seeds {args.seeds}",
+        "gin_files": args.gin_file,
+        "gin_bindings": args.gin_bindings,
+        "seeds": args.seeds,
+        "teachers": "one teacher per seed, trained once; every student of "
+                    "that seed distils from it",
+        "elapsed_s_this_invocation": elapsed,
+        "methods": {},
+    }
+    for method in methods:
+        row = {"runs": runs[method]}
+        if runs[method]:
+            top1 = [r["top1"] for r in runs[method]]
+            row["top1_mean"], row["top1_std"] = mean_std(top1)
+            row["wall_time_s_mean"] = statistics.mean(
+                r["wall_time_s"] for r in runs[method])
+        summary["methods"][method] = row
+    return summary
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gin_file", action="append", required=True)
     parser.add_argument("--gin_bindings", action="append", default=[])
@@ -63,41 +254,50 @@ def main():
     parser.add_argument("--methods", nargs="+", default=list(METHODS),
                         choices=list(METHODS), help="which rows (the teacher "
                         "is always trained: the others start from it)")
-    args = parser.parse_args()
+    parser.add_argument("--report_only", action="store_true",
+                        help="write the table of the runs finished so far; "
+                        "train nothing")
+    parser.add_argument("--readme", default=None,
+                        help="file whose reproduce:NAME block gets the table")
+    parser.add_argument("--name", default="results",
+                        help="NAME of the README block (default 'results')")
+    parser.add_argument("--results_dir", default=None,
+                        help="where summary.json, table.md and curves.png "
+                        "go (default: --workdir)")
+    args = parser.parse_args(argv)
+    args.workdir = os.path.abspath(args.workdir)
 
+    start = time.perf_counter()
     methods = ["teacher"] + [m for m in args.methods if m != "teacher"]
-    top1 = {m: [] for m in methods}
-    seconds = {m: [] for m in methods}
+    runs = {m: [] for m in methods}
     for seed in args.seeds:
-        base = args.gin_bindings + [f"experiment.seed = {seed}"]
-        teacher_dir = os.path.join(args.workdir, f"seed{seed}", "teacher")
-        teacher_model = os.path.join(teacher_dir, "teacher", "model.keras")
         for method in methods:
-            extra, timed, role = METHODS[method]
-            workdir = os.path.join(args.workdir, f"seed{seed}",
-                                   method.replace(" ", "_"))
-            bindings = base + extra + [
-                f"experiment.stages = {stages(method)}"]
-            if method != "teacher":
-                bindings.append(
-                    f"experiment.teacher_checkpoint = '{teacher_model}'")
-            results = run(args.gin_file, bindings, workdir)
-            top1[method].append(100 * results["evaluation"][role]["top1"])
-            seconds[method].append(
-                sum(results["stages"][s]["wall_time_s"] for s in timed))
-            print(f"seed {seed} {method}: top-1 {top1[method][-1]:.2f}",
+            directory = run_dir(args.workdir, seed, method)
+            bindings = bindings_of(method, seed, args.workdir,
+                                   args.gin_bindings)
+            if args.report_only:
+                results = finished(directory, args.gin_file, bindings)
+                if results is None:
+                    continue
+            else:
+                results = train(args.gin_file, bindings, directory)
+            runs[method].append(record(method, seed, directory, results))
+            print(f"seed {seed} {method}: top-1 {runs[method][-1]['top1']:.2f}",
                   file=sys.stderr, flush=True)
 
-    def mean_std(values):
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.2f} ± {std:.2f}"
-
-    print(f"\n{', '.join(args.gin_file)}; seeds {args.seeds}\n")
-    print("| method | test top-1 (%) | training wall time (s) |")
-    print("|---|---|---|")
-    for method in methods:
-        print(f"| {method} | {mean_std(top1[method])} | "
-              f"{statistics.mean(seconds[method]):.1f} |")
+    summary = summarize(args, methods, runs, time.perf_counter() - start)
+    out = args.results_dir or args.workdir
+    os.makedirs(out, exist_ok=True)
+    text = table(summary)
+    figure = os.path.join(out, "curves.png")
+    summary["curves_png"] = figure if plot(summary, figure) else None
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text + "\n")
+    print(f"\n{summary['title']}\n\n{text}")
+    if args.readme:
+        write_readme(args.readme, args.name, text)
 
 
 if __name__ == "__main__":
