@@ -138,6 +138,7 @@ def curve(directory, role):
 def record(method, seed, directory, results):
     _, timed, role = METHODS[method]
     return {
+        "method": method,
         "seed": seed,
         "top1": 100 * results["evaluation"][role]["top1"],
         "wall_time_s": sum(results["stages"][s]["wall_time_s"] for s in timed),
@@ -244,6 +245,52 @@ def summarize(args, methods, runs, elapsed):
     return summary
 
 
+def key_of(args, seed, method):
+    """What identifies a run across machines and sessions."""
+    return json.dumps({"gin_files": args.gin_file,
+                       "gin_bindings": args.gin_bindings,
+                       "seed": seed, "method": method}, sort_keys=True)
+
+
+def load_records(path):
+    """`{key: record}` of the runs a previous invocation finished, from its
+    summary.json (which may be committed, while the runs' workdirs are
+    gone)."""
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {r["key"]: r for row in summary.get("methods", {}).values()
+            for r in row["runs"] if "key" in r}
+
+
+def write(args, methods, runs, records, elapsed):
+    """Writes summary.json, table.md and curves.png of `runs` and of the
+    `records` not among them; returns the summary and the table."""
+    merged = {m: list(runs[m]) for m in methods}
+    seen = {r.get("key") for m in methods for r in runs[m]}
+    for key, r in records.items():
+        if key not in seen and r.get("method") in merged:
+            merged[r["method"]].append(r)
+    for m in methods:
+        merged[m].sort(key=lambda r: r["seed"])
+    summary = summarize(args, methods, merged, elapsed)
+    out = args.results_dir or args.workdir
+    os.makedirs(out, exist_ok=True)
+    text = table(summary)
+    figure = os.path.join(out, "curves.png")
+    summary["curves_png"] = (os.path.relpath(figure, out)
+                             if plot(summary, figure) else None)
+    tmp = os.path.join(out, "summary.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(tmp, os.path.join(out, "summary.json"))
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text + "\n")
+    return summary, text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gin_file", action="append", required=True)
@@ -263,16 +310,36 @@ def main(argv=None):
                         help="NAME of the README block (default 'results')")
     parser.add_argument("--results_dir", default=None,
                         help="where summary.json, table.md and curves.png "
-                        "go (default: --workdir)")
+                        "go (default: --workdir); runs recorded in its "
+                        "summary.json are not trained again")
     args = parser.parse_args(argv)
     args.workdir = os.path.abspath(args.workdir)
 
     start = time.perf_counter()
     methods = ["teacher"] + [m for m in args.methods if m != "teacher"]
+    records = load_records(os.path.join(args.results_dir or args.workdir,
+                                        "summary.json"))
     runs = {m: [] for m in methods}
     for seed in args.seeds:
         for method in methods:
+            key = key_of(args, seed, method)
             directory = run_dir(args.workdir, seed, method)
+            teacher_needed = method == "teacher" and any(
+                key_of(args, seed, m) not in records for m in methods[1:])
+            teacher_model = os.path.join(directory, "teacher", "model.keras")
+            if key in records and not (
+                teacher_needed and not os.path.exists(teacher_model)
+                and not args.report_only
+            ):
+                runs[method].append(records[key])
+                continue
+            if key in records:
+                # Retrain the recorded teacher for the students still to
+                # run: a seeded run repeats exactly on the CPU.
+                train(args.gin_file, bindings_of(method, seed, args.workdir,
+                                                 args.gin_bindings), directory)
+                runs[method].append(records[key])
+                continue
             bindings = bindings_of(method, seed, args.workdir,
                                    args.gin_bindings)
             if args.report_only:
@@ -281,20 +348,14 @@ def main(argv=None):
                     continue
             else:
                 results = train(args.gin_file, bindings, directory)
-            runs[method].append(record(method, seed, directory, results))
+            runs[method].append(dict(record(method, seed, directory, results),
+                                     key=key))
             print(f"seed {seed} {method}: top-1 {runs[method][-1]['top1']:.2f}",
                   file=sys.stderr, flush=True)
+            if not args.report_only:
+                write(args, methods, runs, records, time.perf_counter() - start)
 
-    summary = summarize(args, methods, runs, time.perf_counter() - start)
-    out = args.results_dir or args.workdir
-    os.makedirs(out, exist_ok=True)
-    text = table(summary)
-    figure = os.path.join(out, "curves.png")
-    summary["curves_png"] = figure if plot(summary, figure) else None
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(text + "\n")
+    summary, text = write(args, methods, runs, records, time.perf_counter() - start)
     print(f"\n{summary['title']}\n\n{text}")
     if args.readme:
         write_readme(args.readme, args.name, text)
