@@ -42,7 +42,9 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # matplotlib: benchmarks/reproduce.py draws the accuracy curves.
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8"],
+        "benchmarks": ["matplotlib>=3.8"],
         "keras-cv": ["keras-cv>=0.9"],
     },
     classifiers=[

@@ -1,7 +1,8 @@
 """A measured results table: teacher, student alone, KD, AT, FT and FT+KD over seeds.
 
-For each seed, trains the teacher once, then the student five ways from that
-same teacher (alone, Hinton KD, attention transfer, Factor Transfer, FT+KD),
+For each seed, trains the teacher once (or, with `--shared_teacher`, one
+teacher for all seeds), then the student five ways from that same teacher
+(alone, Hinton KD, attention transfer, Factor Transfer, FT+KD),
 each through the experiment runner in its own workdir
 (`<workdir>/seed<S>/<method>/`), and prints a markdown table of test top-1
 (mean and standard deviation over seeds) and training wall time per method.
@@ -22,7 +23,9 @@ when the config validates every epoch (`experiment.validate = True`),
 
     python benchmarks/reproduce.py --gin_file=gin/quickstart.gin --seeds 0 1 2 3 4
     python benchmarks/reproduce.py --gin_file=gin/fashion_mnist/wrn16_2_wrn10_1.gin \\
-        --seeds 0 1 2 --workdir runs/fmnist --readme README.md --name fashion_mnist
+        --seeds 0 1 2 --shared_teacher --workdir runs/fmnist \\
+        --results_dir benchmarks/results/fashion_mnist --readme README.md \\
+        --name fashion_mnist
     python benchmarks/reproduce.py --gin_file=gin/quickstart.gin --methods AT \\
         --gin_bindings="distillation.at_weight = 62.5" --workdir runs/reproduce_at
 """
@@ -63,17 +66,28 @@ def stages(method):
 
 
 def run_dir(workdir, seed, method):
+    """`seed=None`: the teacher shared by every seed (`--shared_teacher`)."""
+    if seed is None:
+        return os.path.join(workdir, "shared_teacher")
     return os.path.join(workdir, f"seed{seed}", method.replace(" ", "_")
                         .replace("+", "_"))
 
 
-def bindings_of(method, seed, workdir, extra):
+def teacher_seed(args, seed):
+    """The seed whose teacher a run of `seed` distils from: its own, or
+    None for the shared teacher."""
+    return None if args.shared_teacher else seed
+
+
+def bindings_of(method, seed, workdir, extra, teacher=None):
+    """Runner bindings of one run; `teacher`: the seed of the teacher
+    (None: the shared teacher, trained with the first seed)."""
     bindings = list(extra) + [f"experiment.seed = {seed}"]
     bindings += METHODS[method][0] + [f"experiment.stages = {stages(method)}"]
     if method != "teacher":
-        teacher = os.path.join(run_dir(workdir, seed, "teacher"), "teacher",
-                               "model.keras")
-        bindings.append(f"experiment.teacher_checkpoint = '{teacher}'")
+        model = os.path.join(run_dir(workdir, teacher, "teacher"), "teacher",
+                             "model.keras")
+        bindings.append(f"experiment.teacher_checkpoint = '{model}'")
     return bindings
 
 
@@ -229,8 +243,11 @@ def summarize(args, methods, runs, elapsed):
         "gin_files": args.gin_file,
         "gin_bindings": args.gin_bindings,
         "seeds": args.seeds,
-        "teachers": "one teacher per seed, trained once; every student of "
-                    "that seed distils from it",
+        "teachers": (
+            f"one teacher, trained once with seed {args.seeds[0]}; the "
+            "students of every seed distil from it" if args.shared_teacher
+            else "one teacher per seed, trained once; every student of "
+            "that seed distils from it"),
         "elapsed_s_this_invocation": elapsed,
         "methods": {},
     }
@@ -247,9 +264,11 @@ def summarize(args, methods, runs, elapsed):
 
 def key_of(args, seed, method):
     """What identifies a run across machines and sessions."""
-    return json.dumps({"gin_files": args.gin_file,
-                       "gin_bindings": args.gin_bindings,
-                       "seed": seed, "method": method}, sort_keys=True)
+    key = {"gin_files": args.gin_file, "gin_bindings": args.gin_bindings,
+           "seed": seed, "method": method}
+    if args.shared_teacher and method != "teacher":
+        key["teacher_seed"] = args.seeds[0]
+    return json.dumps(key, sort_keys=True)
 
 
 def load_records(path):
@@ -301,6 +320,9 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS),
                         choices=list(METHODS), help="which rows (the teacher "
                         "is always trained: the others start from it)")
+    parser.add_argument("--shared_teacher", action="store_true",
+                        help="train one teacher (with the first seed) and "
+                        "distil every seed's students from it")
     parser.add_argument("--report_only", action="store_true",
                         help="write the table of the runs finished so far; "
                         "train nothing")
@@ -320,40 +342,48 @@ def main(argv=None):
     records = load_records(os.path.join(args.results_dir or args.workdir,
                                         "summary.json"))
     runs = {m: [] for m in methods}
+    # (seed, method, directory, teacher seed) in order; one teacher first
+    # when it is shared.
+    plan = []
     for seed in args.seeds:
         for method in methods:
-            key = key_of(args, seed, method)
-            directory = run_dir(args.workdir, seed, method)
-            teacher_needed = method == "teacher" and any(
-                key_of(args, seed, m) not in records for m in methods[1:])
-            teacher_model = os.path.join(directory, "teacher", "model.keras")
-            if key in records and not (
-                teacher_needed and not os.path.exists(teacher_model)
-                and not args.report_only
-            ):
-                runs[method].append(records[key])
-                continue
-            if key in records:
+            if method == "teacher":
+                if args.shared_teacher and seed != args.seeds[0]:
+                    continue
+                directory = run_dir(args.workdir,
+                                    teacher_seed(args, seed), method)
+            else:
+                directory = run_dir(args.workdir, seed, method)
+            plan.append((seed, method, directory, teacher_seed(args, seed)))
+    for seed, method, directory, teacher in plan:
+        key = key_of(args, seed, method)
+        bindings = bindings_of(method, seed, args.workdir, args.gin_bindings,
+                               teacher)
+        if method == "teacher":
+            students = [key_of(args, s, m) for s, m, _, t in plan
+                        if m != "teacher" and t == teacher]
+            model = os.path.join(directory, "teacher", "model.keras")
+            if (key in records and not args.report_only
+                    and any(k not in records for k in students)
+                    and not os.path.exists(model)):
                 # Retrain the recorded teacher for the students still to
                 # run: a seeded run repeats exactly on the CPU.
-                train(args.gin_file, bindings_of(method, seed, args.workdir,
-                                                 args.gin_bindings), directory)
-                runs[method].append(records[key])
+                train(args.gin_file, bindings, directory)
+        if key in records:
+            runs[method].append(records[key])
+            continue
+        if args.report_only:
+            results = finished(directory, args.gin_file, bindings)
+            if results is None:
                 continue
-            bindings = bindings_of(method, seed, args.workdir,
-                                   args.gin_bindings)
-            if args.report_only:
-                results = finished(directory, args.gin_file, bindings)
-                if results is None:
-                    continue
-            else:
-                results = train(args.gin_file, bindings, directory)
-            runs[method].append(dict(record(method, seed, directory, results),
-                                     key=key))
-            print(f"seed {seed} {method}: top-1 {runs[method][-1]['top1']:.2f}",
-                  file=sys.stderr, flush=True)
-            if not args.report_only:
-                write(args, methods, runs, records, time.perf_counter() - start)
+        else:
+            results = train(args.gin_file, bindings, directory)
+        runs[method].append(dict(record(method, seed, directory, results),
+                                 key=key))
+        print(f"seed {seed} {method}: top-1 {runs[method][-1]['top1']:.2f}",
+              file=sys.stderr, flush=True)
+        if not args.report_only:
+            write(args, methods, runs, records, time.perf_counter() - start)
 
     summary, text = write(args, methods, runs, records, time.perf_counter() - start)
     print(f"\n{summary['title']}\n\n{text}")

@@ -224,14 +224,15 @@ def _check_idx(base, path):
     magic, count = _IDX_FILES[base]
     data = _read_maybe_gzip(path)
     header = 16 if magic == 2051 else 8
+    found = int(np.frombuffer(data[:4], ">u4")[0]) if len(data) >= 4 else None
+    if found != magic:
+        raise SourceError(
+            f"{path} is not the IDX file {base}: magic number {found}, "
+            f"expected {magic}."
+        )
     if len(data) < header:
         raise SourceError(f"{path} is too short to be an IDX file.")
     dims = np.frombuffer(data[:header], ">u4")
-    if dims[0] != magic:
-        raise SourceError(
-            f"{path} is not the IDX file {base}: magic number {dims[0]}, "
-            f"expected {magic}."
-        )
     if dims[1] != count:
         raise SourceError(
             f"{path} holds {dims[1]} examples; Fashion-MNIST's {base} holds "

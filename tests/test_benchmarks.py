@@ -89,3 +89,60 @@ def test_reproduce_runs_each_method_with_its_stages():
     assert reproduce.stages("AT") == ["teacher", "student", "evaluate"]
     assert reproduce.stages("FT") == [
         "teacher", "paraphraser", "student", "evaluate"]
+    assert reproduce.stages("FT+KD") == [
+        "teacher", "paraphraser", "student", "evaluate"]
+
+
+def _run(method, seed, top1, curve, wall=10.0):
+    return {"method": method, "seed": seed, "top1": top1, "curve": curve,
+            "wall_time_s": wall, "workdir": "/gone", "key": f"{method}{seed}"}
+
+
+def test_reproduce_writes_table_summary_curves_and_readme_block(tmp_path):
+    import argparse
+    import json
+
+    import reproduce
+
+    args = argparse.Namespace(gin_file=["gin/x.gin"], gin_bindings=[],
+                              seeds=[0, 1], workdir=str(tmp_path),
+                              results_dir=str(tmp_path / "out"))
+    methods = ["teacher", "FT"]
+    runs = {"teacher": [_run("teacher", 0, 90.0, [80.0, 90.0])], "FT": []}
+    # A run recorded by an earlier invocation (its workdir is gone).
+    records = {"FT1": _run("FT", 1, 86.0, [70.0, 86.0], wall=30.0),
+               "FT0": _run("FT", 0, 84.0, [60.0, 84.0], wall=20.0)}
+    summary, text = reproduce.write(args, methods, runs, records, 1.0)
+    assert [r["seed"] for r in summary["methods"]["FT"]["runs"]] == [0, 1]
+    assert summary["methods"]["FT"]["top1_mean"] == 85.0
+    assert abs(summary["methods"]["FT"]["top1_std"] - 1.4142) < 1e-4
+    assert "| FT | 85.00 ± 1.41 | 2 | 25 |" in text
+    assert "| teacher | 90.00 ± 0.00 | 1 | 10 |" in text
+    out = tmp_path / "out"
+    assert json.loads((out / "summary.json").read_text()) == json.loads(
+        json.dumps(summary))
+    assert (out / "table.md").read_text() == text + "\n"
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # The records come back as they were written.
+    loaded = reproduce.load_records(str(out / "summary.json"))
+    assert loaded["FT1"]["top1"] == 86.0 and loaded["teacher0"]["seed"] == 0
+
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- reproduce:x -->\nold\n<!-- /reproduce:x -->\nb\n")
+    reproduce.write_readme(str(readme), "x", text)
+    assert readme.read_text() == (
+        f"a\n<!-- reproduce:x -->\n{text}\n<!-- /reproduce:x -->\nb\n")
+    with pytest.raises(SystemExit, match="no <!-- reproduce:y -->"):
+        reproduce.write_readme(str(readme), "y", text)
+
+
+def test_reproduce_curve_keeps_the_last_row_of_a_resumed_epoch(tmp_path):
+    import reproduce
+
+    stage = tmp_path / "student"
+    stage.mkdir()
+    (stage / "log.csv").write_text(
+        "epoch,top1,val_top1\n0,0.5,0.40\n1,0.6,0.50\n1,0.6,0.55\n2,0.7,0.6\n")
+    assert reproduce.curve(str(tmp_path), "student") == pytest.approx(
+        [40.0, 55.0, 60.0])
+    assert reproduce.curve(str(tmp_path), "baseline") == []
