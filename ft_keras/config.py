@@ -18,6 +18,10 @@ import dataclasses
 
 import gin
 
+from ft_keras import layers
+from ft_keras import losses
+from ft_keras import optim
+
 STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 RESOLVERS = ("auto", "tf_config", "slurm")
@@ -102,14 +106,54 @@ def training(
     decay=0.1,
     warmup_epochs=0,
     weight_decay=None,
+    weight_decay_mode="decoupled",
 ):
     """A stage's schedule: epochs and the optimizer settings of
     `ft_keras.optim.build_optimizer` (learning-rate boundaries in epochs).
-    Bind it under a scope: `student/training.epochs = 164`."""
+    Bind it under a scope: `student/training.epochs = 164`.
+
+    Args:
+        weight_decay: None, or the weight decay coefficient of the stage's
+            optimizer, applied as `weight_decay_mode` says to every
+            trainable variable of the stage (the student and translator,
+            the paraphraser, or the teacher; never a frozen network).
+        weight_decay_mode: `"decoupled"` (the default): Keras' own decay,
+            `w -= lr * weight_decay * w` outside the gradient. `"coupled"`:
+            PyTorch's `SGD(weight_decay=...)`, as every reference code of
+            Factor Transfer: `weight_decay * w` is added to each gradient
+            before momentum, with PyTorch's momentum buffer
+            (`ft_keras.optim.TorchSGD`; needs `optimizer='sgd'`). With
+            `"coupled"` and a non-zero `weight_decay`, leave the kernel L2
+            penalties of the same stage (`network.weight_decay`,
+            `factor_transfer.connector_weight_decay`) at 0, or the kernels
+            are decayed twice; the experiment refuses that.
+        Other arguments: those of `ft_keras.optim.build_optimizer`.
+    """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(
             f"`training.epochs` must be a positive integer. Received: "
             f"epochs={epochs!r}"
+        )
+    if weight_decay_mode not in optim.WEIGHT_DECAY_MODES:
+        raise ValueError(
+            f"`training.weight_decay_mode` must be one of "
+            f"{optim.WEIGHT_DECAY_MODES} ('coupled' is PyTorch's SGD weight "
+            f"decay). Received: weight_decay_mode={weight_decay_mode!r}"
+        )
+    if weight_decay_mode == "coupled" and optimizer != "sgd":
+        raise ValueError(
+            "`training.weight_decay_mode='coupled'` is PyTorch's SGD weight "
+            "decay and needs `training.optimizer='sgd'`. Received: "
+            f"optimizer={optimizer!r}"
+        )
+    if weight_decay is not None and (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, (int, float))
+        or weight_decay < 0
+    ):
+        raise ValueError(
+            "`training.weight_decay` must be None or a non-negative number. "
+            f"Received: weight_decay={weight_decay!r}"
         )
     return TrainingConfig(
         epochs=epochs,
@@ -123,6 +167,7 @@ def training(
             decay=decay,
             warmup_epochs=warmup_epochs,
             weight_decay=weight_decay,
+            weight_decay_mode=weight_decay_mode,
         ),
     )
 
@@ -140,6 +185,8 @@ class FactorTransferConfig:
     beta: float
     p: int
     factor: str
+    rounding: str
+    p_form: str
 
 
 @gin.configurable("factor_transfer")
@@ -155,10 +202,46 @@ def factor_transfer(
     beta=500.0,
     p=1,
     factor="full",
+    rounding="half_even",
+    p_form="norm",
 ):
-    """The method's knobs: taps, paraphrase rate, connectors' BN and weight
-    decay (PyTorch-style coefficient), reconstruction loss, beta, p, and the
-    factor mode. Defaults are the paper's code."""
+    """The method's knobs. Defaults are the paper's code.
+
+    Args:
+        teacher_layer, student_layer: The taps (layer names).
+        rate: The paraphrase rate k.
+        paraphraser_bn, translator_bn: BatchNormalization in each connector.
+        negative_slope: The connectors' LeakyReLU slope.
+        connector_weight_decay: An L2 penalty on the connectors' kernels
+            only, with the gradient `connector_weight_decay * kernel`. To
+            decay the connectors as PyTorch's SGD does (biases and BN too),
+            leave it at 0 and use `training.weight_decay_mode='coupled'`.
+        reconstruction: The paraphraser's reconstruction loss
+            (`ft_keras.losses.reconstruction_loss`).
+        beta: Weight of the factor transfer loss.
+        p: 1 or 2.
+        factor: `"full"` or `"attention"` (`FactorTransferLoss`).
+        rounding: How `C * rate` becomes the factor's channel count
+            (`ft_keras.layers.factor_channels`): `"half_even"` (the paper's
+            code, `int(round(C * k))`), `"floor"` (RepDistiller and
+            torchdistill, `int(C * k)`) or `"half_up"`.
+        p_form: `"norm"` (the paper, torchdistill) or `"mean"` (RepDistiller):
+            how the `p=2` loss reduces the difference (`FactorTransferLoss`).
+    """
+    if rounding not in layers.ROUNDINGS:
+        raise ValueError(
+            f"`factor_transfer.rounding` must be one of {layers.ROUNDINGS}. "
+            f"Received: rounding={rounding!r}"
+        )
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(
+            f"`factor_transfer.p` must be 1 or 2. Received: p={p!r}"
+        )
+    if p_form not in losses.P_FORMS:
+        raise ValueError(
+            f"`factor_transfer.p_form` must be one of {losses.P_FORMS}. "
+            f"Received: p_form={p_form!r}"
+        )
     return FactorTransferConfig(
         teacher_layer=teacher_layer,
         student_layer=student_layer,
@@ -171,7 +254,52 @@ def factor_transfer(
         beta=beta,
         p=p,
         factor=factor,
+        rounding=rounding,
+        p_form=p_form,
     )
+
+
+def check_weight_decay(scope, training_config, network_config, ft_config):
+    """Raises a `ValueError` if stage `scope` would decay kernels twice.
+
+    With `weight_decay_mode='coupled'` and a non-zero `weight_decay`, the
+    stage's optimizer already decays every trainable variable; a kernel L2
+    penalty on the same variables (`network.weight_decay` of the trained
+    network, `factor_transfer.connector_weight_decay` of the trained
+    connector) would add a second decay.
+
+    Args:
+        scope: `"teacher"`, `"paraphraser"` or `"student"`.
+        training_config: The stage's `TrainingConfig`.
+        network_config: The trained network's `NetworkConfig` (None for
+            the paraphraser stage).
+        ft_config: The `FactorTransferConfig`.
+    """
+    optimizer = training_config.optimizer
+    if optimizer.get("weight_decay_mode") != "coupled" or not optimizer.get(
+        "weight_decay"
+    ):
+        return
+    penalties = []
+    if network_config is not None:
+        penalties.append(
+            (f"{scope}/network.weight_decay",
+             network_config.kwargs.get("weight_decay", 0.0))
+        )
+    if scope in ("paraphraser", "student"):
+        penalties.append(
+            ("factor_transfer.connector_weight_decay",
+             ft_config.connector_weight_decay)
+        )
+    doubled = [f"{name} = {value!r}" for name, value in penalties if value]
+    if doubled:
+        raise ValueError(
+            f"`{scope}/training.weight_decay_mode = 'coupled'` already decays "
+            f"every trainable variable of the {scope} stage by "
+            f"`{scope}/training.weight_decay = {optimizer['weight_decay']!r}`; "
+            f"{', '.join(doubled)} would decay its kernels a second time. Set "
+            "those to 0.0, or use weight_decay_mode = 'decoupled'."
+        )
 
 
 METHODS = ("ft", "ft+kd", "kd", "at")

@@ -441,6 +441,9 @@ class Distiller(_TeacherStudentModel):
         beta: Weight of the factor transfer loss (500 in the paper's code).
         p: 1 or 2, the norm of `FactorTransferLoss`.
         factor: `"full"` (the paper) or `"attention"` (RepDistiller).
+        p_form: `"norm"` (the paper, torchdistill) or `"mean"`
+            (RepDistiller): how `FactorTransferLoss` reduces the difference
+            when `p=2`.
         kd_weight: Weight of an added Hinton KD term on the logits (FT+KD);
             0 (the paper) leaves it out.
         temperature: Temperature of the KD term.
@@ -475,6 +478,7 @@ class Distiller(_TeacherStudentModel):
         factor="full",
         kd_weight=0.0,
         temperature=4.0,
+        p_form="norm",
         **kwargs,
     ):
         kwargs.setdefault("name", "distiller")
@@ -488,7 +492,9 @@ class Distiller(_TeacherStudentModel):
                 "`translator` must be an `ft_keras.Translator`. Received: "
                 f"translator={translator!r}"
             )
-        self.ft_loss_fn = ft_losses.FactorTransferLoss(p=p, factor=factor)
+        self.ft_loss_fn = ft_losses.FactorTransferLoss(
+            p=p, factor=factor, p_form=p_form
+        )
         beta = _non_negative("beta", beta, "500 in the paper's code")
         kd_weight = _non_negative("kd_weight", kd_weight, "0 for plain FT")
         self.kd_loss_fn = ft_losses.KnowledgeDistillationLoss(temperature)
@@ -497,6 +503,7 @@ class Distiller(_TeacherStudentModel):
         self.beta = beta
         self.p = p
         self.factor = factor
+        self.p_form = p_form
         self.kd_weight = kd_weight
         self.temperature = float(temperature)
         self.teacher_layer = teacher_layer
@@ -565,6 +572,7 @@ class Distiller(_TeacherStudentModel):
                 "beta": self.beta,
                 "p": self.p,
                 "factor": self.factor,
+                "p_form": self.p_form,
                 "kd_weight": self.kd_weight,
                 "temperature": self.temperature,
             }

@@ -13,20 +13,55 @@ import keras
 _PACKAGE = "ft_keras"
 
 
-def factor_channels(channels, rate):
+ROUNDINGS = ("half_even", "floor", "half_up")
+
+
+def factor_channels(channels, rate, rounding="half_even"):
     """Number of channels of the factor for a `channels`-deep map.
 
-    `round(channels * rate)`, rounding halves up (so 3 channels at rate 0.5
-    give 2), and never less than 1.
+    `channels * rate` (a Python float, as in the reference codes) rounded
+    to an integer by `rounding`, and never less than 1:
+
+    - `"half_even"`: Python's `round`, halves to the even neighbour, as the
+      paper's code (`int(round(64 * RATE))` in Jangho-Kim/Factor-Transfer-
+      pytorch's `train_student.py`): 5 channels at rate 0.5 give 2;
+    - `"floor"`: `int(channels * rate)`, as RepDistiller (`models/util.py`)
+      and torchdistill (`Paraphraser4FactorTransfer` in
+      `torchdistill/models/wrapper.py`): 5 at 0.5 give 2, 7 at 0.5 give 3;
+    - `"half_up"`: halves up (ft_keras' former rule): 5 at 0.5 give 3.
+
+    The rules differ only when `channels * rate` is not an integer.
 
     Example:
 
     >>> factor_channels(64, 0.5)
     32
-    >>> factor_channels(3, 0.5)
-    2
+    >>> factor_channels(5, 0.5), factor_channels(7, 0.5)
+    (2, 4)
+    >>> factor_channels(7, 0.5, rounding="floor")
+    3
+    >>> factor_channels(5, 0.5, rounding="half_up")
+    3
     """
-    return max(1, int(math.floor(channels * rate + 0.5)))
+    _validate_rounding(rounding)
+    value = channels * rate
+    if rounding == "half_even":
+        count = int(round(value))
+    elif rounding == "floor":
+        count = int(math.floor(value))
+    else:
+        count = int(math.floor(value + 0.5))
+    return max(1, count)
+
+
+def _validate_rounding(rounding):
+    if rounding not in ROUNDINGS:
+        raise ValueError(
+            f"`rounding` must be one of {ROUNDINGS} (how `channels * rate` "
+            "becomes the factor's channel count; 'half_even' in the paper's "
+            f"code, 'floor' in RepDistiller and torchdistill). Received: "
+            f"rounding={rounding!r}"
+        )
 
 
 def _validate_negative_slope(negative_slope):
@@ -134,7 +169,7 @@ class Paraphraser(_ConvStack):
     Built on a teacher feature map with `C` channels. The encoder is three 3x3
     stride-1 "same" convolutions with bias, `C -> C -> m -> m`, and the decoder
     three 3x3 transposed convolutions mirroring it, `m -> m -> C -> C`, where
-    `m = factor_channels(C, rate)`. Every one of the six layers is followed by
+    `m = factor_channels(C, rate, rounding)`. Every one of the six layers is followed by
     a `LeakyReLU(negative_slope)` (and, with `use_bn=True`, preceded by
     `BatchNormalization`).
 
@@ -144,13 +179,19 @@ class Paraphraser(_ConvStack):
 
     Args:
         rate: The paraphrase rate `k` in `(0, 4]`: factor channels are
-            `round(C * rate)`. 0.5 in the paper.
-        use_bn: Whether to put `BatchNormalization` after each convolution
-            (RepDistiller's choice). The paper's code has none.
+            `C * rate` rounded by `rounding`. 0.5 in the paper.
+        use_bn: Whether to put `BatchNormalization` after each convolution.
+            None of the reference codes does: the paper's code has no BN,
+            and RepDistiller, MMRazor and torchdistill build their
+            paraphrasers without it (only their translators may have BN).
         negative_slope: Slope of the LeakyReLU for negative inputs.
         kernel_regularizer: Optional regularizer of the convolution kernels
-            (e.g. `keras.regularizers.L2(2.5e-4)` for the paper's weight
-            decay of 5e-4).
+            (e.g. `keras.regularizers.L2(2.5e-4)` for an L2 penalty whose
+            gradient is `5e-4 * kernel`).
+        rounding: How `C * rate` becomes the factor's channel count, one of
+            `ft_keras.layers.ROUNDINGS` (see `factor_channels`):
+            `"half_even"` (the paper's code, the default) or `"floor"`
+            (RepDistiller, torchdistill).
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Example:
@@ -170,6 +211,7 @@ class Paraphraser(_ConvStack):
         use_bn=False,
         negative_slope=0.1,
         kernel_regularizer=None,
+        rounding="half_even",
         **kwargs,
     ):
         super().__init__(
@@ -178,6 +220,7 @@ class Paraphraser(_ConvStack):
             kernel_regularizer=kernel_regularizer,
             **kwargs,
         )
+        _validate_rounding(rounding)
         if (
             isinstance(rate, bool)
             or not isinstance(rate, (int, float))
@@ -188,13 +231,16 @@ class Paraphraser(_ConvStack):
                 f"0.5 in the paper). Received: rate={rate!r}"
             )
         self.rate = float(rate)
+        self.rounding = rounding
         self.channels = None
         self.factor_channels = None
 
     def build(self, input_shape):
         _validate_feature_map_shape("Paraphraser", input_shape)
         self.channels = int(input_shape[-1])
-        self.factor_channels = factor_channels(self.channels, self.rate)
+        self.factor_channels = factor_channels(
+            self.channels, self.rate, self.rounding
+        )
         c, m = self.channels, self.factor_channels
         conv, deconv = keras.layers.Conv2D, keras.layers.Conv2DTranspose
         self.encoder_blocks = [
@@ -222,12 +268,15 @@ class Paraphraser(_ConvStack):
         return self.decode(self(inputs, training=training), training=training)
 
     def compute_output_shape(self, input_shape):
-        channels = factor_channels(int(input_shape[-1]), self.rate)
+        channels = factor_channels(
+            int(input_shape[-1]), self.rate, self.rounding
+        )
         return tuple(input_shape[:-1]) + (channels,)
 
     def get_config(self):
         config = super().get_config()
         config["rate"] = self.rate
+        config["rounding"] = self.rounding
         return config
 
 
@@ -243,13 +292,15 @@ class Translator(_ConvStack):
     `factor_channels`.
 
     Args:
-        out_channels: Channels of the student factor, `round(C_t * rate)`.
+        out_channels: Channels of the student factor, the paraphraser's
+            `factor_channels(C_t, rate, rounding)`.
         use_bn: Whether to put `BatchNormalization` after each convolution
-            (MMRazor's and RepDistiller's choice). The paper's code has none.
+            (the default of MMRazor's and RepDistiller's `Translator`). The
+            paper's code and torchdistill's ImageNet config have none.
         negative_slope: Slope of the LeakyReLU for negative inputs.
         kernel_regularizer: Optional regularizer of the convolution kernels
-            (e.g. `keras.regularizers.L2(2.5e-4)` for the paper's weight
-            decay of 5e-4).
+            (e.g. `keras.regularizers.L2(2.5e-4)` for an L2 penalty whose
+            gradient is `5e-4 * kernel`).
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Example:

@@ -17,6 +17,7 @@ _PACKAGE = "ft_keras"
 _EPSILON = 1e-12  # torch.nn.functional.normalize's default eps.
 
 FACTOR_MODES = ("full", "attention")
+P_FORMS = ("norm", "mean")
 RECONSTRUCTIONS = ("l1", "mse", "normalized_l2")
 
 
@@ -68,12 +69,20 @@ def match_spatial_size(teacher_map, student_map):
 class FactorTransferLoss(keras.losses.Loss):
     """The factor transfer loss between teacher and student factors.
 
-    Each factor is flattened per example and L2-normalised, then
+    Each factor is flattened per example and L2-normalised; with `d` the
+    difference of the two normalised factors (`D` elements per example):
 
-    - `p=1`: the mean absolute difference over all elements (PyTorch's
-      `L1Loss` on the normalised factors, as in the paper's code);
-    - `p=2`: the L2 norm of the difference per example, averaged over the
-      batch.
+    - `p=1`: the mean absolute difference over all elements, `mean |d|`
+      (PyTorch's `L1Loss` on the normalised factors: the paper's code,
+      MMRazor's `FTLoss`, torchdistill's `FTLoss(p=1)`, RepDistiller's
+      `FactorTransfer(p2=1)`), whatever `p_form`;
+    - `p=2`, `p_form="norm"` (the default): the L2 norm of `d` per example,
+      `sqrt(sum d^2)`, averaged over the batch (the paper's formula and
+      torchdistill's `FTLoss(p=2)`, `torchdistill/losses/mid_level.py`);
+    - `p=2`, `p_form="mean"`: the mean of `d^2` over all elements,
+      `sum d^2 / D` averaged over the batch (RepDistiller's
+      `FactorTransfer(p2=2)`, `distiller_zoo/FT.py`). It is the square of
+      the norm form divided by `D`, so `beta` must be scaled to match.
 
     With `factor="full"` the factor is the whole `H*W*C` map (the paper). With
     `factor="attention"` it is the channel-mean of squares, an `H*W` map
@@ -87,6 +96,8 @@ class FactorTransferLoss(keras.losses.Loss):
     Args:
         p: 1 or 2, the norm of the difference.
         factor: `"full"` or `"attention"`.
+        p_form: `"norm"` or `"mean"`: how `p=2` reduces the difference (see
+            above); `p=1` is the same in both forms.
         reduction: Keras loss reduction, `"sum_over_batch_size"` by default.
         name: Name of the loss.
 
@@ -105,6 +116,7 @@ class FactorTransferLoss(keras.losses.Loss):
         self,
         p=1,
         factor="full",
+        p_form="norm",
         reduction="sum_over_batch_size",
         name="factor_transfer_loss",
         dtype=None,
@@ -117,8 +129,16 @@ class FactorTransferLoss(keras.losses.Loss):
                 f"`factor` must be one of {FACTOR_MODES}. Received: "
                 f"factor={factor!r}"
             )
+        if p_form not in P_FORMS:
+            raise ValueError(
+                f"`p_form` must be one of {P_FORMS} ('norm': the L2 norm of "
+                "the difference per example, as the paper and torchdistill; "
+                "'mean': the mean squared difference, as RepDistiller). "
+                f"Received: p_form={p_form!r}"
+            )
         self.p = int(p)
         self.factor = factor
+        self.p_form = p_form
 
     def factorize(self, feature_map):
         """Flattened, L2-normalised factor of a (N, H, W, C) map."""
@@ -146,11 +166,15 @@ class FactorTransferLoss(keras.losses.Loss):
         diff = self.factorize(student) - self.factorize(teacher)
         if self.p == 1:
             return ops.mean(ops.abs(diff), axis=-1)
+        if self.p_form == "mean":
+            return ops.mean(ops.square(diff), axis=-1)
         return ops.sqrt(ops.sum(ops.square(diff), axis=-1))
 
     def get_config(self):
         config = super().get_config()
-        config.update({"p": self.p, "factor": self.factor})
+        config.update(
+            {"p": self.p, "factor": self.factor, "p_form": self.p_form}
+        )
         return config
 
 

@@ -2,6 +2,19 @@
 
 Schedules are given in *epochs*, as the papers give them, and turned into
 steps once the number of steps per epoch is known.
+
+Weight decay comes in two forms, chosen by `weight_decay_mode`:
+
+- `"decoupled"`: Keras' own `weight_decay` argument, `w -= lr * wd * w`
+  applied to every trainable variable outside the gradient (AdamW-style);
+- `"coupled"`: PyTorch's `SGD(weight_decay=wd)`, used by every reference
+  code of Factor Transfer: `wd * w` is added to the gradient of every
+  trainable variable (kernels, biases, BatchNorm gamma and beta) before
+  momentum. `TorchSGD` does this.
+
+(An L2 penalty on kernels only, `network.weight_decay` and
+`factor_transfer.connector_weight_decay`, is a third form, set on the
+networks rather than here.)
 """
 
 import math
@@ -12,6 +25,7 @@ from keras import ops
 _PACKAGE = "ft_keras"
 SCHEDULES = ("constant", "step", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+WEIGHT_DECAY_MODES = ("decoupled", "coupled")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -91,6 +105,103 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TorchSGD(keras.optimizers.SGD):
+    """`torch.optim.SGD` in Keras: coupled weight decay, PyTorch's momentum.
+
+    For each trainable variable `w` with gradient `g`, at learning rate `lr`
+    (PyTorch's update with `dampening=0`):
+
+        g = g + coupled_weight_decay * w     # PyTorch's `weight_decay`
+        b = momentum * b + g                 # momentum buffer (b = 0 first)
+        d = g + momentum * b if nesterov else b
+        w = w - lr * d
+
+    It differs from `keras.optimizers.SGD` in two ways. Its weight decay is
+    part of the gradient, so it goes through momentum, and it reaches every
+    variable given to `apply` (biases and BatchNorm gamma/beta too, not only
+    the kernels an L2 regularizer would); frozen networks are never given,
+    so never decayed. And its momentum buffer holds gradients, not
+    `lr`-scaled steps, so a change of learning rate (a step of the
+    schedule, warm-up, cosine decay) acts at once, as in PyTorch, instead
+    of fading in through the velocity. With a constant rate and no decay
+    the two give the same weights.
+
+    Variables excluded by `exclude_from_weight_decay` are not decayed.
+
+    Args:
+        learning_rate: A float or a `LearningRateSchedule`.
+        momentum: Momentum factor in `[0, 1]` (0.9 in the references).
+        nesterov: Whether to use PyTorch's Nesterov momentum.
+        coupled_weight_decay: PyTorch's `weight_decay` coefficient, a
+            non-negative float (5e-4 in the paper's code and RepDistiller,
+            1e-4 in MMRazor and torchdistill).
+        **kwargs: Other `keras.optimizers.Optimizer` arguments (`name`,
+            `clipnorm`, ...), except `weight_decay`, Keras' decoupled decay.
+
+    Example:
+
+    ```python
+    optimizer = TorchSGD(0.1, momentum=0.9, coupled_weight_decay=5e-4)
+    model.compile(optimizer=optimizer, loss="mse")
+    ```
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.01,
+        momentum=0.0,
+        nesterov=False,
+        coupled_weight_decay=0.0,
+        **kwargs,
+    ):
+        if kwargs.get("weight_decay") is not None:
+            raise ValueError(
+                "TorchSGD decays through the gradient: give "
+                "`coupled_weight_decay`, not Keras' decoupled `weight_decay`. "
+                f"Received: weight_decay={kwargs['weight_decay']!r}"
+            )
+        kwargs.pop("weight_decay", None)
+        if (
+            isinstance(coupled_weight_decay, bool)
+            or not isinstance(coupled_weight_decay, (int, float))
+            or coupled_weight_decay < 0
+        ):
+            raise ValueError(
+                "`coupled_weight_decay` must be a non-negative number "
+                "(PyTorch's SGD `weight_decay`, e.g. 5e-4). Received: "
+                f"coupled_weight_decay={coupled_weight_decay!r}"
+            )
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=float(momentum),
+            nesterov=nesterov,
+            **kwargs,
+        )
+        self.coupled_weight_decay = float(coupled_weight_decay)
+
+    def update_step(self, gradient, variable, learning_rate):
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        if self.coupled_weight_decay and self._use_weight_decay(variable):
+            decay = ops.cast(self.coupled_weight_decay, variable.dtype)
+            gradient = ops.add(gradient, ops.multiply(decay, variable))
+        if self.momentum != 0:
+            buffer = self.momentums[self._get_variable_index(variable)]
+            momentum = ops.cast(self.momentum, variable.dtype)
+            self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
+            if self.nesterov:
+                gradient = ops.add(gradient, ops.multiply(buffer, momentum))
+            else:
+                gradient = buffer
+        self.assign_sub(variable, ops.multiply(gradient, learning_rate))
+
+    def get_config(self):
+        config = super().get_config()
+        config["coupled_weight_decay"] = self.coupled_weight_decay
+        return config
+
+
 def build_optimizer(
     steps_per_epoch,
     epochs,
@@ -103,18 +214,23 @@ def build_optimizer(
     decay=0.1,
     warmup_epochs=0,
     weight_decay=None,
+    weight_decay_mode="decoupled",
 ):
     """An optimizer with an `EpochSchedule`, from epoch-based settings.
 
-    Weight decay as in the papers is an L2 penalty on the kernels, set on the
-    networks (`weight_decay` of `ft_keras.models.get`); `weight_decay` here
-    is Keras' decoupled decay (AdamW-style), for recipes that ask for it.
+    `weight_decay` is applied as `weight_decay_mode` says (see the module
+    docstring): `"decoupled"`, Keras' own decay of the chosen optimizer;
+    `"coupled"`, PyTorch's SGD weight decay through `TorchSGD` (which needs
+    `optimizer="sgd"`). Either decays every trainable variable the optimizer
+    is given; an L2 penalty on kernels only is set on the networks instead
+    (`weight_decay` of `ft_keras.models.get`).
 
     Example:
 
     ```python
     optimizer = build_optimizer(steps_per_epoch=391, epochs=164,
-                                learning_rate=0.1, boundaries=[82, 123])
+                                learning_rate=0.1, boundaries=[82, 123],
+                                weight_decay=5e-4, weight_decay_mode="coupled")
     ```
     """
     if optimizer not in OPTIMIZERS:
@@ -122,10 +238,22 @@ def build_optimizer(
             f"`optimizer` must be one of {OPTIMIZERS}. Received: "
             f"optimizer={optimizer!r}"
         )
-    if any(b > epochs for b in boundaries):
+    if weight_decay_mode not in WEIGHT_DECAY_MODES:
         raise ValueError(
-            f"Learning-rate boundaries {list(boundaries)} lie beyond the "
-            f"{epochs} training epochs."
+            f"`weight_decay_mode` must be one of {WEIGHT_DECAY_MODES}. "
+            f"Received: weight_decay_mode={weight_decay_mode!r}"
+        )
+    if weight_decay_mode == "coupled" and optimizer != "sgd":
+        raise ValueError(
+            "`weight_decay_mode='coupled'` is PyTorch's SGD weight decay and "
+            "needs `optimizer='sgd'`; use 'decoupled' with "
+            f"{optimizer!r}. Received: optimizer={optimizer!r}"
+        )
+    if any(b >= epochs for b in boundaries):
+        raise ValueError(
+            f"Learning-rate boundaries {list(boundaries)} must lie before the "
+            f"last of the {epochs} training epochs (a boundary at or beyond "
+            "it never takes effect): lower them or raise `epochs`."
         )
     rate = EpochSchedule(
         learning_rate,
@@ -135,6 +263,13 @@ def build_optimizer(
         decay=decay,
         warmup_steps=int(warmup_epochs * steps_per_epoch),
     )
+    if weight_decay_mode == "coupled":
+        return TorchSGD(
+            rate,
+            momentum=momentum,
+            nesterov=nesterov,
+            coupled_weight_decay=weight_decay or 0.0,
+        )
     if optimizer == "sgd":
         return keras.optimizers.SGD(
             rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay

@@ -455,3 +455,81 @@ def test_paraphraser_trainer_keras_round_trip(tmp_path):
     assert (restored.reconstruction, restored.paraphraser.rate) == (
         "normalized_l2", 0.25)
     np.testing.assert_array_equal(restored(x), trainer(x))
+
+
+def np_unit_rows(x):
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_p_form_mean_reaches_the_loss_and_round_trips(tmp_path):
+    teacher = trained_teacher()
+    student = small_net("student", 8, seed=2)
+    paraphraser = ft_keras.Paraphraser(rate=0.5)
+    paraphraser.build((None, 8, 8, 16))
+    distiller = ft_keras.Distiller(
+        teacher, student, paraphraser, ft_keras.Translator(8), "tap", "tap",
+        p=2, p_form="mean")
+    distiller.compile(keras.optimizers.SGD(0.0))
+    x, y = data(16)
+    student_map = keras.Model(student.input, student.get_layer("tap").output)(x)
+    diff = (np_unit_rows(distiller.translator(student_map))
+            - np_unit_rows(distiller.teacher_factor(x)))
+    # RepDistiller's p2=2: the mean of the squared differences.
+    result = distiller.evaluate(x, y, batch_size=16, verbose=0,
+                                return_dict=True)
+    np.testing.assert_allclose(result["ft_loss"], np.mean(diff ** 2),
+                               rtol=1e-5)
+    distiller.save(tmp_path / "distiller.keras")
+    restored = keras.models.load_model(tmp_path / "distiller.keras",
+                                       compile=False)
+    assert (restored.p, restored.p_form, restored.ft_loss_fn.p_form) == (
+        2, "mean", "mean")
+
+
+def test_p_form_is_validated():
+    with pytest.raises(ValueError, match="Received: p_form='sqrt'"):
+        ft_keras.Distiller(
+            trained_teacher(), small_net("student", 8, seed=2),
+            ft_keras.Paraphraser(rate=0.5), ft_keras.Translator(8), "tap",
+            "tap", p=2, p_form="sqrt")
+
+
+def test_coupled_weight_decay_decays_the_translator_never_the_frozen_parts():
+    # beta = 0 leaves the translator a zero loss gradient, so with plain SGD
+    # (no momentum) each of the 4 steps multiplies every translator
+    # variable, biases and BN gamma/beta included, by (1 - lr * wd).
+    lr, weight_decay, steps = 0.05, 0.5, 4
+    distiller = make_distiller(beta=0.0, use_bn=True)
+    teacher_before = snapshot(distiller.teacher)
+    paraphraser_before = snapshot(distiller.paraphraser)
+    translator_before = [np.array(v) for v in
+                         distiller.translator.trainable_variables]
+    distiller.compile(ft_keras.optim.TorchSGD(
+        lr, coupled_weight_decay=weight_decay))
+    x, y = data(8 * steps)
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert_unchanged(teacher_before, distiller.teacher)
+    assert_unchanged(paraphraser_before, distiller.paraphraser)
+    names = set()
+    for before, v in zip(translator_before,
+                         distiller.translator.trainable_variables):
+        np.testing.assert_allclose(
+            np.asarray(v), before * (1 - lr * weight_decay) ** steps,
+            rtol=1e-5, atol=1e-7)
+        names.add(v.path.split("/")[-1])
+    assert names == {"kernel", "bias", "gamma", "beta"}
+
+
+def test_coupled_weight_decay_leaves_the_teacher_alone_in_pre_training():
+    teacher = trained_teacher()
+    teacher_before = snapshot(teacher)
+    paraphraser = ft_keras.Paraphraser(rate=0.5)
+    trainer = ft_keras.ParaphraserTrainer(teacher, paraphraser, "tap")
+    trainer.compile(ft_keras.optim.TorchSGD(0.1, momentum=0.9,
+                                            coupled_weight_decay=0.5))
+    before = [np.array(v) for v in paraphraser.trainable_variables]
+    x, _ = data(16)
+    trainer.fit(x, batch_size=8, epochs=1, verbose=0)
+    assert_unchanged(teacher_before, teacher)
+    assert_all_trainable_changed(before, paraphraser)

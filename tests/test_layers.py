@@ -26,11 +26,54 @@ def translator_params(c_s, out, bn):
 
 @pytest.mark.parametrize(
     "channels, rate, expected",
-    [(64, 0.5, 32), (3, 0.5, 2), (5, 0.3, 2), (10, 0.25, 3), (1, 0.1, 1),
-     (64, 1.0, 64), (16, 2.0, 32)],
+    [(64, 0.5, 32), (3, 0.5, 2), (5, 0.5, 2), (10, 0.25, 2), (7, 0.5, 4),
+     (1, 0.1, 1), (64, 1.0, 64), (16, 2.0, 32)],
 )
-def test_factor_channels_rounds_half_up_and_at_least_one(channels, rate, expected):
+def test_factor_channels_default_rounds_halves_to_even_and_at_least_one(
+        channels, rate, expected):
+    # The paper's code: int(round(C * k)); 2.5 -> 2, 3.5 -> 4.
     assert factor_channels(channels, rate) == expected
+
+
+@pytest.mark.parametrize(
+    "rounding, expected",
+    [("half_even", [2, 2, 4, 2, 6, 0, 29]),   # Python's round (the paper)
+     ("floor", [1, 2, 3, 2, 5, 0, 28]),       # int(C * k): RepDistiller, torchdistill
+     ("half_up", [2, 3, 4, 3, 6, 0, 29])],
+)
+def test_factor_channels_rounding_rules(rounding, expected):
+    # C * k = 1.5, 2.5, 3.5, 2.5, 5.5, 0.3, and 28.999999999999996 (the
+    # float the references compute for 100 * 0.29, which int() makes 28).
+    cases = [(3, 0.5), (5, 0.5), (7, 0.5), (10, 0.25), (11, 0.5), (1, 0.3),
+             (100, 0.29)]
+    got = [factor_channels(c, k, rounding=rounding) for c, k in cases]
+    assert got == [max(1, e) for e in expected]
+
+
+def test_factor_channels_equal_the_reference_expressions():
+    for channels in range(1, 130):
+        for rate in (0.25, 0.3, 0.5, 0.7, 1.5):
+            assert factor_channels(channels, rate) == max(
+                1, int(round(channels * rate)))
+            assert factor_channels(channels, rate, rounding="floor") == max(
+                1, int(channels * rate))
+
+
+def test_rounding_is_validated():
+    with pytest.raises(ValueError, match="Received: rounding='up'"):
+        factor_channels(5, 0.5, rounding="up")
+    with pytest.raises(ValueError, match="`rounding` must be one of"):
+        ft_keras.Paraphraser(rounding="truncate")
+
+
+@pytest.mark.parametrize("rounding, channels", [("half_even", 2), ("floor", 2),
+                                                ("half_up", 3)])
+def test_paraphraser_factor_channels_follow_rounding(rounding, channels):
+    paraphraser = ft_keras.Paraphraser(rate=0.5, rounding=rounding)
+    x = np.ones((1, 4, 4, 5), np.float32)
+    assert paraphraser(x).shape[-1] == channels
+    assert paraphraser.compute_output_shape((None, 4, 4, 5))[-1] == channels
+    assert paraphraser.count_params() == paraphraser_params(5, channels, False)
 
 
 @pytest.mark.parametrize("use_bn", [False, True])
@@ -95,9 +138,11 @@ def test_connectors_reject_non_image_input():
 
 
 def test_get_config_round_trip():
-    paraphraser = ft_keras.Paraphraser(rate=0.25, use_bn=True, negative_slope=0.2)
+    paraphraser = ft_keras.Paraphraser(rate=0.25, use_bn=True, negative_slope=0.2,
+                                       rounding="floor")
     clone = ft_keras.Paraphraser.from_config(paraphraser.get_config())
-    assert (clone.rate, clone.use_bn, clone.negative_slope) == (0.25, True, 0.2)
+    assert (clone.rate, clone.use_bn, clone.negative_slope, clone.rounding) == (
+        0.25, True, 0.2, "floor")
     translator = ft_keras.Translator(12, use_bn=True, negative_slope=0.05)
     clone = ft_keras.Translator.from_config(translator.get_config())
     assert (clone.out_channels, clone.use_bn, clone.negative_slope) == (
@@ -106,7 +151,8 @@ def test_get_config_round_trip():
 
 def test_keras_file_round_trip_is_exact(tmp_path):
     inputs = keras.Input((8, 8, 16))
-    factor = ft_keras.Paraphraser(rate=0.5, use_bn=True, name="para")(inputs)
+    factor = ft_keras.Paraphraser(rate=0.5, use_bn=True, name="para",
+                                  rounding="floor")(inputs)
     student_factor = ft_keras.Translator(8, use_bn=True, name="trans")(inputs)
     model = keras.Model(inputs, [factor, student_factor])
     x = np.random.default_rng(2).random((2, 8, 8, 16), dtype=np.float32)
@@ -118,6 +164,7 @@ def test_keras_file_round_trip_is_exact(tmp_path):
     for a, b in zip(model(x), restored(x)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     para = restored.get_layer("para")
+    assert para.rounding == "floor"
     np.testing.assert_array_equal(
         np.asarray(para.reconstruct(x)),
         np.asarray(model.get_layer("para").reconstruct(x)),

@@ -19,7 +19,7 @@ def np_avg_pool(x, size):
     return x.reshape(n, size[0], ph, size[1], pw, c).mean(axis=(2, 4))
 
 
-def np_ft_loss(teacher, student, p, factor):
+def np_ft_loss(teacher, student, p, factor, p_form="norm"):
     if teacher.shape[1:3] != student.shape[1:3]:
         if teacher.shape[1] > student.shape[1]:
             teacher = np_avg_pool(teacher, student.shape[1:3])
@@ -31,13 +31,15 @@ def np_ft_loss(teacher, student, p, factor):
     diff = np_normalize(student) - np_normalize(teacher)
     if p == 1:
         return np.abs(diff).mean()
+    if p_form == "mean":
+        return (diff ** 2).mean()
     return np.linalg.norm(diff, axis=1).mean()
 
 
 rng = np.random.default_rng(0)
 
 
-@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("p, p_form", [(1, "norm"), (2, "norm"), (2, "mean")])
 @pytest.mark.parametrize("factor", ["full", "attention"])
 @pytest.mark.parametrize(
     "teacher_shape, student_shape",
@@ -45,15 +47,16 @@ rng = np.random.default_rng(0)
      ((4, 8, 8, 16), (4, 4, 4, 16)),
      ((4, 2, 2, 16), (4, 8, 8, 16))],
 )
-def test_factor_transfer_loss_matches_numpy(p, factor, teacher_shape, student_shape):
+def test_factor_transfer_loss_matches_numpy(p, p_form, factor, teacher_shape,
+                                            student_shape):
     if factor == "attention":  # channels may differ in attention mode
         student_shape = student_shape[:3] + (5,)
     teacher = rng.normal(size=teacher_shape).astype(np.float32)
     student = rng.normal(size=student_shape).astype(np.float32)
-    loss = ft_keras.FactorTransferLoss(p=p, factor=factor)
+    loss = ft_keras.FactorTransferLoss(p=p, factor=factor, p_form=p_form)
     got = float(loss(teacher, student))
     np.testing.assert_allclose(
-        got, np_ft_loss(teacher, student, p, factor), rtol=1e-5)
+        got, np_ft_loss(teacher, student, p, factor, p_form), rtol=1e-5)
 
 
 def test_p1_is_mean_over_all_elements_not_per_example_sum():
@@ -67,6 +70,53 @@ def test_p1_is_mean_over_all_elements_not_per_example_sum():
     np.testing.assert_allclose(
         float(ft_keras.FactorTransferLoss(p=2)(teacher, student)), np.sqrt(2),
         rtol=1e-6)
+
+
+def np_repdistiller_ft(f_s, f_t, p1=2, p2=2):
+    """RepDistiller's distiller_zoo/FT.py on NCHW maps, in NumPy:
+    factor(f) = normalize(f.pow(p1).mean(1).view(N, -1)); p2 = 2 gives
+    (factor(f_s) - factor(f_t)).pow(2).mean()."""
+    def factor(f):
+        a = (f.astype(np.float64) ** p1).mean(axis=1).reshape(f.shape[0], -1)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    d = factor(f_s) - factor(f_t)
+    return np.abs(d).mean() if p2 == 1 else (d ** p2).mean()
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_mean_form_is_repdistillers_factor_transfer(p):
+    teacher = rng.normal(size=(4, 8, 8, 16)).astype(np.float32)
+    student = rng.normal(size=(4, 8, 8, 6)).astype(np.float32)
+    expected = np_repdistiller_ft(student.transpose(0, 3, 1, 2),
+                                  teacher.transpose(0, 3, 1, 2), p2=p)
+    loss = ft_keras.FactorTransferLoss(p=p, factor="attention", p_form="mean")
+    np.testing.assert_allclose(float(loss(teacher, student)), expected,
+                               rtol=1e-5)
+
+
+def test_p2_forms_differ_by_the_square_and_the_element_count():
+    teacher = np.zeros((2, 1, 1, 4), np.float32)
+    teacher[:, 0, 0, 0] = 1.0
+    student = np.zeros((2, 1, 1, 4), np.float32)
+    student[:, 0, 0, 1] = 1.0
+    # Unit vectors e0, e1: the norm of the difference is sqrt(2); the mean
+    # of its squares over 4 elements is 2 / 4.
+    norm = float(ft_keras.FactorTransferLoss(p=2)(teacher, student))
+    mean = float(ft_keras.FactorTransferLoss(p=2, p_form="mean")(teacher, student))
+    np.testing.assert_allclose(norm, np.sqrt(2), rtol=1e-6)
+    np.testing.assert_allclose(mean, 0.5, rtol=1e-6)
+
+
+def test_p1_is_the_same_in_both_forms():
+    teacher = rng.normal(size=(3, 4, 4, 8)).astype(np.float32)
+    student = rng.normal(size=(3, 4, 4, 8)).astype(np.float32)
+    assert float(ft_keras.FactorTransferLoss(p=1)(teacher, student)) == float(
+        ft_keras.FactorTransferLoss(p=1, p_form="mean")(teacher, student))
+
+
+def test_bad_p_form_is_rejected():
+    with pytest.raises(ValueError, match="Received: p_form='sum'"):
+        ft_keras.FactorTransferLoss(p=2, p_form="sum")
 
 
 def test_loss_is_scale_invariant_and_zero_for_equal_factors():
@@ -146,9 +196,11 @@ def test_loss_under_mirrored_strategy_is_divided_by_replicas():
 
 
 def test_config_round_trip():
-    loss = ft_keras.FactorTransferLoss(p=2, factor="attention", name="ft")
+    loss = ft_keras.FactorTransferLoss(p=2, factor="attention", name="ft",
+                                       p_form="mean")
     clone = ft_keras.FactorTransferLoss.from_config(loss.get_config())
-    assert (clone.p, clone.factor, clone.name) == (2, "attention", "ft")
+    assert (clone.p, clone.factor, clone.name, clone.p_form) == (
+        2, "attention", "ft", "mean")
 
 
 def np_log_softmax(z):
