@@ -26,7 +26,10 @@ def define_flags():
     flags.DEFINE_multi_string(
         "gin_bindings", [], "Gin bindings, e.g. 'student/training.epochs = 10'."
     )
-    flags.DEFINE_string("workdir", None, "Directory of the experiment.")
+    flags.DEFINE_string(
+        "workdir", None,
+        "Directory of the experiment (required, except with --dry_run).",
+    )
     flags.DEFINE_bool(
         "overwrite", False, "Delete the workdir first and start over."
     )
@@ -38,7 +41,12 @@ def define_flags():
         "cluster", None, ["auto", "tf_config", "slurm"],
         "Sets `cluster.resolver`: where multiple workers find each other.",
     )
-    flags.mark_flag_as_required("workdir")
+    flags.DEFINE_bool(
+        "dry_run", False,
+        "Run every stage of the config for two steps on synthetic data of "
+        "its shapes, in a temporary workdir, print what the real run would "
+        "do, and exit 0 (or 2 with the error a real run would hit).",
+    )
 
 
 def flag_bindings():
@@ -80,6 +88,11 @@ def run(argv, stages=None):
 
     if not FLAGS.gin_file:
         return _fail("give at least one --gin_file.", 2)
+    if FLAGS.dry_run:
+        return dry_run(FLAGS.gin_file, FLAGS.gin_bindings + flag_bindings(),
+                       stages)
+    if not FLAGS.workdir:
+        return _fail("give --workdir (or --dry_run to check the config).", 2)
     try:
         parse_config(FLAGS.gin_file, FLAGS.gin_bindings + flag_bindings())
         experiment = train.Experiment(
@@ -91,4 +104,39 @@ def run(argv, stages=None):
         experiment.run()
     except (callbacks.NonFiniteLossError, train.ConfigurationError) as e:
         return _fail(e, 1 if isinstance(e, callbacks.NonFiniteLossError) else 2)
+    return 0
+
+
+def dry_run(gin_files, gin_bindings, stages=None):
+    """Runs every stage of a config for two steps on synthetic data in a
+    temporary workdir (removed afterwards), printing what the real run
+    would do; returns 0, or 2 with the one-line error a real run would hit.
+
+    Example:
+
+    ```python
+    from ft_keras import cli
+    assert cli.dry_run(["gin/distill.gin"], []) == 0
+    ```
+    """
+    import shutil
+    import tempfile
+
+    from ft_keras import train
+
+    workdir = tempfile.mkdtemp(prefix="ft_keras_dry_run_")
+    try:
+        parse_config(gin_files, gin_bindings)
+        experiment = train.Experiment(workdir, stages=stages, dry_run=True)
+        print(
+            f"[ft_keras] dry run of {', '.join(gin_files)}: stages "
+            f"{list(experiment.stages)}, {experiment.replicas} replica(s)",
+            flush=True,
+        )
+        experiment.run()
+    except Exception as e:  # noqa: BLE001 - the error a real run would hit.
+        return _fail(e, 2)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("[ft_keras] dry run: every stage built and stepped.", flush=True)
     return 0

@@ -56,6 +56,8 @@ __all__ = [
     "input_shape",
     "normalization_stats",
     "num_classes",
+    "num_examples",
+    "synthetic_dataset",
 ]
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -122,6 +124,7 @@ class _Spec:
     shuffle_buffer: int  # default `shuffle_buffer` for training
     crop_padding: int = 0  # training: zero pad, random crop back ("cifar")
     flip: bool = False  # training: random horizontal flip ("cifar")
+    splits: tuple = ()  # ((split name, number of examples), ...) if known
 
 
 _CIFAR_SHAPE = (32, 32, 3)
@@ -137,6 +140,7 @@ _KNOWN = {
         shuffle_buffer=50_000,
         crop_padding=4,
         flip=True,
+        splits=(("train", 50_000), ("test", 10_000)),
     ),
     "cifar100": _Spec(
         recipe="cifar",
@@ -149,6 +153,7 @@ _KNOWN = {
         shuffle_buffer=50_000,
         crop_padding=4,
         flip=True,
+        splits=(("train", 50_000), ("test", 10_000)),
     ),
     # TFDS's fashion_mnist (Zalando); mean/std of its train split on [0, 1]
     # (0.28604 / 0.35302). Augmented like the published rows of its
@@ -164,6 +169,7 @@ _KNOWN = {
         shuffle_buffer=60_000,
         crop_padding=4,
         flip=True,
+        splits=(("train", 60_000), ("test", 10_000)),
     ),
     "imagenet2012": _Spec(
         recipe="imagenet",
@@ -174,6 +180,7 @@ _KNOWN = {
         max_value=255,
         cache=False,
         shuffle_buffer=10_000,
+        splits=(("train", 1_281_167), ("validation", 50_000)),
     ),
     # mean/std are computed from the train split (see `_digits_stats`).
     "digits": _Spec(
@@ -186,6 +193,7 @@ _KNOWN = {
         cache=True,
         shuffle_buffer=DIGITS_TRAIN_SIZE,
         crop_padding=1,
+        splits=(("train", DIGITS_TRAIN_SIZE), ("test", DIGITS_TEST_SIZE)),
     ),
 }
 
@@ -298,6 +306,35 @@ def input_shape(name):
     (8, 8, 1)
     """
     return tuple(_spec(name).input_shape)
+
+
+def num_examples(name, split, data_dir=None):
+    """Number of examples in a split, without reading any data.
+
+    Known for the datasets ft_keras names (CIFAR, Fashion-MNIST, ImageNet,
+    digits) whether or not they are prepared; for other TFDS datasets, read
+    from the prepared dataset's metadata in `data_dir`.
+
+    Returns:
+        An int, or None when it cannot be known without the data.
+
+    Example:
+
+    >>> num_examples("cifar10", "train")
+    50000
+    """
+    known = dict(_spec(name).splits)
+    if split in known:
+        return known[split]
+    if _spec(name).recipe == "digits":
+        return None
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            return None
+        return int(builder.info.splits[split].num_examples)
+    except Exception:  # noqa: BLE001 - unknown split, unreadable metadata
+        return None
 
 
 def normalization_stats(name):
@@ -1128,6 +1165,35 @@ def build_dataset(
     tf_options.deterministic = opts.deterministic
     tf_options.autotune.enabled = bool(opts.autotune)
     return ds.with_options(tf_options)
+
+
+def synthetic_dataset(name, *, batch_size, steps, image_size=None,
+                      one_hot=False, seed=0):
+    """`steps` batches of random data shaped like `build_dataset`'s.
+
+    Normalised float32 images of the dataset's shape (or `image_size`) and
+    int32 labels (one-hot float32 with `one_hot`, as CutMix/MixUp give),
+    for checking a configuration end to end without its data
+    (`python -m ft_keras.train --dry_run`).
+
+    Example:
+
+    >>> images, labels = next(iter(synthetic_dataset("cifar10", batch_size=4,
+    ...                                             steps=2)))
+    >>> images.shape, labels.dtype.name
+    (TensorShape([4, 32, 32, 3]), 'int32')
+    """
+    shape = list(input_shape(name))
+    if image_size is not None:
+        size = (image_size, image_size) if _is_int(image_size) else image_size
+        shape[:2] = size
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch_size, *shape)).astype(np.float32)
+    classes = num_classes(name)
+    labels = (np.arange(batch_size) % classes).astype(np.int32)
+    if one_hot:
+        labels = np.eye(classes, dtype=np.float32)[labels]
+    return tf.data.Dataset.from_tensors((images, labels)).repeat(steps)
 
 
 def _mix(images, labels, layer):

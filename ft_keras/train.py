@@ -129,7 +129,10 @@ class Experiment:
     ```
     """
 
-    def __init__(self, workdir, overwrite=False, stages=None, strategy=None):
+    def __init__(
+        self, workdir, overwrite=False, stages=None, strategy=None, dry_run=False
+    ):
+        self.dry_run = dry_run
         self.cfg = config.experiment()
         self.cluster_cfg = config.cluster()
         self.stages = tuple(stages) if stages else self.cfg.stages
@@ -166,7 +169,10 @@ class Experiment:
         self.global_batch = self.data_cfg.batch_size * self.replicas
         self.train_ds = self._dataset(training=True)
         self.test_ds = self._dataset(training=False)
-        self.steps_per_epoch = int(self.train_ds.cardinality())
+        if dry_run:
+            self.steps_per_epoch = self._real_steps_per_epoch()
+        else:
+            self.steps_per_epoch = int(self.train_ds.cardinality())
         if self.steps_per_epoch < 1:
             raise ConfigurationError(
                 f"The train split of {self.data_cfg.name!r} gives no full "
@@ -177,6 +183,7 @@ class Experiment:
             self.student = self._network("student")
         self._teacher_loaded = False
         self._check_taps()
+        self._check_stage_plan()
         with open(self._out("operative_config.gin"), "w") as f:
             f.write(gin.operative_config_str())
 
@@ -220,6 +227,8 @@ class Experiment:
 
     def _dataset(self, training, split=None):
         cfg = self.data_cfg
+        if self.dry_run:
+            return self._synthetic_dataset(training)
         if split is None:
             split = cfg.train_split if training else cfg.test_split
         options = dict(cfg.options if training else cfg.eval_options)
@@ -240,6 +249,32 @@ class Experiment:
         return dataset.with_options(
             distribute.shard_options(self.cluster_cfg.auto_shard)
         )
+
+    # Per replica; the dry run's steps are about wiring, not speed.
+    DRY_RUN_BATCH = 4
+    DRY_RUN_STEPS = 2
+
+    def _synthetic_dataset(self, training):
+        """`DRY_RUN_STEPS` batches shaped like the configured dataset's."""
+        options = self.data_cfg.options if training else self.data_cfg.eval_options
+        augment = options.get("augment") or ()
+        augment = (augment,) if isinstance(augment, str) else augment
+        mixing = any(str(a).lower().endswith(("cutmix", "mixup")) for a in augment)
+        return data.synthetic_dataset(
+            self.data_cfg.name,
+            batch_size=self.DRY_RUN_BATCH * self.replicas,
+            steps=self.DRY_RUN_STEPS,
+            image_size=options.get("image_size"),
+            one_hot=mixing,
+            seed=self.cfg.seed or 0,
+        )
+
+    def _real_steps_per_epoch(self):
+        """Steps per epoch of the real training split (1 if unknown)."""
+        cfg = self.data_cfg
+        size = data.num_examples(cfg.name, cfg.train_split, cfg.data_dir)
+        self._train_examples = size
+        return max(1, size // self.global_batch) if size else 1
 
     def _network(self, role):
         net = self.net_cfgs[role]
@@ -273,10 +308,13 @@ class Experiment:
             use_bn=ft.paraphraser_bn,
             negative_slope=ft.negative_slope,
             kernel_regularizer=regularizer,
+            rounding=ft.rounding,
         )
         teacher_map = self._tap_shape(self.teacher, "teacher", ft.teacher_layer)
         translator = ft_layers.Translator(
-            out_channels=ft_layers.factor_channels(teacher_map[-1], ft.rate),
+            out_channels=ft_layers.factor_channels(
+                teacher_map[-1], ft.rate, ft.rounding
+            ),
             use_bn=ft.translator_bn,
             negative_slope=ft.negative_slope,
             kernel_regularizer=regularizer,
@@ -299,6 +337,62 @@ class Experiment:
         except ValueError as e:
             raise ConfigurationError(str(e)) from None
 
+    def _check_stage_plan(self):
+        """Refuses, before any work, stages that cannot run: one that needs
+        an artifact no enabled stage makes and the workdir does not hold,
+        and a stage whose schedule cannot be built (e.g. learning-rate
+        boundaries beyond its epochs)."""
+        enabled = set(self.stages)
+        method = self.method_cfg.method
+        needs = {
+            "paraphraser": ("teacher",),
+            "student": ("teacher",)
+            + (("paraphraser",) if method in ("ft", "ft+kd") else ()),
+            "export": ("student",),
+        }
+        artifacts = {
+            "teacher": ("teacher", "model.keras"),
+            "paraphraser": ("paraphraser", "paraphraser.keras"),
+            "student": ("student", "model.keras"),
+        }
+        for stage in self.stages:
+            if stage == "paraphraser" and method not in ("ft", "ft+kd"):
+                continue
+            for need in needs.get(stage, ()):
+                if need in enabled or os.path.exists(self._path(*artifacts[need])):
+                    continue
+                if need == "teacher" and self.cfg.teacher_checkpoint:
+                    continue
+                hint = (
+                    " or set `experiment.teacher_checkpoint`"
+                    if need == "teacher"
+                    else ""
+                )
+                raise ConfigurationError(
+                    f"Stage {stage!r} (distillation.method={method!r}) needs "
+                    f"the {need} stage's {'/'.join(artifacts[need])}, which "
+                    f"no enabled stage makes and {self.workdir} does not "
+                    f"hold: add {need!r} to `experiment.stages`{hint}. "
+                    f"Received: stages={list(self.stages)}"
+                )
+        scopes = {"teacher": "teacher", "paraphraser": "paraphraser",
+                  "student": "student", "baseline": "student"}
+        for stage in self.stages:
+            if stage not in scopes:
+                continue
+            if stage == "paraphraser" and method not in ("ft", "ft+kd"):
+                continue
+            if stage == "teacher" and self.cfg.teacher_checkpoint:
+                continue
+            try:
+                with distribute.scope(self.strategy):
+                    self._optimizer(scopes[stage])
+            except ValueError as e:
+                raise ConfigurationError(
+                    f"Stage {stage!r} cannot train with "
+                    f"`{scopes[stage]}/training`: {e}"
+                ) from None
+
     # ------------------------------------------------------------------
     # Stage machinery.
 
@@ -311,6 +405,12 @@ class Experiment:
 
     def _optimizer(self, scope):
         train = self.train_cfgs[scope]
+        try:
+            config.check_weight_decay(
+                scope, train, self.net_cfgs.get(scope), self.ft_cfg
+            )
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from None
         return optim.build_optimizer(
             self.steps_per_epoch, train.epochs, **train.optimizer
         )
@@ -331,14 +431,36 @@ class Experiment:
         callbacks = stage_callbacks(
             stage, stage_dir, self.cfg.checkpoint_every
         ) + [throughput]
-        print(f"[ft_keras] stage {stage}: {epochs} epochs", flush=True)
-        model.fit(
-            self.train_ds,
-            epochs=epochs,
-            validation_data=validation_data,
-            callbacks=callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
+        if self.dry_run:
+            # Random images and a two-step teacher (its BatchNorm statistics
+            # barely moved) can overflow: the dry run checks the wiring, not
+            # the numbers.
+            callbacks = [
+                c
+                for c in callbacks
+                if not isinstance(c, ft_callbacks.StopOnNonFiniteLoss)
+            ]
+        if self.dry_run:
+            # Two steps run faster eagerly than traced.
+            model.run_eagerly = True
+            history = model.fit(
+                self.train_ds,
+                epochs=1,
+                steps_per_epoch=self.DRY_RUN_STEPS,
+                validation_data=validation_data,
+                callbacks=callbacks,
+                verbose=0,
+            )
+            print(self._dry_run_line(stage, epochs, history), flush=True)
+        else:
+            print(f"[ft_keras] stage {stage}: {epochs} epochs", flush=True)
+            model.fit(
+                self.train_ds,
+                epochs=epochs,
+                validation_data=validation_data,
+                callbacks=callbacks,
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
         info = distribute.task_info(self.strategy)
         if info.num_workers > 1:
             print(
@@ -356,6 +478,36 @@ class Experiment:
                 "replicas": self.replicas,
                 "global_batch_size": self.global_batch,
             },
+        )
+
+    def _dry_run_line(self, stage, epochs, history):
+        """What the real run of `stage` would do, and how the dry run went."""
+        scope = "student" if stage == "baseline" else stage
+        opt = self.train_cfgs[scope].optimizer
+        steps = self.steps_per_epoch
+        known = getattr(self, "_train_examples", None) is not None
+        per_epoch = (
+            f"{steps:,} steps" if known else "? steps (split size unknown "
+            "until the dataset is prepared)"
+        )
+        schedule = f"{opt['optimizer']} lr {opt['learning_rate']:g} {opt['schedule']}"
+        if opt["schedule"] == "step" and opt["boundaries"]:
+            at = [b * steps for b in opt["boundaries"]]
+            schedule += f", x{opt['decay']:g} at steps {at}"
+        if opt["warmup_epochs"]:
+            schedule += f", warm-up {int(opt['warmup_epochs'] * steps)} steps"
+        logs = {k: v[-1] for k, v in history.history.items()}
+        ran = ", ".join(
+            f"{k} {v:.4g}" for k, v in logs.items() if k.endswith("loss")
+        )
+        shape = "x".join(str(d) for d in self.input_shape)
+        return (
+            f"[ft_keras] dry run: stage {stage}: {epochs} epochs x "
+            f"{per_epoch} at global batch {self.global_batch}"
+            f"{f' = {epochs * steps:,} steps' if known else ''}; {schedule}. "
+            f"Ran {self.DRY_RUN_STEPS} steps at batch "
+            f"{self.DRY_RUN_BATCH * self.replicas} on synthetic {shape} data: "
+            f"{ran or 'ok'}"
         )
 
     def _validation(self):
@@ -387,8 +539,29 @@ class Experiment:
             self.teacher = self._load_teacher_checkpoint(self.cfg.teacher_checkpoint)
         else:
             self._train_classifier("teacher", self.teacher, "teacher")
+            if self.dry_run:
+                self._calibrate_batchnorm(self.teacher)
         _atomic_save(self.teacher, self._out("teacher", "model.keras"))
         self._teacher_loaded = True
+
+    def _calibrate_batchnorm(self, model):
+        """Dry run only: after two steps a network's BatchNorm moving
+        statistics are still about (0, 1), so in inference mode a deep
+        teacher's activations grow layer after layer and overflow the
+        stages that use it. Setting them to one synthetic batch's statistics
+        keeps the dry run's numbers finite; the real run never does this."""
+        norms = [
+            layer
+            for layer in model._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        momenta = [layer.momentum for layer in norms]
+        for layer in norms:
+            layer.momentum = 0.0
+        images, _ = next(iter(self.train_ds))
+        model(images, training=True)
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
 
     def _load_teacher_checkpoint(self, checkpoint):
         if not os.path.exists(checkpoint):
@@ -529,6 +702,7 @@ class Experiment:
             beta=ft.beta,
             p=ft.p,
             factor=ft.factor,
+            p_form=ft.p_form,
             kd_weight=method.kd_weight if method.method == "ft+kd" else 0.0,
             temperature=method.temperature,
         )
@@ -558,6 +732,7 @@ class Experiment:
                     ),
                     metrics=top_k_metrics(self.num_classes),
                 )
+            model.run_eagerly = self.dry_run
             scores = model.evaluate(self.test_ds, verbose=0, return_dict=True)
             results[role] = {k: float(v) for k, v in scores.items() if k != "loss"}
         if not results:
@@ -573,9 +748,10 @@ class Experiment:
         method = self.method_cfg.method.upper()
         names = {"teacher": "teacher", "baseline": "student alone",
                  "student": f"{method} student"}
+        prefix = "[ft_keras] dry run (synthetic data):" if self.dry_run else "[ft_keras]"
         for role, scores in results.items():
             line = ", ".join(f"{k} {100 * v:.2f}%" for k, v in scores.items())
-            print(f"[ft_keras] {names[role]:>13}: {line}", flush=True)
+            print(f"{prefix} {names[role]:>13}: {line}", flush=True)
 
     def normalization(self):
         """`(pixel_max, mean, std)` of the evaluation pipeline, with any

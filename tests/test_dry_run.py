@@ -1,0 +1,175 @@
+"""`--dry_run`: every stage of every config built and stepped on synthetic
+data, and impossible configs refused before any work."""
+
+import glob
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import gin
+import keras
+import pytest
+
+from ft_keras import cli
+from ft_keras import data
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# Every config meant to be run: all but the shared includes.
+RUNNABLE = sorted(
+    os.path.relpath(p, REPO)
+    for p in glob.glob(str(REPO / "gin" / "**" / "*.gin"), recursive=True)
+    if pathlib.Path(p).parent.name not in ("data", "recipes")
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_state(monkeypatch):
+    monkeypatch.chdir(REPO)
+    gin.clear_config()
+    yield
+    gin.clear_config()
+    keras.backend.clear_session()
+
+
+def dry_runs_left():
+    return set(glob.glob(os.path.join(tempfile.gettempdir(),
+                                      "ft_keras_dry_run_*")))
+
+
+@pytest.mark.parametrize("gin_file", RUNNABLE)
+def test_every_config_runs_every_stage_for_two_steps(gin_file, capsys):
+    before = dry_runs_left()
+    assert cli.dry_run([gin_file], []) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    gin.clear_config()
+    cli.parse_config([gin_file], [])
+    from ft_keras import config
+
+    stages = config.experiment().stages
+    method = config.distillation().method
+    for stage in ("teacher", "paraphraser", "student", "baseline"):
+        if stage not in stages:
+            continue
+        if stage == "teacher" and config.experiment().teacher_checkpoint:
+            continue
+        if stage == "paraphraser" and method not in ("ft", "ft+kd"):
+            continue
+        assert f"dry run: stage {stage}: " in out, out
+    # The real run's figures are printed, e.g. "164 epochs x 390 steps".
+    assert " epochs x " in out and "steps at global batch" in out
+    if "export" in stages:
+        assert "exported to" in out
+    assert "every stage built and stepped" in out
+    assert "nan" not in out.split("[ft_keras] dry run of")[1]
+    assert dry_runs_left() == before  # its temporary workdir is removed
+
+
+def test_dry_run_prints_the_real_schedule_in_steps(capsys):
+    assert cli.dry_run(["gin/paper/cifar10_resnet56_resnet20.gin"],
+                       ["experiment.stages = ['baseline']"]) == 0
+    out = capsys.readouterr().out
+    # 50,000 CIFAR-10 images / 128 = 390 full batches; x0.1 at 82 and 123.
+    assert ("stage baseline: 164 epochs x 390 steps at global batch 128 = "
+            "63,960 steps; sgd lr 0.1 step, x0.1 at steps [31980, 47970]") in out
+
+
+def test_dry_run_never_writes_the_workdir(tmp_path):
+    workdir = tmp_path / "w"
+    result = subprocess.run(
+        [sys.executable, "-m", "ft_keras.train", "--gin_file=gin/quickstart.gin",
+         "--gin_bindings=experiment.stages = ['baseline']", "--dry_run",
+         f"--workdir={workdir}"],
+        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not workdir.exists()
+
+
+def run_train(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "ft_keras.train", *args], cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+        text=True, timeout=300)
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_boundary_beyond_a_stages_epochs_exits_2_before_any_work(
+    tmp_path, dry
+):
+    # MMRazor's config once had [100, 150] for 20 paraphraser epochs: it
+    # crashed after 200 teacher epochs. Now it is refused at start.
+    start = time.monotonic()
+    result = run_train(
+        "--gin_file=gin/quickstart.gin",
+        "--gin_bindings=paraphraser/training.schedule = 'step'",
+        "--gin_bindings=paraphraser/training.boundaries = [2, 3]",
+        *(["--dry_run"] if dry else [f"--workdir={tmp_path / 'w'}"]))
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("ft_keras: error:") and "paraphraser" in error
+    assert "[2, 3]" in error and "3" in error
+    assert "stage teacher" not in result.stdout  # nothing trained
+    assert time.monotonic() - start < 120
+    assert not (tmp_path / "w" / "teacher" / "model.keras").exists()
+
+
+def test_stage_that_needs_a_missing_artifact_exits_2_before_any_work(tmp_path):
+    result = run_train(
+        "--gin_file=gin/quickstart.gin", f"--workdir={tmp_path / 'w'}",
+        "--gin_bindings=experiment.stages = ['teacher', 'student']")
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert "'student'" in error and "paraphraser/paraphraser.keras" in error
+    assert "add 'paraphraser' to `experiment.stages`" in error
+    assert "stage teacher" not in result.stdout
+
+    # KD needs no paraphraser, so the same stages are fine for it.
+    gin.clear_config()
+    cli.parse_config(["gin/quickstart.gin"], [
+        "experiment.stages = ['teacher', 'student']",
+        "distillation.method = 'kd'"])
+    from ft_keras import train
+
+    train.Experiment(tmp_path / "kd", dry_run=True)  # does not raise
+
+
+def test_export_without_a_student_exits_2(tmp_path):
+    result = run_train(
+        "--gin_file=gin/quickstart.gin", f"--workdir={tmp_path / 'w'}",
+        "--gin_bindings=experiment.stages = ['teacher', 'export']")
+    assert result.returncode == 2
+    assert "'export'" in result.stderr and "student/model.keras" in result.stderr
+
+
+def test_dry_run_error_is_the_one_line_a_real_run_gives(capsys):
+    assert cli.dry_run(["gin/quickstart.gin"],
+                       ["factor_transfer.teacher_layer = 'stage9'"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'stage9'" in err and "stage3" in err
+
+
+def test_synthetic_dataset_has_the_real_pipelines_shapes_and_dtypes():
+    ds = data.synthetic_dataset("fashion_mnist", batch_size=4, steps=2)
+    batches = list(ds)
+    assert len(batches) == 2
+    images, labels = batches[0]
+    assert images.shape == (4, 28, 28, 1) and images.dtype.name == "float32"
+    assert labels.dtype.name == "int32" and labels.numpy().max() < 10
+    _, soft = next(iter(data.synthetic_dataset(
+        "cifar100", batch_size=3, steps=1, one_hot=True)))
+    assert soft.shape == (3, 100) and soft.dtype.name == "float32"
+    images, _ = next(iter(data.synthetic_dataset(
+        "imagenet2012", batch_size=2, steps=1, image_size=160)))
+    assert images.shape == (2, 160, 160, 3)
+
+
+@pytest.mark.parametrize("name, split, size", [
+    ("cifar10", "train", 50_000), ("cifar100", "test", 10_000),
+    ("fashion_mnist", "train", 60_000), ("imagenet2012", "validation", 50_000),
+    ("digits", "test", 360), ("digits", "validation", None),
+])
+def test_num_examples_without_data(name, split, size):
+    assert data.num_examples(name, split) == size
