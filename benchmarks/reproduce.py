@@ -13,7 +13,9 @@ from its last epoch checkpoint, so kill it and start the same command again
 at any time. `--report_only` writes the table from the runs finished so far
 without training anything.
 
-Outputs in `--results_dir` (default `--workdir`): `summary.json` (every run's top-1, wall time and
+Outputs in `--results_dir` (default `--workdir`): with `--shared_teacher`,
+`shared_teacher.keras` (the teacher's weights, restored into a new workdir
+so the table continues elsewhere); `summary.json` (every run's top-1, wall time and
 per-epoch test accuracy, the table's figures, the command), `table.md`, and,
 when the config validates every epoch (`experiment.validate = True`),
 `curves.png` (per-epoch test top-1 of each method, mean over seeds).
@@ -36,6 +38,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -132,6 +135,22 @@ def train(gin_files, bindings, directory):
         json.dump({"gin_files": list(gin_files), "bindings": list(bindings)},
                   f, indent=2)
     return results
+
+
+def keep_teacher(directory, out):
+    """Saves the shared teacher (weights, no optimizer state) beside the
+    summary, so that a table interrupted on one machine finishes on another
+    without training it again."""
+    import keras
+
+    import ft_keras  # noqa: F401  (registers its layers for loading)
+
+    model = keras.models.load_model(
+        os.path.join(directory, "teacher", "model.keras"), compile=False)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "shared_teacher.keras")
+    model.save(path + ".tmp.keras")
+    os.replace(path + ".tmp.keras", path)
 
 
 def curve(directory, role):
@@ -355,6 +374,7 @@ def main(argv=None):
             else:
                 directory = run_dir(args.workdir, seed, method)
             plan.append((seed, method, directory, teacher_seed(args, seed)))
+    out = args.results_dir or args.workdir
     for seed, method, directory, teacher in plan:
         key = key_of(args, seed, method)
         bindings = bindings_of(method, seed, args.workdir, args.gin_bindings,
@@ -363,12 +383,19 @@ def main(argv=None):
             students = [key_of(args, s, m) for s, m, _, t in plan
                         if m != "teacher" and t == teacher]
             model = os.path.join(directory, "teacher", "model.keras")
+            kept = os.path.join(out, "shared_teacher.keras")
             if (key in records and not args.report_only
                     and any(k not in records for k in students)
                     and not os.path.exists(model)):
-                # Retrain the recorded teacher for the students still to
-                # run: a seeded run repeats exactly on the CPU.
-                train(args.gin_file, bindings, directory)
+                if args.shared_teacher and os.path.exists(kept):
+                    # The teacher kept beside the summary by an earlier
+                    # invocation (on another machine, perhaps).
+                    os.makedirs(os.path.dirname(model), exist_ok=True)
+                    shutil.copyfile(kept, model)
+                else:
+                    # Retrain the recorded teacher for the students still
+                    # to run: a seeded run repeats exactly on the CPU.
+                    train(args.gin_file, bindings, directory)
         if key in records:
             runs[method].append(records[key])
             continue
@@ -380,6 +407,8 @@ def main(argv=None):
             results = train(args.gin_file, bindings, directory)
         runs[method].append(dict(record(method, seed, directory, results),
                                  key=key))
+        if method == "teacher" and args.shared_teacher:
+            keep_teacher(directory, out)
         print(f"seed {seed} {method}: top-1 {runs[method][-1]['top1']:.2f}",
               file=sys.stderr, flush=True)
         if not args.report_only:

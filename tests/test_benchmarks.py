@@ -106,7 +106,8 @@ def test_reproduce_writes_table_summary_curves_and_readme_block(tmp_path):
 
     args = argparse.Namespace(gin_file=["gin/x.gin"], gin_bindings=[],
                               seeds=[0, 1], workdir=str(tmp_path),
-                              results_dir=str(tmp_path / "out"))
+                              results_dir=str(tmp_path / "out"),
+                              shared_teacher=False)
     methods = ["teacher", "FT"]
     runs = {"teacher": [_run("teacher", 0, 90.0, [80.0, 90.0])], "FT": []}
     # A run recorded by an earlier invocation (its workdir is gone).
@@ -146,3 +147,18 @@ def test_reproduce_curve_keeps_the_last_row_of_a_resumed_epoch(tmp_path):
     assert reproduce.curve(str(tmp_path), "student") == pytest.approx(
         [40.0, 55.0, 60.0])
     assert reproduce.curve(str(tmp_path), "baseline") == []
+
+
+def test_reproduce_keeps_the_shared_teacher_without_optimizer_state(tmp_path):
+    import reproduce
+
+    teacher = models.get("wrn10_1", num_classes=10, input_shape=(8, 8, 1))
+    teacher.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+    teacher.fit(np.ones((4, 8, 8, 1)), np.ones((4, 10)), verbose=0)
+    (tmp_path / "run" / "teacher").mkdir(parents=True)
+    teacher.save(tmp_path / "run" / "teacher" / "model.keras")
+    reproduce.keep_teacher(str(tmp_path / "run"), str(tmp_path / "out"))
+    kept = keras.models.load_model(tmp_path / "out" / "shared_teacher.keras")
+    assert getattr(kept, "optimizer", None) is None
+    for a, b in zip(kept.get_weights(), teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)
