@@ -1,5 +1,8 @@
-"""Command-line plumbing shared by `ft_keras.train`, `ft_keras.evaluate` and
-`ft_keras.export`: flags, gin parsing, and errors as exit codes.
+"""The command line: flags, gin parsing, errors as exit codes, and `main`.
+
+`python -m ft_keras.train`, `ft_keras.evaluate` and `ft_keras.export` are
+thin entry points that call `main` with their stages; data flows one way,
+cli -> experiment -> data / models -> distiller -> losses / layers.
 
 Exit status: 0 on success; 2 when the experiment cannot start (a gin typo, a
 missing file or value, an unknown dataset, data not prepared, mismatched
@@ -19,33 +22,41 @@ FLAGS = flags.FLAGS
 _REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def define_flags():
+def define_flags(flag_values=None):
+    """Defines the flags on `flag_values` (default: absl's global FLAGS)."""
+    fv = flags.FLAGS if flag_values is None else flag_values
     flags.DEFINE_multi_string(
-        "gin_file", [], "Gin config file(s), parsed in order."
+        "gin_file", [], "Gin config file(s), parsed in order.", flag_values=fv
     )
     flags.DEFINE_multi_string(
-        "gin_bindings", [], "Gin bindings, e.g. 'student/training.epochs = 10'."
+        "gin_bindings", [],
+        "Gin bindings, e.g. 'student/training.epochs = 10'.", flag_values=fv,
     )
     flags.DEFINE_string(
         "workdir", None,
         "Directory of the experiment (required, except with --dry_run).",
+        flag_values=fv,
     )
     flags.DEFINE_bool(
-        "overwrite", False, "Delete the workdir first and start over."
+        "overwrite", False, "Delete the workdir first and start over.",
+        flag_values=fv,
     )
     flags.DEFINE_enum(
         "strategy", None, ["auto", "default", "mirrored", "multi_worker"],
         "Sets `experiment.strategy` (see ft_keras.distribute).",
+        flag_values=fv,
     )
     flags.DEFINE_enum(
         "cluster", None, ["auto", "tf_config", "slurm"],
         "Sets `cluster.resolver`: where multiple workers find each other.",
+        flag_values=fv,
     )
     flags.DEFINE_bool(
         "dry_run", False,
         "Run every stage of the config for two steps on synthetic data of "
         "its shapes, in a temporary workdir, print what the real run would "
         "do, and exit 0 (or 2 with the error a real run would hit).",
+        flag_values=fv,
     )
 
 
@@ -84,7 +95,7 @@ def run(argv, stages=None):
     process exit status."""
     del argv
     from ft_keras import callbacks
-    from ft_keras import train
+    from ft_keras import experiment as ft_experiment
 
     if not FLAGS.gin_file:
         return _fail("give at least one --gin_file.", 2)
@@ -95,14 +106,14 @@ def run(argv, stages=None):
         return _fail("give --workdir (or --dry_run to check the config).", 2)
     try:
         parse_config(FLAGS.gin_file, FLAGS.gin_bindings + flag_bindings())
-        experiment = train.Experiment(
+        experiment = ft_experiment.Experiment(
             FLAGS.workdir, overwrite=FLAGS.overwrite, stages=stages
         )
     except Exception as e:  # noqa: BLE001 - every start-up error is reported.
         return _fail(e, 2)
     try:
         experiment.run()
-    except (callbacks.NonFiniteLossError, train.ConfigurationError) as e:
+    except (callbacks.NonFiniteLossError, ft_experiment.ConfigurationError) as e:
         return _fail(e, 1 if isinstance(e, callbacks.NonFiniteLossError) else 2)
     return 0
 
@@ -122,12 +133,14 @@ def dry_run(gin_files, gin_bindings, stages=None):
     import shutil
     import tempfile
 
-    from ft_keras import train
+    from ft_keras import experiment as ft_experiment
 
     workdir = tempfile.mkdtemp(prefix="ft_keras_dry_run_")
     try:
         parse_config(gin_files, gin_bindings)
-        experiment = train.Experiment(workdir, stages=stages, dry_run=True)
+        experiment = ft_experiment.Experiment(
+            workdir, stages=stages, dry_run=True
+        )
         print(
             f"[ft_keras] dry run of {', '.join(gin_files)}: stages "
             f"{list(experiment.stages)}, {experiment.replicas} replica(s)",
@@ -140,3 +153,12 @@ def dry_run(gin_files, gin_bindings, stages=None):
         shutil.rmtree(workdir, ignore_errors=True)
     print("[ft_keras] dry run: every stage built and stepped.", flush=True)
     return 0
+
+
+def main(stages=None):
+    """The `__main__` of `ft_keras.train` (all configured stages),
+    `ft_keras.evaluate` and `ft_keras.export` (their one stage)."""
+    from absl import app
+
+    define_flags()
+    app.run(lambda argv: run(argv, stages=stages))

@@ -21,12 +21,12 @@ import gin
 from ft_keras import layers
 from ft_keras import losses
 from ft_keras import optim
+from ft_keras.distribute import AUTO_SHARD_POLICIES
+from ft_keras.distribute import COMMUNICATIONS
+from ft_keras.distribute import RESOLVERS
+from ft_keras.distribute import STRATEGIES
 
 STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export")
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-RESOLVERS = ("auto", "tf_config", "slurm")
-COMMUNICATIONS = ("auto", "ring", "nccl")
-AUTO_SHARD_POLICIES = ("auto", "data", "file", "off")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,9 +51,13 @@ import numpy as np
 import tensorflow as tf
 
 from ft_keras import _keras_multiworker
-from ft_keras.config import AUTO_SHARD_POLICIES
-from ft_keras.config import RESOLVERS
-from ft_keras.config import STRATEGIES
+
+# The values of `experiment.strategy` and `cluster.*` (bound by gin in
+# `ft_keras.config`, which takes them from here).
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+RESOLVERS = ("auto", "tf_config", "slurm")
+COMMUNICATIONS = ("auto", "ring", "nccl")
+AUTO_SHARD_POLICIES = ("auto", "data", "file", "off")
 
 _SHARD_POLICY = {
     "auto": tf.data.experimental.AutoShardPolicy.AUTO,

@@ -21,8 +21,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 RUNNABLE = sorted(
     os.path.relpath(p, REPO)
     for p in glob.glob(str(REPO / "gin" / "**" / "*.gin"), recursive=True)
-    if pathlib.Path(p).parent.name not in ("data", "recipes")
+    if pathlib.Path(p).parent.name not in ("data", "recipes", "methods")
 )
+# Each method file, given after a config (its own taps and schedule).
+METHOD_RUNS = [
+    [config, os.path.relpath(p, REPO)]
+    for p in sorted(glob.glob(str(REPO / "gin" / "methods" / "*.gin")))
+    for config in ["gin/quickstart.gin"]
+] + [["gin/distill.gin", "gin/methods/at.gin"]]
 
 
 @pytest.fixture(autouse=True)
@@ -39,13 +45,15 @@ def dry_runs_left():
                                       "ft_keras_dry_run_*")))
 
 
-@pytest.mark.parametrize("gin_file", RUNNABLE)
-def test_every_config_runs_every_stage_for_two_steps(gin_file, capsys):
+@pytest.mark.parametrize(
+    "gin_files", [[f] for f in RUNNABLE] + METHOD_RUNS,
+    ids=lambda files: "+".join(files))
+def test_every_config_runs_every_stage_for_two_steps(gin_files, capsys):
     before = dry_runs_left()
-    assert cli.dry_run([gin_file], []) == 0, capsys.readouterr().err
+    assert cli.dry_run(gin_files, []) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     gin.clear_config()
-    cli.parse_config([gin_file], [])
+    cli.parse_config(gin_files, [])
     from ft_keras import config
 
     stages = config.experiment().stages
@@ -131,9 +139,9 @@ def test_stage_that_needs_a_missing_artifact_exits_2_before_any_work(tmp_path):
     cli.parse_config(["gin/quickstart.gin"], [
         "experiment.stages = ['teacher', 'student']",
         "distillation.method = 'kd'"])
-    from ft_keras import train
+    from ft_keras import experiment as ft_experiment
 
-    train.Experiment(tmp_path / "kd", dry_run=True)  # does not raise
+    ft_experiment.Experiment(tmp_path / "kd", dry_run=True)  # does not raise
 
 
 def test_export_without_a_student_exits_2(tmp_path):

@@ -152,9 +152,9 @@ def reference(tmp_path_factory):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        from ft_keras import cli, train
+        from ft_keras import cli, experiment
         cli.parse_config([{GIN!r}], [])
-        train.Experiment({str(workdir)!r}, strategy=strategy).run()
+        experiment.Experiment({str(workdir)!r}, strategy=strategy).run()
     """)
     status, output = _run([sys.executable, "-c", script],
                           workdir.parent / "reference.log", timeout=180)

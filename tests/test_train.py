@@ -23,14 +23,16 @@ from ft_keras import callbacks as ft_callbacks
 from ft_keras import cli
 from ft_keras import data
 from ft_keras import export as ft_export
-from ft_keras import train
+from ft_keras import experiment as ft_experiment
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 GIN_FILES = sorted(
     os.path.relpath(p, REPO) for p in glob.glob(str(REPO / "gin" / "**" / "*.gin"),
                                                recursive=True))
 INCLUDES = [f for f in GIN_FILES if f.split(os.sep)[1] in ("data", "recipes")]
-EXPERIMENTS = [f for f in GIN_FILES if f not in INCLUDES]
+# Second --gin_files that change the method of any config.
+METHOD_FILES = [f for f in GIN_FILES if f.split(os.sep)[1] == "methods"]
+EXPERIMENTS = [f for f in GIN_FILES if f not in INCLUDES + METHOD_FILES]
 
 # A shorter quickstart for tests: same pipeline, fewer epochs.
 FAST = [
@@ -72,7 +74,7 @@ def test_include_files_parse(gin_file):
 def test_every_experiment_config_builds(gin_file, tmp_path):
     with tfds.testing.mock_data(num_examples=32):
         cli.parse_config([gin_file], ["dataset.batch_size = 8"])
-        experiment = train.Experiment(tmp_path / "w")
+        experiment = ft_experiment.Experiment(tmp_path / "w")
     assert experiment.steps_per_epoch >= 1
     assert experiment.teacher.count_params() > experiment.student.count_params()
     operative = (tmp_path / "w" / "operative_config.gin").read_text()
@@ -81,6 +83,22 @@ def test_every_experiment_config_builds(gin_file, tmp_path):
 
 # ----------------------------------------------------------------------
 # The quickstart, end to end through the CLI.
+
+
+@pytest.mark.parametrize("method_file", METHOD_FILES)
+@pytest.mark.parametrize("gin_file", ["gin/distill.gin",
+                                      "gin/paper/cifar100_wrn40_2_wrn16_2.gin"])
+def test_method_files_compose_with_a_config(gin_file, method_file, tmp_path):
+    with tfds.testing.mock_data(num_examples=32):
+        cli.parse_config([gin_file, method_file], ["dataset.batch_size = 8"])
+        experiment = ft_experiment.Experiment(tmp_path / "w")
+    expected = {"gin/methods/alone.gin": "ft", "gin/methods/kd.gin": "kd",
+                "gin/methods/at.gin": "at", "gin/methods/ft_kd.gin": "ft+kd"}
+    assert experiment.method_cfg.method == expected[method_file]
+    if method_file.endswith("alone.gin"):
+        assert experiment.stages == ("baseline", "evaluate")
+    # The config's own networks and schedule are kept.
+    assert experiment.train_cfgs["student"].epochs in (164, 240)
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +204,13 @@ def test_evaluate_and_export_entry_points(quickstart):
     assert "teacher: top1" in result.stdout
     assert "stage" not in result.stdout
 
+    before = os.path.getmtime(workdir / "export" / "student_float.tflite")
+    result = run_cli("ft_keras.export", "--gin_file=gin/quickstart.gin",
+                     f"--workdir={workdir}", *bindings(*FAST))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "exported to" in result.stdout and "stage" not in result.stdout
+    assert os.path.getmtime(workdir / "export" / "student_float.tflite") > before
+
 
 # ----------------------------------------------------------------------
 # Kill and resume.
@@ -250,14 +275,14 @@ def test_non_finite_loss_stops_with_stage_epoch_step_and_keeps_checkpoint(tmp_pa
     with pytest.raises(ft_callbacks.NonFiniteLossError,
                        match=r"Stage 'student'.*epoch 2, step 2"):
         first.fit(dataset(bad), epochs=4, steps_per_epoch=4, verbose=0,
-                  callbacks=train.stage_callbacks("student", stage_dir))
+                  callbacks=ft_experiment.stage_callbacks("student", stage_dir))
     # The last good checkpoint (end of epoch 1) is intact and finite ...
     weights = stage_dir / "backup" / "latest.weights.h5"
     assert weights.exists()
     # ... and a rerun resumes from it at epoch 2.
     second = model()
     history = second.fit(dataset(x), epochs=4, steps_per_epoch=4, verbose=0,
-                         callbacks=train.stage_callbacks("student", stage_dir))
+                         callbacks=ft_experiment.stage_callbacks("student", stage_dir))
     assert len(history.history["loss"]) == 3
     assert all(np.isfinite(history.history["loss"]))
     assert [int(r["epoch"]) for r in read_csv(stage_dir / "log.csv")] == [0, 1, 2, 3]
@@ -295,7 +320,7 @@ def test_missing_teacher_checkpoint_exits_2_naming_path(tmp_path):
 def quickstart_experiment(workdir, *extra, overwrite=False):
     gin.clear_config()
     cli.parse_config(["gin/quickstart.gin"], FAST + list(extra))
-    return train.Experiment(workdir, overwrite=overwrite)
+    return ft_experiment.Experiment(workdir, overwrite=overwrite)
 
 
 @pytest.fixture
@@ -310,7 +335,7 @@ def test_teacher_checkpoint_of_another_network_is_rejected(tmp_path, in_repo):
     other.save_weights(path)
     experiment = quickstart_experiment(
         tmp_path / "w", f"experiment.teacher_checkpoint = '{path}'")
-    with pytest.raises(train.ConfigurationError,
+    with pytest.raises(ft_experiment.ConfigurationError,
                        match=rf"{path} does not match the teacher network "
                              r"'wrn16_2'"):
         experiment.run_teacher()
@@ -328,12 +353,12 @@ def test_teacher_keras_checkpoint_is_used_without_training(tmp_path, in_repo):
 
 
 def test_taps_that_cannot_match_name_both_layers(tmp_path, in_repo):
-    with pytest.raises(train.ConfigurationError,
+    with pytest.raises(ft_experiment.ConfigurationError,
                        match=r"'stage9' is not a layer of the student 'wrn10_1'"
                              r".*\['stage1', 'stage2', 'stage3', 'last_conv'\]"):
         quickstart_experiment(tmp_path / "w",
                               "factor_transfer.student_layer = 'stage9'")
-    with pytest.raises(train.ConfigurationError,
+    with pytest.raises(ft_experiment.ConfigurationError,
                        match=r"Layer 'logits' gives a tensor of shape \(None, 10\)"):
         quickstart_experiment(tmp_path / "w2",
                               "factor_transfer.student_layer = 'logits'")
@@ -341,7 +366,7 @@ def test_taps_that_cannot_match_name_both_layers(tmp_path, in_repo):
 
 def test_workdir_of_another_config_is_refused_then_overwritten(tmp_path, in_repo):
     quickstart_experiment(tmp_path / "w")
-    with pytest.raises(train.ConfigurationError,
+    with pytest.raises(ft_experiment.ConfigurationError,
                        match=r"different config.*student/training.epochs = 3.*"
                              r"student/training.epochs = 4.*--overwrite"):
         quickstart_experiment(tmp_path / "w", "student/training.epochs = 4")

@@ -12,7 +12,7 @@
 - `student.keras`: the Keras student (expects normalised float images).
 
 Run as a stage of an experiment: `python -m ft_keras.export --gin_file=...
---workdir=...`.
+--workdir=...` (`ft_keras/export/__main__.py`).
 """
 
 import os
@@ -127,18 +127,3 @@ def tflite_predict(path, images):
     return np.concatenate(
         [runner(images=image[None])["logits"] for image in np.asarray(images)]
     )
-
-
-def main(argv):
-    from ft_keras import cli
-
-    return cli.run(argv, stages=("export",))
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    from ft_keras import cli
-
-    cli.define_flags()
-    app.run(main)

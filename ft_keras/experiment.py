@@ -1,0 +1,825 @@
+"""The stages of an experiment: teacher -> paraphraser -> student -> evaluate -> export.
+
+`Experiment` is what `python -m ft_keras.train` runs (through `ft_keras.cli`):
+
+    python -m ft_keras.train --gin_file=gin/distill.gin --workdir=/tmp/ft
+
+Every stage leaves its artifact in the workdir; rerunning the same command
+skips finished stages and resumes an interrupted one from its last
+checkpoint. Everything here is plain Keras: `Experiment` builds the networks,
+datasets and training models and calls `fit`, as a user would by hand.
+
+Workdir layout:
+
+    config.gin            the parsed config (a rerun must match it)
+    operative_config.gin  the values actually used
+    teacher/model.keras   + log.csv, tensorboard/, stage.json, backup/ while running
+    paraphraser/paraphraser.keras
+    student/model.keras, student/translator.keras
+    baseline/model.keras  (the student trained alone, if that stage runs)
+    results.json          evaluation, wall time and images/second per stage
+    export/               SavedModel, TFLite float and int8, student.keras
+
+With several workers (`ft_keras.distribute`, launch/), every worker runs the
+same command; only the chief writes the workdir, the others write to a
+temporary directory of their own, removed at the end.
+"""
+
+import difflib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+
+import gin
+import keras
+import numpy as np
+
+from ft_keras import callbacks as ft_callbacks
+from ft_keras import config
+from ft_keras import data
+from ft_keras import distiller as ft_distiller
+from ft_keras import distribute
+from ft_keras import export as ft_export
+from ft_keras import layers as ft_layers
+from ft_keras import models
+from ft_keras import optim
+
+
+class ConfigurationError(ValueError):
+    """The experiment cannot start: bad config, inputs or workdir."""
+
+
+def _atomic_save(model, path):
+    tmp = f"{path[: -len('.keras')]}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path, value):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+# Bindings that may change between runs of the same experiment: the stages
+# (e.g. to export later) and where it runs (one process, a cluster).
+_RUNTIME_BINDINGS = r"experiment\.stages|experiment\.strategy|cluster\.\w+"
+
+
+def _comparable_config(config_str):
+    """The config's bindings without `_RUNTIME_BINDINGS` and comments."""
+    bindings = re.sub(
+        rf"^(?:{_RUNTIME_BINDINGS}) = .*?(?=^\S|\Z)",
+        "",
+        config_str,
+        flags=re.M | re.S,
+    )
+    return "\n".join(
+        line
+        for line in bindings.splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+
+
+def top_k_metrics(num_classes):
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="top1")]
+    if num_classes > 5:
+        metrics.append(
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")
+        )
+    return metrics
+
+
+def stage_callbacks(stage, stage_dir, checkpoint_every="epoch"):
+    """The callbacks of every stage: resumable checkpoints in
+    `stage_dir/backup`, a stop on NaN/inf losses that keeps them, a CSV of
+    per-epoch metrics that continues on resume, and TensorBoard logs."""
+    return [
+        keras.callbacks.BackupAndRestore(
+            os.path.join(stage_dir, "backup"), save_freq=checkpoint_every
+        ),
+        ft_callbacks.StopOnNonFiniteLoss(stage),
+        keras.callbacks.CSVLogger(os.path.join(stage_dir, "log.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(stage_dir, "tensorboard")),
+    ]
+
+
+class Experiment:
+    """One Factor Transfer experiment, configured by gin, in a workdir.
+
+    Construction resolves the whole configuration, builds the networks and
+    datasets and checks the taps, so that every configuration error is
+    raised before any training. `run()` then runs the enabled stages.
+    `strategy` overrides the one `experiment.strategy` and `cluster` select
+    (`ft_keras.distribute.make_strategy`).
+
+    Example:
+
+    ```python
+    import gin
+    gin.parse_config_file("gin/quickstart.gin")
+    results = Experiment("/tmp/quickstart").run()
+    ```
+    """
+
+    def __init__(
+        self, workdir, overwrite=False, stages=None, strategy=None, dry_run=False
+    ):
+        self.dry_run = dry_run
+        self.cfg = config.experiment()
+        self.cluster_cfg = config.cluster()
+        self.stages = tuple(stages) if stages else self.cfg.stages
+        self.data_cfg = config.dataset()
+        self.ft_cfg = config.factor_transfer()
+        self.method_cfg = config.distillation()
+        self.train_cfgs = {}
+        for scope in ("teacher", "paraphraser", "student"):
+            with gin.config_scope(scope):
+                self.train_cfgs[scope] = config.training()
+        self.net_cfgs = {}
+        for scope in ("teacher", "student"):
+            with gin.config_scope(scope):
+                self.net_cfgs[scope] = config.network()
+        self.workdir = os.path.abspath(workdir)
+        self.strategy = strategy or distribute.make_strategy(
+            self.cfg.strategy, self.cluster_cfg
+        )
+        self.is_chief = distribute.is_chief(self.strategy)
+        # Where this process writes: the workdir, or a worker's temp dir.
+        self.output_dir = distribute.worker_dir(self.workdir, self.strategy)
+        self._prepare_workdir(overwrite)
+        distribute.barrier(self.strategy)
+
+        if self.cfg.seed is not None:
+            # With the seeded, deterministic input pipeline this repeats a
+            # run exactly on the CPU (tested). GPU kernels may still differ
+            # run to run: call tf.config.experimental.enable_op_determinism()
+            # for those, at some speed cost.
+            keras.utils.set_random_seed(self.cfg.seed)
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.num_classes = data.num_classes(self.data_cfg.name)
+        self.input_shape = data.input_shape(self.data_cfg.name)
+        self.global_batch = self.data_cfg.batch_size * self.replicas
+        self.train_ds = self._dataset(training=True)
+        self.test_ds = self._dataset(training=False)
+        if dry_run:
+            self.steps_per_epoch = self._real_steps_per_epoch()
+        else:
+            self.steps_per_epoch = int(self.train_ds.cardinality())
+        if self.steps_per_epoch < 1:
+            raise ConfigurationError(
+                f"The train split of {self.data_cfg.name!r} gives no full "
+                f"batch of {self.global_batch}: lower `dataset.batch_size`."
+            )
+        with distribute.scope(self.strategy):
+            self.teacher = self._network("teacher")
+            self.student = self._network("student")
+        self._teacher_loaded = False
+        self._check_taps()
+        self._check_stage_plan()
+        with open(self._out("operative_config.gin"), "w") as f:
+            f.write(gin.operative_config_str())
+
+    # ------------------------------------------------------------------
+    # Set-up.
+
+    def _prepare_workdir(self, overwrite):
+        requested = gin.config_str()
+        path = os.path.join(self.workdir, "config.gin")
+        if not self.is_chief:
+            distribute.remove_worker_dir(self.output_dir, self.workdir)
+            os.makedirs(self.output_dir)
+        if overwrite and self.is_chief and os.path.isdir(self.workdir):
+            shutil.rmtree(self.workdir)
+        if os.path.exists(path) and not (overwrite and not self.is_chief):
+            with open(path) as f:
+                saved = f.read()
+            if _comparable_config(saved) != _comparable_config(requested):
+                diff = [
+                    line
+                    for line in difflib.unified_diff(
+                        _comparable_config(saved).splitlines(),
+                        _comparable_config(requested).splitlines(),
+                        lineterm="",
+                        n=0,
+                    )
+                    if line[:1] in "+-" and line[:3] not in ("+++", "---")
+                ]
+                raise ConfigurationError(
+                    f"The workdir {self.workdir} holds an experiment with a "
+                    f"different config, so it cannot be resumed. Differences "
+                    f"(- saved, + now): {'; '.join(diff[:6])}. Use another "
+                    "--workdir, or --overwrite to delete it and start over."
+                )
+        if self.is_chief:
+            os.makedirs(self.workdir, exist_ok=True)
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(requested)
+            os.replace(tmp, path)
+
+    def _dataset(self, training, split=None):
+        cfg = self.data_cfg
+        if self.dry_run:
+            return self._synthetic_dataset(training)
+        if split is None:
+            split = cfg.train_split if training else cfg.test_split
+        options = dict(cfg.options if training else cfg.eval_options)
+        options.setdefault("seed", self.cfg.seed)
+        if self.cfg.seed is not None or distribute.num_workers(self.strategy) > 1:
+            # Every worker must cut the same global batches from its copy.
+            options.setdefault("deterministic", True)
+        dataset = data.build_dataset(
+            cfg.name,
+            split,
+            batch_size=self.global_batch
+            if training
+            else cfg.eval_batch_size * self.replicas,
+            training=training,
+            data_dir=cfg.data_dir,
+            **options,
+        )
+        return dataset.with_options(
+            distribute.shard_options(self.cluster_cfg.auto_shard)
+        )
+
+    # Per replica; the dry run's steps are about wiring, not speed.
+    DRY_RUN_BATCH = 4
+    DRY_RUN_STEPS = 2
+
+    def _synthetic_dataset(self, training):
+        """`DRY_RUN_STEPS` batches shaped like the configured dataset's."""
+        options = self.data_cfg.options if training else self.data_cfg.eval_options
+        augment = options.get("augment") or ()
+        augment = (augment,) if isinstance(augment, str) else augment
+        mixing = any(str(a).lower().endswith(("cutmix", "mixup")) for a in augment)
+        return data.synthetic_dataset(
+            self.data_cfg.name,
+            batch_size=self.DRY_RUN_BATCH * self.replicas,
+            steps=self.DRY_RUN_STEPS,
+            image_size=options.get("image_size"),
+            one_hot=mixing,
+            seed=self.cfg.seed or 0,
+        )
+
+    def _real_steps_per_epoch(self):
+        """Steps per epoch of the real training split (1 if unknown)."""
+        cfg = self.data_cfg
+        size = data.num_examples(cfg.name, cfg.train_split, cfg.data_dir)
+        self._train_examples = size
+        return max(1, size // self.global_batch) if size else 1
+
+    def _network(self, role):
+        net = self.net_cfgs[role]
+        return models.get(
+            net.name,
+            model_name=role,
+            num_classes=self.num_classes,
+            input_shape=self.input_shape,
+            **net.kwargs,
+        )
+
+    def _tap_shape(self, model, role, layer):
+        names = [l.name for l in model.layers]
+        if layer not in names:
+            raise ConfigurationError(
+                f"`factor_transfer.{role}_layer`={layer!r} is not a layer of "
+                f"the {role} {self.net_cfgs[role].name!r}. Its feature taps: "
+                f"{models.feature_taps(model)}"
+            )
+        return tuple(model.get_layer(layer).output.shape)
+
+    def _connectors(self):
+        ft = self.ft_cfg
+        regularizer = (
+            keras.regularizers.L2(ft.connector_weight_decay / 2)
+            if ft.connector_weight_decay
+            else None
+        )
+        paraphraser = ft_layers.Paraphraser(
+            rate=ft.rate,
+            use_bn=ft.paraphraser_bn,
+            negative_slope=ft.negative_slope,
+            kernel_regularizer=regularizer,
+            rounding=ft.rounding,
+        )
+        teacher_map = self._tap_shape(self.teacher, "teacher", ft.teacher_layer)
+        translator = ft_layers.Translator(
+            out_channels=ft_layers.factor_channels(
+                teacher_map[-1], ft.rate, ft.rounding
+            ),
+            use_bn=ft.translator_bn,
+            negative_slope=ft.negative_slope,
+            kernel_regularizer=regularizer,
+        )
+        return paraphraser, translator
+
+    def _check_taps(self):
+        ft = self.ft_cfg
+        paraphraser, translator = self._connectors()
+        try:
+            ft_distiller.check_factor_shapes(
+                ft.teacher_layer,
+                self._tap_shape(self.teacher, "teacher", ft.teacher_layer),
+                paraphraser,
+                ft.student_layer,
+                self._tap_shape(self.student, "student", ft.student_layer),
+                translator,
+                ft.factor,
+            )
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from None
+
+    def _check_stage_plan(self):
+        """Refuses, before any work, stages that cannot run: one that needs
+        an artifact no enabled stage makes and the workdir does not hold,
+        and a stage whose schedule cannot be built (e.g. learning-rate
+        boundaries beyond its epochs)."""
+        enabled = set(self.stages)
+        method = self.method_cfg.method
+        needs = {
+            "paraphraser": ("teacher",),
+            "student": ("teacher",)
+            + (("paraphraser",) if method in ("ft", "ft+kd") else ()),
+            "export": ("student",),
+        }
+        artifacts = {
+            "teacher": ("teacher", "model.keras"),
+            "paraphraser": ("paraphraser", "paraphraser.keras"),
+            "student": ("student", "model.keras"),
+        }
+        for stage in self.stages:
+            if stage == "paraphraser" and method not in ("ft", "ft+kd"):
+                continue
+            for need in needs.get(stage, ()):
+                if need in enabled or os.path.exists(self._path(*artifacts[need])):
+                    continue
+                if need == "teacher" and self.cfg.teacher_checkpoint:
+                    continue
+                hint = (
+                    " or set `experiment.teacher_checkpoint`"
+                    if need == "teacher"
+                    else ""
+                )
+                raise ConfigurationError(
+                    f"Stage {stage!r} (distillation.method={method!r}) needs "
+                    f"the {need} stage's {'/'.join(artifacts[need])}, which "
+                    f"no enabled stage makes and {self.workdir} does not "
+                    f"hold: add {need!r} to `experiment.stages`{hint}. "
+                    f"Received: stages={list(self.stages)}"
+                )
+        scopes = {"teacher": "teacher", "paraphraser": "paraphraser",
+                  "student": "student", "baseline": "student"}
+        for stage in self.stages:
+            if stage not in scopes:
+                continue
+            if stage == "paraphraser" and method not in ("ft", "ft+kd"):
+                continue
+            if stage == "teacher" and self.cfg.teacher_checkpoint:
+                continue
+            try:
+                with distribute.scope(self.strategy):
+                    self._optimizer(scopes[stage])
+            except ValueError as e:
+                raise ConfigurationError(
+                    f"Stage {stage!r} cannot train with "
+                    f"`{scopes[stage]}/training`: {e}"
+                ) from None
+
+    # ------------------------------------------------------------------
+    # Stage machinery.
+
+    def _path(self, *parts):
+        return os.path.join(self.workdir, *parts)
+
+    def _out(self, *parts):
+        """Where this process writes `parts` (see `output_dir`)."""
+        return os.path.join(self.output_dir, *parts)
+
+    def _optimizer(self, scope):
+        train = self.train_cfgs[scope]
+        try:
+            config.check_weight_decay(
+                scope, train, self.net_cfgs.get(scope), self.ft_cfg
+            )
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from None
+        return optim.build_optimizer(
+            self.steps_per_epoch, train.epochs, **train.optimizer
+        )
+
+    def _fit(self, stage, model, epochs, validation_data=None):
+        stage_dir = self._out(stage)
+        os.makedirs(stage_dir, exist_ok=True)
+        if not self.is_chief and os.path.isdir(self._path(stage, "backup")):
+            # Resume from the chief's checkpoint, like every worker.
+            shutil.copytree(
+                self._path(stage, "backup"),
+                os.path.join(stage_dir, "backup"),
+                dirs_exist_ok=True,
+            )
+        throughput = ft_callbacks.Throughput(
+            self.global_batch, self.steps_per_epoch
+        )
+        callbacks = stage_callbacks(
+            stage, stage_dir, self.cfg.checkpoint_every
+        ) + [throughput]
+        if self.dry_run:
+            # Random images and a two-step teacher (its BatchNorm statistics
+            # barely moved) can overflow: the dry run checks the wiring, not
+            # the numbers.
+            callbacks = [
+                c
+                for c in callbacks
+                if not isinstance(c, ft_callbacks.StopOnNonFiniteLoss)
+            ]
+        if self.dry_run:
+            # Two steps run faster eagerly than traced.
+            model.run_eagerly = True
+            history = model.fit(
+                self.train_ds,
+                epochs=1,
+                steps_per_epoch=self.DRY_RUN_STEPS,
+                validation_data=validation_data,
+                callbacks=callbacks,
+                verbose=0,
+            )
+            print(self._dry_run_line(stage, epochs, history), flush=True)
+        else:
+            print(f"[ft_keras] stage {stage}: {epochs} epochs", flush=True)
+            model.fit(
+                self.train_ds,
+                epochs=epochs,
+                validation_data=validation_data,
+                callbacks=callbacks,
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+        info = distribute.task_info(self.strategy)
+        if info.num_workers > 1:
+            print(
+                f"[ft_keras] {info.task_type} {info.task_id}: stage {stage} "
+                f"weights {distribute.weights_fingerprint(model)}",
+                flush=True,
+            )
+        _write_json(
+            os.path.join(stage_dir, "stage.json"),
+            {
+                "wall_time_s": throughput.wall_time,
+                "images_per_second": throughput.images_per_second,
+                "epochs_run": len(throughput.epoch_seconds),
+                "epochs": epochs,
+                "replicas": self.replicas,
+                "global_batch_size": self.global_batch,
+            },
+        )
+
+    def _dry_run_line(self, stage, epochs, history):
+        """What the real run of `stage` would do, and how the dry run went."""
+        scope = "student" if stage == "baseline" else stage
+        opt = self.train_cfgs[scope].optimizer
+        steps = self.steps_per_epoch
+        known = getattr(self, "_train_examples", None) is not None
+        per_epoch = (
+            f"{steps:,} steps" if known else "? steps (split size unknown "
+            "until the dataset is prepared)"
+        )
+        schedule = f"{opt['optimizer']} lr {opt['learning_rate']:g} {opt['schedule']}"
+        if opt["schedule"] == "step" and opt["boundaries"]:
+            at = [b * steps for b in opt["boundaries"]]
+            schedule += f", x{opt['decay']:g} at steps {at}"
+        if opt["warmup_epochs"]:
+            schedule += f", warm-up {int(opt['warmup_epochs'] * steps)} steps"
+        logs = {k: v[-1] for k, v in history.history.items()}
+        ran = ", ".join(
+            f"{k} {v:.4g}" for k, v in logs.items() if k.endswith("loss")
+        )
+        shape = "x".join(str(d) for d in self.input_shape)
+        return (
+            f"[ft_keras] dry run: stage {stage}: {epochs} epochs x "
+            f"{per_epoch} at global batch {self.global_batch}"
+            f"{f' = {epochs * steps:,} steps' if known else ''}; {schedule}. "
+            f"Ran {self.DRY_RUN_STEPS} steps at batch "
+            f"{self.DRY_RUN_BATCH * self.replicas} on synthetic {shape} data: "
+            f"{ran or 'ok'}"
+        )
+
+    def _validation(self):
+        return self.test_ds if self.cfg.validate else None
+
+    def _load(self, path):
+        with distribute.scope(self.strategy):
+            return keras.models.load_model(path)
+
+    def _train_classifier(self, stage, model, scope):
+        with distribute.scope(self.strategy):
+            model.compile(
+                optimizer=self._optimizer(scope),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=top_k_metrics(self.num_classes),
+            )
+        self._fit(stage, model, self.train_cfgs[scope].epochs, self._validation())
+
+    # ------------------------------------------------------------------
+    # Stages.
+
+    def run_teacher(self):
+        path = self._path("teacher", "model.keras")
+        if os.path.exists(path):
+            self._trained_teacher()
+            return
+        os.makedirs(self._out("teacher"), exist_ok=True)
+        if self.cfg.teacher_checkpoint:
+            self.teacher = self._load_teacher_checkpoint(self.cfg.teacher_checkpoint)
+        else:
+            self._train_classifier("teacher", self.teacher, "teacher")
+            if self.dry_run:
+                self._calibrate_batchnorm(self.teacher)
+        _atomic_save(self.teacher, self._out("teacher", "model.keras"))
+        self._teacher_loaded = True
+
+    def _calibrate_batchnorm(self, model):
+        """Dry run only: after two steps a network's BatchNorm moving
+        statistics are still about (0, 1), so in inference mode a deep
+        teacher's activations grow layer after layer and overflow the
+        stages that use it. Setting them to one synthetic batch's statistics
+        keeps the dry run's numbers finite; the real run never does this."""
+        norms = [
+            layer
+            for layer in model._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        momenta = [layer.momentum for layer in norms]
+        for layer in norms:
+            layer.momentum = 0.0
+        images, _ = next(iter(self.train_ds))
+        model(images, training=True)
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+
+    def _load_teacher_checkpoint(self, checkpoint):
+        if not os.path.exists(checkpoint):
+            raise ConfigurationError(
+                f"Teacher checkpoint not found: {checkpoint} (set "
+                "`experiment.teacher_checkpoint` to a .keras model or the "
+                ".weights.h5 weights of `teacher/network`, or to None to "
+                "train the teacher)."
+            )
+        try:
+            if checkpoint.endswith(".keras"):
+                teacher = self._load(checkpoint)
+            else:
+                with distribute.scope(self.strategy):
+                    self.teacher.load_weights(checkpoint)
+                teacher = self.teacher
+        except Exception as e:  # Keras raises several types on mismatch.
+            raise ConfigurationError(
+                f"Teacher checkpoint {checkpoint} does not match the teacher "
+                f"network {self.net_cfgs['teacher'].name!r}: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
+        expected = (None,) + tuple(self.input_shape)
+        if (
+            tuple(teacher.input_shape) != expected
+            or teacher.output_shape[-1] != self.num_classes
+        ):
+            raise ConfigurationError(
+                f"Teacher checkpoint {checkpoint} does not match the data: "
+                f"it takes {tuple(teacher.input_shape)} and gives "
+                f"{teacher.output_shape[-1]} classes; the dataset "
+                f"{self.data_cfg.name!r} needs {expected} and "
+                f"{self.num_classes} classes."
+            )
+        self._tap_shape(teacher, "teacher", self.ft_cfg.teacher_layer)
+        return teacher
+
+    def _require(self, stage, artifact):
+        path = self._path(stage, artifact)
+        if not os.path.exists(path):
+            raise ConfigurationError(
+                f"The {stage} stage has not finished in {self.workdir} (no "
+                f"{path}): enable it in `experiment.stages`."
+            )
+        return path
+
+    def _trained_teacher(self):
+        if not self._teacher_loaded:
+            self.teacher = self._load(self._require("teacher", "model.keras"))
+            self._teacher_loaded = True
+        return self.teacher
+
+    def run_paraphraser(self):
+        path = self._path("paraphraser", "paraphraser.keras")
+        if os.path.exists(path):
+            return
+        if self.method_cfg.method not in ("ft", "ft+kd"):
+            print(
+                f"[ft_keras] stage paraphraser: skipped, "
+                f"distillation.method={self.method_cfg.method!r} has none",
+                flush=True,
+            )
+            return
+        ft = self.ft_cfg
+        self._trained_teacher()
+        with distribute.scope(self.strategy):
+            paraphraser, _ = self._connectors()
+            trainer = ft_distiller.ParaphraserTrainer(
+                self.teacher,
+                paraphraser,
+                ft.teacher_layer,
+                reconstruction=ft.reconstruction,
+            )
+            trainer.compile(optimizer=self._optimizer("paraphraser"))
+        self._fit(
+            "paraphraser", trainer, self.train_cfgs["paraphraser"].epochs
+        )
+        tap = self._tap_shape(self.teacher, "teacher", ft.teacher_layer)
+        _atomic_save(
+            keras.Sequential([keras.Input(tap[1:]), paraphraser]),
+            self._out("paraphraser", "paraphraser.keras"),
+        )
+
+    def run_student(self):
+        path = self._path("student", "model.keras")
+        if os.path.exists(path):
+            self.student = self._load(path)
+            return
+        self._trained_teacher()
+        with distribute.scope(self.strategy):
+            distiller, translator = self._student_distiller()
+            distiller.compile(
+                optimizer=self._optimizer("student"),
+                metrics=top_k_metrics(self.num_classes),
+            )
+        self._fit(
+            "student",
+            distiller,
+            self.train_cfgs["student"].epochs,
+            self._validation(),
+        )
+        if translator is not None:
+            tap = self._tap_shape(self.student, "student", self.ft_cfg.student_layer)
+            _atomic_save(
+                keras.Sequential([keras.Input(tap[1:]), translator]),
+                self._out("student", "translator.keras"),
+            )
+        _atomic_save(self.student, self._out("student", "model.keras"))
+
+    def _student_distiller(self):
+        """The training model of `distillation.method`, and its translator
+        (None for KD/AT). Call in the strategy's scope."""
+        ft, method = self.ft_cfg, self.method_cfg
+        if method.method in ("kd", "at"):
+            at = method.method == "at"
+            distiller = ft_distiller.BaselineDistiller(
+                self.teacher,
+                self.student,
+                ce_weight=method.ce_weight,
+                kd_weight=0.0 if at else method.kd_weight,
+                temperature=method.temperature,
+                at_weight=method.at_weight if at else 0.0,
+                teacher_layers=method.at_teacher_layers or [ft.teacher_layer],
+                student_layers=method.at_student_layers or [ft.student_layer],
+            )
+            return distiller, None
+        paraphraser = self._load(
+            self._require("paraphraser", "paraphraser.keras")
+        ).layers[-1]
+        _, translator = self._connectors()
+        distiller = ft_distiller.Distiller(
+            self.teacher,
+            self.student,
+            paraphraser,
+            translator,
+            teacher_layer=ft.teacher_layer,
+            student_layer=ft.student_layer,
+            beta=ft.beta,
+            p=ft.p,
+            factor=ft.factor,
+            p_form=ft.p_form,
+            kd_weight=method.kd_weight if method.method == "ft+kd" else 0.0,
+            temperature=method.temperature,
+        )
+        return distiller, translator
+
+    def run_baseline(self):
+        path = self._path("baseline", "model.keras")
+        if os.path.exists(path):
+            return
+        with distribute.scope(self.strategy):
+            baseline = self._network("student")
+        self._train_classifier("baseline", baseline, "student")
+        _atomic_save(baseline, self._out("baseline", "model.keras"))
+
+    def evaluate(self):
+        """Top-1/top-5 of every trained network on the test split."""
+        results = {}
+        for role in ("teacher", "baseline", "student"):
+            path = self._path(role, "model.keras")
+            if not os.path.exists(path):
+                continue
+            with distribute.scope(self.strategy):
+                model = keras.models.load_model(path, compile=False)
+                model.compile(
+                    loss=keras.losses.SparseCategoricalCrossentropy(
+                        from_logits=True
+                    ),
+                    metrics=top_k_metrics(self.num_classes),
+                )
+            model.run_eagerly = self.dry_run
+            scores = model.evaluate(self.test_ds, verbose=0, return_dict=True)
+            results[role] = {k: float(v) for k, v in scores.items() if k != "loss"}
+        if not results:
+            raise ConfigurationError(
+                f"Nothing to evaluate in {self.workdir}: run the training "
+                "stages first (python -m ft_keras.train with the same config)."
+            )
+        return results
+
+    def run_evaluate(self):
+        results = self.evaluate()
+        self._update_results(evaluation=results)
+        method = self.method_cfg.method.upper()
+        names = {"teacher": "teacher", "baseline": "student alone",
+                 "student": f"{method} student"}
+        prefix = "[ft_keras] dry run (synthetic data):" if self.dry_run else "[ft_keras]"
+        for role, scores in results.items():
+            line = ", ".join(f"{k} {100 * v:.2f}%" for k, v in scores.items())
+            print(f"{prefix} {names[role]:>13}: {line}", flush=True)
+
+    def normalization(self):
+        """`(pixel_max, mean, std)` of the evaluation pipeline, with any
+        `mean`/`std` of `dataset.eval_options`: what the exported serving
+        graph must apply to raw images."""
+        pixel_max, mean, std = data.pixel_normalization(self.data_cfg.name)
+        options = self.data_cfg.eval_options
+        return pixel_max, options.get("mean", mean), options.get("std", std)
+
+    def representative_images(self):
+        """Raw training images (uint8 at the dataset's pixel scale) for int8
+        calibration: the test-time pipeline's output, un-normalised."""
+        pixel_max, mean, std = self.normalization()
+        count = self.cfg.representative_batches * self.data_cfg.eval_batch_size
+        batches = self._dataset(training=False, split=self.data_cfg.train_split)
+        images = np.concatenate(
+            [np.asarray(x) for x, _ in batches.take(self.cfg.representative_batches)]
+        )[:count]
+        raw = (images * np.asarray(std) + np.asarray(mean)) * pixel_max
+        return np.clip(np.round(raw), 0, pixel_max).astype(np.uint8)
+
+    def run_export(self):
+        if not self.is_chief:
+            return
+        student = keras.models.load_model(
+            self._require("student", "model.keras"), compile=False
+        )
+        pixel_max, mean, std = self.normalization()
+        paths = ft_export.export_student(
+            student,
+            self._path("export"),
+            pixel_max,
+            mean,
+            std,
+            representative_images=self.representative_images(),
+        )
+        self._update_results(export=paths)
+        print(f"[ft_keras] exported to {self._path('export')}", flush=True)
+
+    # ------------------------------------------------------------------
+
+    def _update_results(self, **entries):
+        path = self._out("results.json")
+        results = _read_json(path) if os.path.exists(path) else {}
+        results.update(entries)
+        stages = {}
+        for stage in ("teacher", "paraphraser", "student", "baseline"):
+            stage_json = self._out(stage, "stage.json")
+            if os.path.exists(stage_json):
+                stages[stage] = _read_json(stage_json)
+        results["stages"] = stages
+        results["workdir"] = self.workdir
+        _write_json(path, results)
+        return results
+
+    def run(self):
+        """Runs the enabled stages in order; returns `results.json`'s dict."""
+        start = time.perf_counter()
+        try:
+            for i, stage in enumerate(self.stages):
+                getattr(self, f"run_{stage}")()
+                if i + 1 < len(self.stages):
+                    # The chief's artifacts are complete before others read.
+                    distribute.barrier(self.strategy)
+            return self._update_results(
+                last_run_wall_time_s=time.perf_counter() - start
+            )
+        finally:
+            distribute.remove_worker_dir(self.output_dir, self.workdir)
