@@ -14,9 +14,11 @@ class NonFiniteLossError(RuntimeError):
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops a stage with `NonFiniteLossError` naming stage, epoch and step.
 
-    Unlike `keras.callbacks.TerminateOnNaN`, it raises: `fit` does not reach
-    `on_train_end`, so `BackupAndRestore` keeps the last good checkpoint and
-    rerunning the stage resumes from it.
+    Like `keras.callbacks.TerminateOnNaN(raise_error=True)` it raises, so
+    `fit` does not reach `on_train_end` and `BackupAndRestore` keeps the last
+    good checkpoint; what it adds is the message: the stage, epoch and step,
+    and what to do, one line that the runner prints as its error (exit
+    status 1).
 
     Example:
 

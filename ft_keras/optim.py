@@ -40,6 +40,14 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     During the first `warmup_steps` steps the rate rises linearly from
     `learning_rate / warmup_steps` to `learning_rate`.
 
+    Why not Keras' own schedules: the references step the rate with
+    PyTorch's `MultiStepLR`, whose rate is already decayed *at* a boundary
+    epoch's first step, while `keras.optimizers.schedules.PiecewiseConstantDecay`
+    decays only *after* it (`step > boundary`, one step late); and Keras'
+    `CosineDecay` starts its decay after the warm-up, where here warm-up and
+    decay share one timeline of `total_steps` (as PyTorch's schedulers
+    chained over epochs do). `tests/test_optim.py` shows both differences.
+
     Example:
 
     ```python

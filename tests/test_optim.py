@@ -167,3 +167,25 @@ def test_build_optimizer_rejects_bad_modes():
     with pytest.raises(ValueError, match="needs `optimizer='sgd'`"):
         optim.build_optimizer(10, 4, optimizer="adam",
                               weight_decay_mode="coupled")
+
+
+def test_epoch_schedule_decays_at_the_boundary_where_keras_decays_one_step_late():
+    ours = optim.EpochSchedule(0.1, "step", total_steps=100, boundaries=[50],
+                               decay=0.1)
+    keras_rate = keras.optimizers.schedules.PiecewiseConstantDecay([50],
+                                                                   [0.1, 0.01])
+    # PyTorch's MultiStepLR: the rate of boundary step 50 is already 0.01.
+    assert float(ours(50)) == pytest.approx(0.01)
+    assert float(keras_rate(50)) == pytest.approx(0.1)
+    assert float(ours(49)) == float(keras_rate(49)) == pytest.approx(0.1)
+
+
+def test_epoch_schedule_cosine_includes_the_warm_up_in_its_timeline():
+    ours = optim.EpochSchedule(0.1, "cosine", total_steps=100, warmup_steps=10)
+    keras_rate = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=100, warmup_target=0.1, warmup_steps=10)
+    # Step 55: halfway through the 100 steps here; Keras is 45 steps into a
+    # decay that starts after its warm-up.
+    assert float(ours(55)) == pytest.approx(0.05 * (1 + np.cos(np.pi * 0.55)))
+    assert float(keras_rate(55)) == pytest.approx(
+        0.05 * (1 + np.cos(np.pi * 0.45)), rel=1e-5)

@@ -47,8 +47,9 @@ def available():
 def get(name, model_name=None, **kwargs):
     """Builds a network by name.
 
-    A plain factory, meant to be bound with gin (the runner registers it
-    with `gin.external_configurable`), e.g. `models.get.name = "resnet56"`.
+    A plain factory: the runner calls it with `teacher/network.name` and
+    `student/network.name` and their keyword arguments
+    (`ft_keras.config.network`), and users call it directly.
 
     Arguments:
         name: One of `available()`, or `"wrn{depth}_{width}"` for any Wide
