@@ -1,5 +1,6 @@
 """Input pipelines: TFDS (via `tfds.testing.mock_data`), digits, offline."""
 
+import dataclasses
 import os
 import socket
 import tempfile
@@ -14,6 +15,8 @@ import tensorflow_datasets as tfds
 import keras
 
 from ft_keras import data
+from ft_keras.data import prepare
+from ft_keras.data import transforms
 
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
@@ -93,6 +96,45 @@ def test_unknown_option_and_bad_values_are_rejected_with_the_value():
         data.build_dataset(
             "digits", "train", batch_size=8, training=True, autotune="yes"
         )
+
+
+def test_option_defaults_follow_the_dataset_and_training():
+    train = data.PipelineOptions().resolve("cifar10", training=True)
+    assert (train.deterministic, train.seed, train.drop_remainder) == (
+        False,
+        None,
+        True,
+    )
+    assert train.shuffle_buffer == 50_000 and train.cache == "auto"
+    assert (train.mean, train.std) == data.normalization_stats("cifar10")
+    assert (train.repeat, train.download, train.autotune) == (
+        False,
+        True,
+        False,
+    )
+    test = data.PipelineOptions().resolve("cifar10", training=False)
+    assert (test.deterministic, test.drop_remainder) == (True, False)
+    seeded = data.PipelineOptions(deterministic=True).resolve(
+        "digits", training=True
+    )
+    assert seeded.seed == 0
+    assert seeded.shuffle_buffer == data.DIGITS_TRAIN_SIZE
+    scalar = data.PipelineOptions(mean=0.5, std=0.25, image_size=160)
+    resolved = scalar.resolve("imagenet2012", training=False)
+    assert resolved.mean == (0.5,) * 3 and resolved.std == (0.25,) * 3
+    assert resolved.image_size == (160, 160)
+    assert data.PipelineOptions(augment="MixUp").augment == ("mixup",)
+
+
+def test_none_means_the_default_for_every_option():
+    names = [field.name for field in dataclasses.fields(data.PipelineOptions)]
+    kwargs = dict(batch_size=360, training=False)
+    ((x, y),) = batches(
+        data.build_dataset("digits", "test", **kwargs, **dict.fromkeys(names))
+    )
+    ((x0, y0),) = batches(data.build_dataset("digits", "test", **kwargs))
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -336,7 +378,7 @@ def test_random_resized_crop_window_stays_inside_the_image():
     for i, (h, w) in enumerate([(375, 500), (500, 333), (64, 64), (10, 300)]):
         top, left, ch, cw = (
             int(v)
-            for v in data._resized_crop_window(
+            for v in transforms._resized_crop_window(
                 tf.constant(h), tf.constant(w), tf.constant([i, 1])
             )
         )
@@ -483,7 +525,7 @@ def assert_one_line_error(error, name, data_dir):
 
 
 def test_offline_not_prepared_dataset_fails_fast():
-    host_is_reachable = not data._unreachable([("www.cs.toronto.edu", 443)])
+    host_is_reachable = not prepare._unreachable([("www.cs.toronto.edu", 443)])
     if host_is_reachable:
         pytest.skip("The CIFAR host is reachable: this would download CIFAR.")
     data_dir = tempfile.mkdtemp()
@@ -531,6 +573,20 @@ def test_download_false_fails_without_touching_the_network(monkeypatch):
             download=False,
         )
     assert_one_line_error(info.value, "cifar10", data_dir)
+
+
+def test_download_and_prepare_replaced_by_a_mock_is_run_without_probing(
+    monkeypatch,
+):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was probed")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    builder = tfds.builder("cifar10", data_dir=tempfile.mkdtemp())
+    with mock.patch.object(type(builder), "download_and_prepare") as stub:
+        prepared = prepare.ensure_prepared(builder, "cifar10", download=False)
+    assert prepared is builder
+    stub.assert_called_once_with()
 
 
 def test_imagenet_without_manual_archives_says_where_to_put_them():

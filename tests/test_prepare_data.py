@@ -5,6 +5,8 @@ import io
 import os
 import pickle
 import socket
+import subprocess
+import sys
 import tarfile
 import time
 
@@ -13,12 +15,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ft_keras import data
-from ft_keras import prepare_data
+from ft_keras.data import prepare
 
-DEBIAN = prepare_data.DEBIAN_FASHION_MNIST
+DEBIAN = prepare.DEBIAN_FASHION_MNIST
 HAVE_DEBIAN = all(
     os.path.exists(os.path.join(DEBIAN, f"{name}.gz"))
-    for name in prepare_data._IDX_FILES
+    for name in prepare._IDX_FILES
 )
 needs_debian = pytest.mark.skipif(
     not HAVE_DEBIAN,
@@ -93,7 +95,7 @@ def read_tfds(name, data_dir, split):
 def test_cifar10_archive_prepares_to_what_tfds_reads(tmp_path, kind):
     archive = tmp_path / f"cifar-10-{kind}.tar.gz"
     (train_x, train_y), (test_x, (test_y,)) = write_cifar10(archive, kind)
-    prepare_data.prepare("cifar10", str(archive), data_dir=tmp_path / "tfds",
+    prepare.prepare("cifar10", str(archive), data_dir=tmp_path / "tfds",
                          verbose=False)
 
     builder = tfds.builder("cifar10", data_dir=str(tmp_path / "tfds"))
@@ -130,7 +132,7 @@ def test_cifar10_python_and_binary_versions_prepare_the_same_dataset(
 ):
     for kind in ("python", "binary"):
         write_cifar10(tmp_path / f"cifar-10-{kind}.tar.gz", kind, seed=7)
-        prepare_data.prepare("cifar10", str(tmp_path / f"cifar-10-{kind}.tar.gz"),
+        prepare.prepare("cifar10", str(tmp_path / f"cifar-10-{kind}.tar.gz"),
                              data_dir=tmp_path / kind, verbose=False)
     for split in ("train", "test"):
         a = read_tfds("cifar10", tmp_path / "python", split)
@@ -157,7 +159,7 @@ def test_cifar100_python_archive_keeps_fine_and_coarse_labels(tmp_path):
         add(tar, "cifar-100-python/meta", pickle.dumps({
             b"fine_label_names": [n.encode() for n in fine],
             b"coarse_label_names": [n.encode() for n in coarse]}))
-    prepare_data.prepare("cifar100", str(tmp_path), data_dir=tmp_path / "tfds",
+    prepare.prepare("cifar100", str(tmp_path), data_dir=tmp_path / "tfds",
                          verbose=False)  # the directory holding the archive
     builder = tfds.builder("cifar100", data_dir=str(tmp_path / "tfds"))
     assert builder.info.features["label"].names == fine
@@ -175,7 +177,7 @@ def test_extracted_folder_is_a_source_too(tmp_path):
     write_cifar10(archive, "binary")
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "extracted", filter="data")
-    prepare_data.prepare("cifar10", str(tmp_path / "extracted"),
+    prepare.prepare("cifar10", str(tmp_path / "extracted"),
                          data_dir=tmp_path / "tfds", verbose=False)
     assert tfds.builder("cifar10", data_dir=str(tmp_path / "tfds")).is_prepared()
 
@@ -184,25 +186,25 @@ def test_bad_cifar_sources_name_the_file_and_the_problem(tmp_path):
     truncated = tmp_path / "t" / "cifar-10-binary.tar.gz"
     truncated.parent.mkdir()
     write_cifar10(truncated, "binary", truncate=True)
-    with pytest.raises(prepare_data.SourceError,
+    with pytest.raises(prepare.SourceError,
                        match=r"data_batch_2.bin has \d+ bytes, not a positive "
                        r"multiple of the 3073-byte cifar10 record"):
-        prepare_data.prepare("cifar10", str(truncated), data_dir=tmp_path / "a")
+        prepare.prepare("cifar10", str(truncated), data_dir=tmp_path / "a")
 
     wrong = tmp_path / "w" / "cifar-10-python.tar.gz"
     wrong.parent.mkdir()
     write_cifar10(wrong, "python")
-    with pytest.raises(prepare_data.SourceError, match="does not hold cifar100"):
-        prepare_data.prepare("cifar100", str(wrong), data_dir=tmp_path / "b")
+    with pytest.raises(prepare.SourceError, match="does not hold cifar100"):
+        prepare.prepare("cifar100", str(wrong), data_dir=tmp_path / "b")
 
     not_tar = tmp_path / "cifar-10-python.tar.gz"
     not_tar.write_bytes(b"not an archive")
-    with pytest.raises(prepare_data.SourceError, match="not a readable tar"):
-        prepare_data.prepare("cifar10", str(not_tar), data_dir=tmp_path / "c")
-    with pytest.raises(prepare_data.SourceError, match="does not exist"):
-        prepare_data.prepare("cifar10", str(tmp_path / "nowhere"))
+    with pytest.raises(prepare.SourceError, match="not a readable tar"):
+        prepare.prepare("cifar10", str(not_tar), data_dir=tmp_path / "c")
+    with pytest.raises(prepare.SourceError, match="does not exist"):
+        prepare.prepare("cifar10", str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match=r"supported datasets are \['fashion_mnist'"):
-        prepare_data.prepare("mnist", str(tmp_path))
+        prepare.prepare("mnist", str(tmp_path))
     # Nothing half-prepared is left behind.
     for name in ("a", "b", "c"):
         assert not tfds.builder("cifar10", data_dir=str(tmp_path / name)).is_prepared()
@@ -211,19 +213,34 @@ def test_bad_cifar_sources_name_the_file_and_the_problem(tmp_path):
 def test_cli_prepares_and_reports_errors_in_one_line(tmp_path, capsys):
     archive = tmp_path / "cifar-10-python.tar.gz"
     write_cifar10(archive, "python")
-    code = prepare_data.main(["cifar10", "--from", str(archive),
+    code = prepare.main(["cifar10", "--from", str(archive),
                               "--data_dir", str(tmp_path / "tfds")])
     assert code == 0
     assert "prepared cifar10" in capsys.readouterr().out
-    assert prepare_data.main(["cifar10", "--from", str(tmp_path / "missing"),
+    assert prepare.main(["cifar10", "--from", str(tmp_path / "missing"),
                               "--data_dir", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ft_keras: error:") and "\n" not in err
     # Without --from: the search paths, named when empty.
-    assert prepare_data.main(["cifar100", "--data_dir",
+    assert prepare.main(["cifar100", "--data_dir",
                               str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert os.path.join(str(tmp_path / "y"), "downloads", "manual") in err
+
+
+def test_python_m_ft_keras_prepare_data_is_the_documented_command(
+    tmp_path,
+):
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    write_cifar10(archive, "binary")
+    result = subprocess.run(
+        [sys.executable, "-m", "ft_keras.prepare_data", "cifar10",
+         "--from", str(archive), "--data_dir", str(tmp_path / "tfds")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "prepared cifar10" in result.stdout
+    assert tfds.builder("cifar10", data_dir=str(tmp_path / "tfds")).is_prepared()
 
 
 def test_cifar_archive_in_manual_dir_is_prepared_on_first_use(tmp_path):
@@ -248,26 +265,26 @@ def write_idx(path, magic, dims, payload, compress=True):
 def test_bad_idx_files_name_the_file_and_the_problem(tmp_path):
     images = np.zeros((5, 28, 28), np.uint8).tobytes()
     labels = np.zeros(5, np.uint8).tobytes()
-    names = list(prepare_data._IDX_FILES)
+    names = list(prepare._IDX_FILES)
     for name in names:
-        magic = prepare_data._IDX_FILES[name][0]
+        magic = prepare._IDX_FILES[name][0]
         dims = (5, 28, 28) if magic == 2051 else (5,)
         write_idx(tmp_path / f"{name}.gz", magic, dims,
                   images if magic == 2051 else labels)
-    with pytest.raises(prepare_data.SourceError,
+    with pytest.raises(prepare.SourceError,
                        match="holds 5 examples; Fashion-MNIST's "
                        "train-images-idx3-ubyte holds 60000"):
-        prepare_data.prepare("fashion_mnist", str(tmp_path),
+        prepare.prepare("fashion_mnist", str(tmp_path),
                              data_dir=tmp_path / "tfds")
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", 2049, (60000,), b"")
-    with pytest.raises(prepare_data.SourceError,
+    with pytest.raises(prepare.SourceError,
                        match="magic number 2049, expected 2051"):
-        prepare_data.prepare("fashion_mnist", str(tmp_path),
+        prepare.prepare("fashion_mnist", str(tmp_path),
                              data_dir=tmp_path / "tfds")
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(prepare_data.SourceError,
+    with pytest.raises(prepare.SourceError,
                        match="lacks t10k-labels-idx1-ubyte"):
-        prepare_data.prepare("fashion_mnist", str(tmp_path),
+        prepare.prepare("fashion_mnist", str(tmp_path),
                              data_dir=tmp_path / "tfds")
 
 
@@ -278,7 +295,7 @@ def test_missing_fashion_mnist_fails_fast_naming_paths_and_fixes(
         raise AssertionError("the network was probed")
 
     monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(prepare_data, "DEBIAN_FASHION_MNIST",
+    monkeypatch.setattr(prepare, "DEBIAN_FASHION_MNIST",
                         str(tmp_path / "no-debian"))
     start = time.monotonic()
     with pytest.raises(data.DatasetNotPreparedError) as info:
