@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 import keras
 
 from ft_keras import data
-from ft_keras.data import prepare
+from ft_keras.data import availability
 from ft_keras.data import transforms
 
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
@@ -525,7 +525,7 @@ def assert_one_line_error(error, name, data_dir):
 
 
 def test_offline_not_prepared_dataset_fails_fast():
-    host_is_reachable = not prepare._unreachable([("www.cs.toronto.edu", 443)])
+    host_is_reachable = not availability._unreachable([("www.cs.toronto.edu", 443)])
     if host_is_reachable:
         pytest.skip("The CIFAR host is reachable: this would download CIFAR.")
     data_dir = tempfile.mkdtemp()
@@ -584,7 +584,7 @@ def test_download_and_prepare_replaced_by_a_mock_is_run_without_probing(
     monkeypatch.setattr(socket, "create_connection", no_network)
     builder = tfds.builder("cifar10", data_dir=tempfile.mkdtemp())
     with mock.patch.object(type(builder), "download_and_prepare") as stub:
-        prepared = prepare.ensure_prepared(builder, "cifar10", download=False)
+        prepared = availability.ensure_prepared(builder, "cifar10", download=False)
     assert prepared is builder
     stub.assert_called_once_with()
 

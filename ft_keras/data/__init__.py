@@ -38,15 +38,17 @@ Modules, each depending only on those above it:
   layers;
 - `options`: `PipelineOptions`, every option of `build_dataset` with its
   default and checks;
-- `prepare`: offline preparation from local files, download probing,
-  `DatasetNotPreparedError`;
+- `prepare`: offline preparation from local files
+  (`python -m ft_keras.prepare_data`);
+- `availability`: on first use, prepare from local files or download after
+  a quick probe, or fail in one line (`DatasetNotPreparedError`);
 - `pipeline`: `build_dataset`, `synthetic_dataset`.
 """
 
+from ft_keras.data.availability import DatasetNotPreparedError
 from ft_keras.data.options import PipelineOptions
 from ft_keras.data.pipeline import build_dataset
 from ft_keras.data.pipeline import synthetic_dataset
-from ft_keras.data.prepare import DatasetNotPreparedError
 from ft_keras.data.specs import DIGITS_TEST_SIZE
 from ft_keras.data.specs import DIGITS_TRAIN_SIZE
 from ft_keras.data.specs import input_shape

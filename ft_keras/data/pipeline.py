@@ -3,7 +3,7 @@
 `build_dataset` reads top to bottom in five steps, a function each:
 
 1. `_read`: decoded uint8 examples (encoded JPEG bytes for ImageNet) and
-   int32 labels, from TFDS (`prepare.ensure_prepared` first) or digits;
+   int32 labels, from TFDS (`availability.ensure_prepared` first) or digits;
 2. `_cache`: in memory, before any randomness, where the data fit;
 3. `_shuffle_and_repeat`;
 4. `_crop_and_flip`, seeded per example, then the per-image Keras layers
@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ft_keras.data import prepare
+from ft_keras.data import availability
 from ft_keras.data import specs
 from ft_keras.data import transforms
 from ft_keras.data.options import PipelineOptions
@@ -186,10 +186,10 @@ def _digits_dataset(split):
 
 def _tfds_dataset(name, split, data_dir, opts, training, decode):
     """Reads `(image, label)` examples of a TFDS dataset, prepared first
-    if needed (`prepare.ensure_prepared`)."""
+    if needed (`availability.ensure_prepared`)."""
     builder = specs.tfds_builder(name, data_dir)
     specs.supervised_features(builder, name)
-    builder = prepare.ensure_prepared(builder, name, opts.download)
+    builder = availability.ensure_prepared(builder, name, opts.download)
     read_config = tfds.ReadConfig(
         shuffle_seed=opts.seed,
         try_autocache=False,  # `build_dataset` caches after decoding itself

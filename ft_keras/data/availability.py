@@ -1,0 +1,185 @@
+"""Whether a TFDS dataset can be read now: prepared, prepared from local
+files, downloaded after a quick probe, or a one-line failure.
+
+`ft_keras.data.build_dataset` reads every TFDS dataset through
+`ensure_prepared`. A dataset missing from `data_dir` is prepared from local
+files when `ft_keras.data.prepare.find_source` finds them; any other is only
+downloaded after a quick (~3 s) reachability probe of its download hosts. If
+that fails, or `download=False`, or the dataset needs a manual download,
+`DatasetNotPreparedError` is raised with a one-line message naming every
+path searched and the fix, within seconds, instead of TFDS's several-minute
+retry loop.
+"""
+
+import os
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import tensorflow_datasets as tfds
+
+from ft_keras.data import specs
+from ft_keras.data.prepare import DATASETS
+from ft_keras.data.prepare import SourceError
+from ft_keras.data.prepare import find_source
+from ft_keras.data.prepare import fix_hint
+from ft_keras.data.prepare import prepare
+
+# Seconds allowed for the "can the download hosts be reached?" probe.
+_PROBE_TIMEOUT = 3.0
+
+
+class DatasetNotPreparedError(RuntimeError):
+    """A TFDS dataset is not in `data_dir` and cannot be downloaded now.
+
+    The message is a single line naming the dataset, the directory that was
+    searched and how to prepare it, so that an entry point can print it as
+    is.
+    """
+
+
+def _download_is_stubbed(builder):
+    """True under `tfds.testing.mock_data`, where nothing is downloaded, or
+    when a test replaced `download_and_prepare` by a `unittest.mock` object.
+
+    A mock can only exist once its test imported `unittest.mock`: it is
+    looked up in `sys.modules`, never imported here.
+    """
+    fn = getattr(type(builder), "download_and_prepare", None)
+    mock = sys.modules.get("unittest.mock")
+    if mock is not None and isinstance(fn, mock.Base):
+        return True
+    return getattr(fn, "__module__", "").startswith(
+        "tensorflow_datasets.testing"
+    )
+
+
+def _probe_address(url):
+    """`(host, port)` that a download of `url` connects to first."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_parts = urllib.parse.urlsplit(
+            proxy if "://" in proxy else "http://" + proxy
+        )
+        return proxy_parts.hostname, proxy_parts.port or 80
+    return host, port
+
+
+def _unreachable(addresses, timeout=_PROBE_TIMEOUT):
+    """Returns `{(host, port): reason}` for the addresses not connected to.
+
+    All probes run at once in daemon threads, so that even a hanging DNS
+    lookup cannot block for longer than `timeout` in total.
+    """
+    reasons = {a: f"no answer within {timeout:g}s" for a in addresses}
+
+    def connect(address):
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            reasons.pop(address, None)
+        except OSError as error:
+            reasons[address] = (
+                " ".join(str(error).split()) or type(error).__name__
+            )
+
+    threads = [
+        threading.Thread(target=connect, args=(a,), daemon=True)
+        for a in addresses
+    ]
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return dict(reasons)
+
+
+def _prepare_hint(name, root):
+    base = specs.base_name(name)
+    if base in DATASETS:
+        return fix_hint(base, root)
+    return (
+        "prepare it once on a machine with internet (e.g. python -c "
+        f"\"import tensorflow_datasets as tfds; tfds.builder('{name}', "
+        f"data_dir='{root}').download_and_prepare()\"), then copy its "
+        f"{base.split('/')[0]}/ folder into {root}"
+    )
+
+
+def ensure_prepared(builder, name, download):
+    """Returns a builder of `name` that can be read: `builder` if prepared,
+    else one prepared from local files (`prepare`) or downloaded.
+
+    Raises:
+        DatasetNotPreparedError: neither can be done now; the one-line
+            message names what was tried and how to fix it.
+    """
+    if builder.is_prepared():
+        return builder
+    if _download_is_stubbed(builder):
+        builder.download_and_prepare()
+        return builder
+    root = str(builder.data_dir_root)
+    where = f"Dataset {name!r} is not prepared in data_dir={root!r}"
+    base = specs.base_name(name)
+    if base in DATASETS:
+        source, tried = find_source(base, root)
+        if source is not None:
+            print(
+                f"[ft_keras] {where}; preparing it from the files in "
+                f"{source} (once).",
+                flush=True,
+            )
+            try:
+                prepare(base, source, root)
+            except SourceError as error:
+                raise DatasetNotPreparedError(
+                    f"{where} and its local files cannot be used: {error}"
+                ) from None
+            return specs.tfds_builder(name, root)
+        where += f" and no files of it were found in {', '.join(tried)}"
+    if not download:
+        raise DatasetNotPreparedError(
+            f"{where} and download=False; {_prepare_hint(name, root)}."
+        )
+    manual_dir = os.path.join(root, "downloads", "manual")
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        if not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
+            files = ""
+            if specs.base_name(name) == "imagenet2012":
+                files = "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+            raise DatasetNotPreparedError(
+                f"{where} and it needs a manual download: put the archives "
+                f"{files}in {manual_dir!r} (see "
+                "https://www.tensorflow.org/datasets/catalog/"
+                f"{specs.base_name(name)}"
+                "), then run again."
+            )
+    else:
+        urls = sorted(builder.url_infos or {}) or [
+            "https://storage.googleapis.com"
+        ]
+        addresses = list(dict.fromkeys(_probe_address(u) for u in urls))[:4]
+        failed = _unreachable(addresses)
+        if failed:
+            hosts = ", ".join(
+                f"{h}:{p}: {why}" for (h, p), why in failed.items()
+            )
+            raise DatasetNotPreparedError(
+                f"{where}; it cannot be downloaded (host not reachable: "
+                f"{hosts}); {_prepare_hint(name, root)}."
+            )
+    try:
+        builder.download_and_prepare()
+    except (OSError, tfds.download.DownloadError) as error:
+        reason = " ".join(str(error).split())[:300]
+        raise DatasetNotPreparedError(
+            f"{where} and downloading it failed ({type(error).__name__}: "
+            f"{reason}); {_prepare_hint(name, root)}."
+        ) from error
