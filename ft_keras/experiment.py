@@ -498,6 +498,11 @@ class Experiment:
             schedule += f", x{opt['decay']:g} at steps {at}"
         if opt["warmup_epochs"]:
             schedule += f", warm-up {int(opt['warmup_epochs'] * steps)} steps"
+        if opt["weight_decay"]:
+            schedule += (
+                f", weight decay {opt['weight_decay']:g} "
+                f"{opt['weight_decay_mode']}"
+            )
         logs = {k: v[-1] for k, v in history.history.items()}
         ran = ", ".join(
             f"{k} {v:.4g}" for k, v in logs.items() if k.endswith("loss")
