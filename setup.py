@@ -43,7 +43,20 @@ setup(
     ],
     extras_require={
         # matplotlib: benchmarks/reproduce.py draws the accuracy curves.
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8"],
+        # jax (CPU, ~90 MB of wheels): tests/test_backends.py runs the core
+        # on the JAX backend too.
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "matplotlib>=3.8",
+            "jax[cpu]>=0.10.2,<0.11",
+        ],
+        # The other Keras backends the core (layers, losses, distiller,
+        # models) runs on, CPU builds. torch is pinned to 2.13.0, whose CPU
+        # wheel (2.13.0+cpu) the project's machines keep in pip's
+        # find-links; a torch resolved from PyPI alone is the CUDA build
+        # (several GB).
+        "backends": ["jax[cpu]>=0.10.2,<0.11", "torch==2.13.0"],
         "benchmarks": ["matplotlib>=3.8"],
         "keras-cv": ["keras-cv>=0.9"],
     },

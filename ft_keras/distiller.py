@@ -1,4 +1,4 @@
-"""The two training stages of Factor Transfer as subclassed `keras.Model`s.
+"""The training stages of Factor Transfer, and its baselines, as `keras.Model`s.
 
 - `ParaphraserTrainer`: unsupervised pre-training of the paraphraser on the
   frozen teacher's feature map.
@@ -7,15 +7,33 @@
 - `BaselineDistiller`: Hinton KD and attention transfer, the baselines FT
   is compared with, trained the same way.
 
-Both override `train_step`/`test_step`, so `compile`, `fit`, `evaluate`,
-callbacks and `tf.distribute` strategies work as for any Keras model. Each
-network runs exactly once per step; the frozen ones (teacher, trained
-paraphraser) run in inference mode, outside the gradient tape.
+All three leave the step to Keras' own trainer, as `keras.distillation.
+Distiller` does, so `compile`, `fit`, `evaluate`, `predict`, callbacks,
+mixed precision and `tf.distribute` strategies work as for any Keras model,
+on the JAX, TensorFlow and PyTorch backends alike:
+
+- `call` runs each network exactly once and returns a dict of what the loss
+  needs: the student's logits and tapped maps from one forward pass; the
+  frozen teacher (and paraphraser) in inference mode, behind
+  `stop_gradient`;
+- `compute_loss` holds the model's loss, written once for training and
+  evaluation, and records each term (`ce_loss`, `ft_loss`, ...) in its own
+  tracker, for the global batch;
+- `compute_metrics` and `predict` see only the main output (the student's
+  logits; the teacher factor for `ParaphraserTrainer`).
+
+Keras' trainer differentiates with respect to the trainable variables only
+(the frozen parts have none), scales the loss for mixed precision and
+across replicas, and keeps the `loss` tracker.
 """
 
 import keras
-import tensorflow as tf
 from keras import ops
+
+# Keras' trainer reports its `loss` tracker through this function (the
+# number of replicas times a replica's loss under `tf.distribute`, the loss
+# itself on other backends); it has no public alias.
+from keras.src.losses.loss import unscale_loss_for_distribution
 
 from ft_keras import layers as ft_layers
 from ft_keras import losses as ft_losses
@@ -28,37 +46,6 @@ _LOGIT_LOSSES = {
     "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
     "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
 }
-
-
-def _replicas():
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _scale_for_replicas(value):
-    """Per-replica share of a per-global-batch quantity (gradients are summed
-    over replicas)."""
-    replicas = _replicas()
-    return value if replicas == 1 else value / replicas
-
-
-def _unscale_for_replicas(value):
-    """The true value of a loss that was divided by the number of replicas."""
-    replicas = _replicas()
-    return value if replicas == 1 else value * replicas
-
-
-def _regularization(*models):
-    """Sum of the models' regularization losses, for the global batch."""
-    losses = [loss for model in models for loss in model.losses]
-    if not losses:
-        return ops.zeros((), "float32")
-    return _scale_for_replicas(
-        ops.sum([ops.cast(loss, "float32") for loss in losses])
-    )
-
-
-def _batch_size(x):
-    return ops.shape(tf.nest.flatten(x)[0])[0]
 
 
 def feature_extractor(model, layer_names, role, include_output=False):
@@ -161,11 +148,71 @@ def _deserialize(config):
     return keras.saving.deserialize_keras_object(config)
 
 
-class _NestedConfig:
-    """`from_config` for models whose config holds serialized Keras objects
-    under the keys in `_NESTED_OBJECTS`."""
+def _as_list(outputs):
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
+
+class _DistillationModel(keras.Model):
+    """The step machinery every model here shares; the maths is the
+    subclass's.
+
+    A subclass's `call` returns a dict of tensors whose `_PREDICTION` entry
+    is what `predict` returns and what compiled metrics see; its
+    `compute_loss` computes the loss terms from that dict and returns
+    `self._finish_loss(...)`. `from_config` deserializes the Keras objects
+    held in the config under `_NESTED_OBJECTS`.
+    """
+
+    _PREDICTION = "logits"
     _NESTED_OBJECTS = ()
+
+    def __init__(self, loss_terms=(), **kwargs):
+        super().__init__(**kwargs)
+        # `loss` is Keras' own tracker; one more per reported loss term.
+        self.loss_term_trackers = [keras.metrics.Mean(name=n) for n in loss_terms]
+
+    def _outputs(self, x, y_pred, training):
+        return self(x, training=training) if y_pred is None else y_pred
+
+    def _finish_loss(self, loss, terms, x, y, y_pred, sample_weight, training):
+        """Records `terms` and returns `loss` plus, when training, the
+        regularization of the trained parts.
+
+        Each term (a Keras loss value: under `tf.distribute`, one replica's
+        share) is recorded in its tracker as Keras records `loss`, for the
+        global batch. The regularization is what Keras' `Model.compute_loss`
+        adds when no loss is compiled: `self.losses`, summed and scaled
+        across replicas. Its weight regularizers are those of the trainable
+        weights, so the frozen teacher's and paraphraser's never count.
+        Evaluation reports the loss without regularization.
+        """
+        batch_size = ops.shape(y_pred[self._PREDICTION])[0]
+        for tracker in self.loss_term_trackers:
+            tracker.update_state(
+                unscale_loss_for_distribution(terms[tracker.name]),
+                sample_weight=batch_size,
+            )
+        # Keras' `compute_loss` refuses to run with nothing to add.
+        if not training or not self.losses:
+            return loss
+        return loss + super().compute_loss(
+            x, y, y_pred, sample_weight, training=training
+        )
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Updates the compiled metrics with `call`'s main output."""
+        return super().compute_metrics(
+            x, y, y_pred[self._PREDICTION], sample_weight=sample_weight
+        )
+
+    def predict_step(self, *args, **kwargs):
+        """Keras' `predict_step`, keeping only `call`'s main output."""
+        result = super().predict_step(*args, **kwargs)
+        if keras.config.backend() == "jax":
+            # JAX's trainer returns `(outputs, non_trainable_variables)`.
+            outputs, state = result
+            return outputs[self._PREDICTION], state
+        return result[self._PREDICTION]
 
     @classmethod
     def from_config(cls, config):
@@ -176,13 +223,20 @@ class _NestedConfig:
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ParaphraserTrainer(_NestedConfig, keras.Model):
+class ParaphraserTrainer(_DistillationModel):
     """Pre-trains a `Paraphraser` on the frozen teacher's feature map.
 
     The teacher runs in inference mode and is never updated; only the
-    paraphraser learns to reconstruct the teacher's map at `teacher_layer`.
+    paraphraser learns to reconstruct the teacher's map `F` at
+    `teacher_layer`, on
+
+        loss = reconstruction(F, decode(encode(F)))
+               + the paraphraser's regularization losses
+
     Labels, if the data has any, are ignored. `fit` reports `loss`, the
-    reconstruction loss.
+    reconstruction loss (plus regularization when training). `call` returns
+    the dict `{"teacher_factor", "teacher_map", "reconstruction"}`;
+    `predict` returns the teacher factor.
 
     Args:
         teacher: A trained functional `keras.Model`. Frozen by this call
@@ -206,6 +260,7 @@ class ParaphraserTrainer(_NestedConfig, keras.Model):
     ```
     """
 
+    _PREDICTION = "teacher_factor"
     _NESTED_OBJECTS = ("teacher", "paraphraser")
 
     def __init__(
@@ -232,9 +287,35 @@ class ParaphraserTrainer(_NestedConfig, keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
-        """Returns the teacher factor of `inputs`."""
-        features = self._teacher_features(inputs, training=False)
-        return self.paraphraser(features, training=training)
+        """One pass of the frozen teacher to its map `F` and of the
+        paraphraser through encoder and decoder.
+
+        Returns:
+            A dict: `"teacher_factor"` (`encode(F)`), `"teacher_map"` (`F`,
+            no gradient) and `"reconstruction"` (`decode(encode(F))`).
+        """
+        teacher_map = ops.stop_gradient(
+            self._teacher_features(inputs, training=False)
+        )
+        factor = self.paraphraser(teacher_map, training=training)
+        return {
+            "teacher_factor": factor,
+            "teacher_map": teacher_map,
+            "reconstruction": self.paraphraser.decode(factor, training=training),
+        }
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """The reconstruction loss of the teacher map, plus the
+        paraphraser's regularization when training."""
+        y_pred = self._outputs(x, y_pred, training)
+        loss = self.reconstruction_loss(
+            y_pred["teacher_map"], y_pred["reconstruction"]
+        )
+        return self._finish_loss(
+            loss, {}, x, y, y_pred, sample_weight, training
+        )
 
     def compile(self, optimizer="sgd", **kwargs):
         """Configures the optimizer. The loss is fixed by `reconstruction`."""
@@ -246,35 +327,6 @@ class ParaphraserTrainer(_NestedConfig, keras.Model):
             )
         kwargs.pop("loss", None)
         super().compile(optimizer=optimizer, **kwargs)
-
-    def _reconstruction(self, x, training):
-        features = ops.stop_gradient(
-            self._teacher_features(x, training=False)
-        )
-        reconstruction = self.paraphraser.reconstruct(features, training=training)
-        return self.reconstruction_loss(features, reconstruction)
-
-    def train_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.paraphraser.trainable_variables
-        with tf.GradientTape() as tape:
-            loss = self._reconstruction(x, training=True)
-            total = loss + _regularization(self.paraphraser)
-            scaled = self.optimizer.scale_loss(total)
-        gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply(gradients, variables)
-        self._loss_tracker.update_state(
-            _unscale_for_replicas(total), sample_weight=_batch_size(x)
-        )
-        return self.get_metrics_result()
-
-    def test_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        loss = self._reconstruction(x, training=False)
-        self._loss_tracker.update_state(
-            _unscale_for_replicas(loss), sample_weight=_batch_size(x)
-        )
-        return self.get_metrics_result()
 
     def get_config(self):
         return {
@@ -326,22 +378,52 @@ def _non_negative(name, value, hint):
     return float(value)
 
 
-class _TeacherStudentModel(_NestedConfig, keras.Model):
-    """What every distiller shares: a frozen teacher, a student returning
-    logits, a compiled classification loss, and `train_step`/`test_step`
-    driven by `compute_losses`, which subclasses define."""
+class _TeacherStudentModel(_DistillationModel):
+    """What both distillers share: a frozen teacher and a student returning
+    logits, each run once per step through its taps (`_taps`), a compiled
+    classification loss on the logits (`_ce`) and the Hinton KD term
+    (`_kd`)."""
 
-    def __init__(self, teacher, student, loss_terms, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        teacher,
+        student,
+        loss_terms,
+        teacher_layers,
+        student_layers,
+        kd_weight,
+        temperature,
+        **kwargs,
+    ):
+        super().__init__(loss_terms, **kwargs)
         self.teacher = _freeze(teacher)
         self.student = student
+        self.kd_weight = kd_weight
+        self.temperature = float(temperature)
+        self.kd_loss_fn = ft_losses.KnowledgeDistillationLoss(temperature)
         self._classification_loss = None
-        # `loss` is Keras' own tracker; one more per loss term.
-        self.loss_term_trackers = [keras.metrics.Mean(name=n) for n in loss_terms]
+        # The teacher's logits only feed the KD term.
+        self._teacher_features = feature_extractor(
+            teacher, teacher_layers, "teacher", include_output=bool(kd_weight)
+        )
+        self._student_features = feature_extractor(
+            student, student_layers, "student", include_output=True
+        )
 
-    def call(self, inputs, training=None):
-        """Returns the student's logits."""
-        return self.student(inputs, training=training)
+    def _taps(self, inputs, training):
+        """One forward pass of each network through its taps.
+
+        Returns `(teacher, student)`: the teacher's outputs (inference mode,
+        no gradient), its logits first when `kd_weight > 0`, then its maps
+        at the teacher layers; the student's logits, then its maps at the
+        student layers.
+        """
+        teacher = [
+            ops.stop_gradient(t)
+            for t in _as_list(self._teacher_features(inputs, training=False))
+        ]
+        student = _as_list(self._student_features(inputs, training=training))
+        return teacher, student
 
     def compile(self, optimizer="sgd", loss=None, metrics=None, **kwargs):
         """Configures the student's optimizer, loss and metrics.
@@ -359,48 +441,18 @@ class _TeacherStudentModel(_NestedConfig, keras.Model):
         self._classification_loss = _classification_loss(loss)
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
 
-    def _ce(self, y, logits, sample_weight):
+    def _ce(self, y, y_pred, sample_weight):
         if self._classification_loss is None:
             raise ValueError(
                 f"The {type(self).__name__} is not compiled: call "
                 "`compile(...)` before training or evaluating it."
             )
-        return self._classification_loss(y, logits, sample_weight=sample_weight)
+        return self._classification_loss(
+            y, y_pred["logits"], sample_weight=sample_weight
+        )
 
-    def compute_losses(self, x, y, sample_weight=None, training=False):
-        """One forward pass of each network and all loss terms.
-
-        Returns `(logits, losses)`: `losses` maps `"loss"` (the total) and
-        each term's name to its value, divided by the number of replicas (as
-        Keras losses are), ready to be differentiated.
-        """
-        raise NotImplementedError
-
-    def _update_loss_trackers(self, x, losses):
-        batch = _batch_size(x)
-        for tracker in [self._loss_tracker] + self.loss_term_trackers:
-            tracker.update_state(
-                _unscale_for_replicas(losses[tracker.name]), sample_weight=batch
-            )
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.trainable_variables
-        with tf.GradientTape() as tape:
-            logits, losses = self.compute_losses(
-                x, y, sample_weight, training=True
-            )
-            scaled = self.optimizer.scale_loss(losses["loss"])
-        gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply(gradients, variables)
-        self._update_loss_trackers(x, losses)
-        return self.compute_metrics(x, y, logits, sample_weight=sample_weight)
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        logits, losses = self.compute_losses(x, y, sample_weight, training=False)
-        self._update_loss_trackers(x, losses)
-        return self.compute_metrics(x, y, logits, sample_weight=sample_weight)
+    def _kd(self, y_pred):
+        return self.kd_loss_fn(y_pred["teacher_logits"], y_pred["logits"])
 
     def _base_config(self):
         return {
@@ -426,8 +478,10 @@ class Distiller(_TeacherStudentModel):
 
     `fit` reports `loss`, `ce_loss`, `ft_loss` (before `beta`), `kd_loss`
     when `kd_weight > 0`, and the compiled metrics, all for the global batch.
-    `call` returns the student's logits, so `evaluate` and `predict` work;
-    `distiller.student` is the plain student model to save or export.
+    `call` returns the dict `{"logits", "student_factor", "teacher_factor"}`
+    (and `"teacher_logits"` when `kd_weight > 0`); `predict` and the metrics
+    use the logits. `distiller.student` is the plain student model to save or
+    export.
 
     Args:
         teacher: A trained functional `keras.Model`. Frozen by this call.
@@ -497,24 +551,24 @@ class Distiller(_TeacherStudentModel):
         )
         beta = _non_negative("beta", beta, "500 in the paper's code")
         kd_weight = _non_negative("kd_weight", kd_weight, "0 for plain FT")
-        self.kd_loss_fn = ft_losses.KnowledgeDistillationLoss(temperature)
         terms = ["ce_loss", "ft_loss"] + (["kd_loss"] if kd_weight else [])
-        super().__init__(teacher, student, terms, **kwargs)
+        super().__init__(
+            teacher,
+            student,
+            terms,
+            teacher_layers=[teacher_layer],
+            student_layers=[student_layer],
+            kd_weight=kd_weight,
+            temperature=temperature,
+            **kwargs,
+        )
         self.beta = beta
         self.p = p
         self.factor = factor
         self.p_form = p_form
-        self.kd_weight = kd_weight
-        self.temperature = float(temperature)
         self.teacher_layer = teacher_layer
         self.student_layer = student_layer
         self.translator = translator
-        self._teacher_features = feature_extractor(
-            teacher, [teacher_layer], "teacher", include_output=bool(kd_weight)
-        )
-        self._student_features = feature_extractor(
-            student, [student_layer], "student", include_output=True
-        )
         teacher_map = tuple(teacher.get_layer(teacher_layer).output.shape)
         student_map = tuple(self._student_features.outputs[1].shape)
         check_factor_shapes(
@@ -529,37 +583,52 @@ class Distiller(_TeacherStudentModel):
         self.paraphraser = _freeze(paraphraser)
         self.built = True
 
-    def _teacher_outputs(self, x):
-        outputs = self._teacher_features(x, training=False)
-        if self.kd_weight:
-            logits, feature_map = outputs
-        else:
-            logits, feature_map = None, outputs
-        factor = self.paraphraser(feature_map, training=False)
-        if logits is not None:
-            logits = ops.stop_gradient(logits)
-        return logits, ops.stop_gradient(factor)
+    def _teacher_factor(self, teacher_map):
+        return ops.stop_gradient(self.paraphraser(teacher_map, training=False))
 
     def teacher_factor(self, x):
         """The frozen teacher factor of a batch (no gradient)."""
-        return self._teacher_outputs(x)[1]
+        teacher_map = _as_list(self._teacher_features(x, training=False))[-1]
+        return self._teacher_factor(teacher_map)
 
-    def compute_losses(self, x, y, sample_weight=None, training=False):
-        teacher_logits, teacher_factor = self._teacher_outputs(x)
-        logits, student_map = self._student_features(x, training=training)
-        student_factor = self.translator(student_map, training=training)
-        losses = {
-            "ce_loss": self._ce(y, logits, sample_weight),
-            "ft_loss": self.ft_loss_fn(teacher_factor, student_factor),
+    def call(self, inputs, training=None):
+        """One pass of each network.
+
+        Returns:
+            A dict: the student's `"logits"`, the `"student_factor"` (the
+            translator on the student's map from the same pass) and the
+            frozen `"teacher_factor"`; with `kd_weight > 0`, also the
+            teacher's `"teacher_logits"`. Teacher entries carry no gradient.
+        """
+        teacher, (logits, student_map) = self._taps(inputs, training)
+        outputs = {
+            "logits": logits,
+            "student_factor": self.translator(student_map, training=training),
+            "teacher_factor": self._teacher_factor(teacher[-1]),
         }
-        total = losses["ce_loss"] + self.beta * losses["ft_loss"]
         if self.kd_weight:
-            losses["kd_loss"] = self.kd_loss_fn(teacher_logits, logits)
-            total = total + self.kd_weight * losses["kd_loss"]
-        if training:
-            total = total + _regularization(self.student, self.translator)
-        losses["loss"] = total
-        return logits, losses
+            outputs["teacher_logits"] = teacher[0]
+        return outputs
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """`CE + beta * FT [+ kd_weight * KD]`, plus the student's and
+        translator's regularization when training."""
+        y_pred = self._outputs(x, y_pred, training)
+        terms = {
+            "ce_loss": self._ce(y, y_pred, sample_weight),
+            "ft_loss": self.ft_loss_fn(
+                y_pred["teacher_factor"], y_pred["student_factor"]
+            ),
+        }
+        loss = terms["ce_loss"] + self.beta * terms["ft_loss"]
+        if self.kd_weight:
+            terms["kd_loss"] = self._kd(y_pred)
+            loss = loss + self.kd_weight * terms["kd_loss"]
+        return self._finish_loss(
+            loss, terms, x, y, y_pred, sample_weight, training
+        )
 
     def get_config(self):
         config = self._base_config()
@@ -600,7 +669,9 @@ class BaselineDistiller(_TeacherStudentModel):
 
     The teacher runs once per step in inference mode, the student once.
     `fit` reports `loss`, `ce_loss` and the active terms' `kd_loss`,
-    `at_loss` (before their weights).
+    `at_loss` (before their weights). `call` returns the dict `{"logits",
+    "student_maps", "teacher_maps"}` (and `"teacher_logits"` when
+    `kd_weight > 0`); `predict` and the metrics use the logits.
 
     Args:
         teacher: A trained functional `keras.Model`. Frozen by this call.
@@ -665,27 +736,29 @@ class BaselineDistiller(_TeacherStudentModel):
                 "(Hinton KD) and/or `at_weight` (attention transfer) above 0; "
                 "train the student alone with a plain `keras.Model.fit`."
             )
-        self.kd_loss_fn = ft_losses.KnowledgeDistillationLoss(temperature)
         self.at_loss_fn = ft_losses.AttentionTransferLoss(power=at_power)
         terms = (
             ["ce_loss"]
             + (["kd_loss"] if kd_weight else [])
             + (["at_loss"] if at_weight else [])
         )
-        super().__init__(teacher, student, terms, **kwargs)
+        teacher_layers = teacher_layers if at_weight else []
+        student_layers = student_layers if at_weight else []
+        super().__init__(
+            teacher,
+            student,
+            terms,
+            teacher_layers=teacher_layers,
+            student_layers=student_layers,
+            kd_weight=kd_weight,
+            temperature=temperature,
+            **kwargs,
+        )
         self.ce_weight = ce_weight
-        self.kd_weight = kd_weight
-        self.temperature = float(temperature)
         self.at_weight = at_weight
         self.at_power = at_power
-        self.teacher_layers = teacher_layers if at_weight else []
-        self.student_layers = student_layers if at_weight else []
-        self._teacher_features = feature_extractor(
-            teacher, self.teacher_layers, "teacher", include_output=True
-        )
-        self._student_features = feature_extractor(
-            student, self.student_layers, "student", include_output=True
-        )
+        self.teacher_layers = teacher_layers
+        self.student_layers = student_layers
         for t_name, s_name in zip(self.teacher_layers, self.student_layers):
             t_shape = tuple(teacher.get_layer(t_name).output.shape)
             s_shape = tuple(student.get_layer(s_name).output.shape)
@@ -698,31 +771,44 @@ class BaselineDistiller(_TeacherStudentModel):
                 )
         self.built = True
 
-    @staticmethod
-    def _as_list(outputs):
-        return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    def call(self, inputs, training=None):
+        """One pass of each network.
 
-    def compute_losses(self, x, y, sample_weight=None, training=False):
-        teacher = [
-            ops.stop_gradient(t)
-            for t in self._as_list(self._teacher_features(x, training=False))
-        ]
-        student = self._as_list(self._student_features(x, training=training))
-        logits = student[0]
-        losses = {"ce_loss": self._ce(y, logits, sample_weight)}
-        total = self.ce_weight * losses["ce_loss"]
+        Returns:
+            A dict: the student's `"logits"`, its `"student_maps"` at
+            `student_layers` from the same pass and the teacher's
+            `"teacher_maps"` at `teacher_layers` (empty lists without AT);
+            with `kd_weight > 0`, also the teacher's `"teacher_logits"`.
+            Teacher entries carry no gradient.
+        """
+        teacher, student = self._taps(inputs, training)
+        outputs = {"logits": student[0], "student_maps": student[1:]}
         if self.kd_weight:
-            losses["kd_loss"] = self.kd_loss_fn(teacher[0], logits)
-            total = total + self.kd_weight * losses["kd_loss"]
+            outputs["teacher_logits"] = teacher[0]
+            teacher = teacher[1:]
+        outputs["teacher_maps"] = teacher
+        return outputs
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """`ce_weight * CE [+ kd_weight * KD] [+ at_weight * AT]`, plus the
+        student's regularization when training."""
+        y_pred = self._outputs(x, y_pred, training)
+        terms = {"ce_loss": self._ce(y, y_pred, sample_weight)}
+        loss = self.ce_weight * terms["ce_loss"]
+        if self.kd_weight:
+            terms["kd_loss"] = self._kd(y_pred)
+            loss = loss + self.kd_weight * terms["kd_loss"]
         if self.at_weight:
-            losses["at_loss"] = ops.sum(
-                [self.at_loss_fn(t, s) for t, s in zip(teacher[1:], student[1:])]
+            pairs = zip(y_pred["teacher_maps"], y_pred["student_maps"])
+            terms["at_loss"] = ops.sum(
+                ops.stack([self.at_loss_fn(t, s) for t, s in pairs])
             )
-            total = total + self.at_weight * losses["at_loss"]
-        if training:
-            total = total + _regularization(self.student)
-        losses["loss"] = total
-        return logits, losses
+            loss = loss + self.at_weight * terms["at_loss"]
+        return self._finish_loss(
+            loss, terms, x, y, y_pred, sample_weight, training
+        )
 
     def get_config(self):
         config = self._base_config()
@@ -738,4 +824,3 @@ class BaselineDistiller(_TeacherStudentModel):
             }
         )
         return config
-

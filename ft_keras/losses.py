@@ -6,8 +6,10 @@
 (Zagoruyko & Komodakis) are the usual baselines.
 
 All are `keras.losses.Loss` objects with the default "sum_over_batch_size"
-reduction, so under `tf.distribute` each replica's value is already divided by
-the number of replicas and the summed gradients are those of the global batch.
+reduction, written with `keras.ops` only, so they run on every Keras 3
+backend. On TensorFlow under `tf.distribute` each replica's value is already
+divided by the number of replicas (as for any Keras loss), so the summed
+gradients are those of the global batch.
 """
 
 import keras
@@ -23,9 +25,17 @@ RECONSTRUCTIONS = ("l1", "mse", "normalized_l2")
 
 def _l2_normalize_rows(x):
     """Divides each row by its L2 norm, clamped below at 1e-12 as in
-    `torch.nn.functional.normalize`."""
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
-    return x / ops.maximum(norm, _EPSILON)
+    `torch.nn.functional.normalize`, with finite gradients everywhere.
+
+    `keras.ops.normalize(x, epsilon=1e-12)` gives the same values (to float32
+    rounding), but its gradient for an all-zero row (a dead feature map) is
+    NaN on the JAX and PyTorch backends: it differentiates `rsqrt` at 0. This
+    clamps the squared norm at `1e-12 ** 2` before the square root, so an
+    all-zero row gets PyTorch's finite gradient (`x / 1e-12`) on every
+    backend.
+    """
+    square_norm = ops.sum(ops.square(x), axis=-1, keepdims=True)
+    return x / ops.sqrt(ops.maximum(square_norm, _EPSILON**2))
 
 
 def _flatten_per_example(x):
@@ -317,49 +327,27 @@ class NormalizedL2Loss(keras.losses.Loss):
         return ops.sum(ops.square(s - t), axis=-1)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class ElementwiseLoss(keras.losses.Loss):
-    """Mean absolute (`"l1"`) or squared (`"mse"`) error over all elements,
-    computed in float32; `PyTorch`'s `L1Loss` / `MSELoss`."""
-
-    def __init__(
-        self, kind="l1", reduction="sum_over_batch_size", name=None, dtype=None
-    ):
-        if kind not in ("l1", "mse"):
-            raise ValueError(
-                f"`kind` must be 'l1' or 'mse'. Received: kind={kind!r}"
-            )
-        super().__init__(name=name or kind, reduction=reduction, dtype=dtype)
-        self.kind = kind
-
-    def call(self, y_true, y_pred):
-        diff = _flatten_per_example(
-            ops.cast(y_pred, "float32") - ops.cast(y_true, "float32")
-        )
-        if self.kind == "l1":
-            return ops.mean(ops.abs(diff), axis=-1)
-        return ops.mean(ops.square(diff), axis=-1)
-
-    def get_config(self):
-        config = super().get_config()
-        config["kind"] = self.kind
-        return config
-
-
 def reconstruction_loss(name):
     """The paraphraser's reconstruction loss by name.
 
-    - `"l1"`: mean absolute error over all elements (the paper's code);
-    - `"mse"`: mean squared error (RepDistiller, torchdistill);
+    - `"l1"`: `keras.losses.MeanAbsoluteError`, the mean absolute error over
+      all elements (PyTorch's `L1Loss`: the paper's code);
+    - `"mse"`: `keras.losses.MeanSquaredError`, the mean squared error over
+      all elements (PyTorch's `MSELoss`: RepDistiller, torchdistill);
     - `"normalized_l2"`: `NormalizedL2Loss` (MMRazor).
+
+    Each computes in float32 whatever the inputs' dtype (a Keras loss's
+    dtype is `keras.config.floatx()` unless given).
 
     Example:
 
     >>> reconstruction_loss("l1").name
     'l1'
     """
-    if name in ("l1", "mse"):
-        return ElementwiseLoss(kind=name)
+    if name == "l1":
+        return keras.losses.MeanAbsoluteError(name="l1")
+    if name == "mse":
+        return keras.losses.MeanSquaredError(name="mse")
     if name == "normalized_l2":
         return NormalizedL2Loss()
     raise ValueError(

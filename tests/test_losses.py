@@ -1,5 +1,6 @@
 """FactorTransferLoss and reconstruction losses against NumPy."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -234,3 +235,45 @@ def test_attention_transfer_loss_matches_numpy(student_shape):
     expected = ((at_s - at_t) ** 2).mean()
     got = float(losses.AttentionTransferLoss()(teacher, student))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, keras_loss", [
+    ("l1", "MeanAbsoluteError"), ("mse", "MeanSquaredError")])
+def test_l1_and_mse_reconstructions_are_keras_losses(name, keras_loss):
+    loss = losses.reconstruction_loss(name)
+    assert type(loss) is getattr(keras.losses, keras_loss)
+    assert loss.name == name
+
+
+@pytest.mark.parametrize("name", losses.RECONSTRUCTIONS)
+def test_reconstruction_losses_compute_in_float32(name):
+    target = rng.normal(size=(3, 4, 4, 8)).astype(np.float16)
+    recon = rng.normal(size=(3, 4, 4, 8)).astype(np.float16)
+    value = losses.reconstruction_loss(name)(target, recon)
+    assert value.dtype == tf.float32
+    exact = losses.reconstruction_loss(name)(target.astype(np.float32),
+                                             recon.astype(np.float32))
+    np.testing.assert_allclose(float(value), float(exact), rtol=1e-6)
+
+
+def test_row_normalization_equals_keras_normalize():
+    x = rng.normal(size=(8, 300)).astype(np.float32)
+    x[3] = 0.0
+    np.testing.assert_allclose(
+        losses._l2_normalize_rows(x),
+        keras.ops.normalize(x, axis=-1, order=2, epsilon=1e-12),
+        rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss", [
+    ft_keras.FactorTransferLoss(), ft_keras.FactorTransferLoss(factor="attention"),
+    losses.AttentionTransferLoss(), losses.NormalizedL2Loss()])
+def test_an_all_zero_map_gets_finite_gradients(loss):
+    # tests/test_backends.py checks the JAX and PyTorch backends, where
+    # `keras.ops.normalize` gives NaN here.
+    teacher = tf.constant(rng.normal(size=(2, 4, 4, 8)).astype(np.float32))
+    student = tf.Variable(np.zeros((2, 4, 4, 8), np.float32))
+    with tf.GradientTape() as tape:
+        value = loss(teacher, student)
+    assert np.isfinite(float(value))
+    assert np.all(np.isfinite(tape.gradient(value, student).numpy()))

@@ -1,0 +1,561 @@
+"""The core (layers, losses, distiller, models) on the JAX and PyTorch
+backends: it imports no TensorFlow, trains with `fit`, keeps the frozen parts
+frozen and computes the same numbers as NumPy and as TensorFlow.
+
+Each backend runs in a subprocess with `KERAS_BACKEND` set (this file is its
+script: `python tests/test_backends.py BACKEND_CHECKS REPORT.json`), which
+measures everything once and writes a JSON report; the tests below check one
+behaviour each on that report. A backend whose package is not installed is
+skipped (`pip install -e ".[backends]"`).
+"""
+
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+BACKENDS = ("jax", "torch")
+HERE = pathlib.Path(__file__).resolve()
+ROOT = HERE.parent.parent
+
+BATCH = 16
+BETA = 50.0
+KD_WEIGHT = 0.5
+TEMPERATURE = 4.0
+AT_WEIGHT = 100.0
+AT_LAYERS = ["stage2", "stage3"]
+
+
+# ----------------------------------------------------------------------
+# NumPy references.
+
+
+def np_log_softmax(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def np_ce(logits, y):
+    return float(-np_log_softmax(logits)[np.arange(len(y)), y].mean())
+
+
+def np_unit_rows(x):
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def np_ft_p1(teacher_factor, student_factor):
+    return float(np.abs(np_unit_rows(student_factor)
+                        - np_unit_rows(teacher_factor)).mean())
+
+
+def np_kd(teacher_logits, student_logits, temperature):
+    log_pt = np_log_softmax(np.asarray(teacher_logits) / temperature)
+    log_ps = np_log_softmax(np.asarray(student_logits) / temperature)
+    kl = (np.exp(log_pt) * (log_pt - log_ps)).sum(axis=1)
+    return float(kl.mean() * temperature**2)
+
+
+def np_at(teacher_map, student_map):
+    def attention(m):
+        return np_unit_rows((np.asarray(m, np.float64) ** 2).mean(axis=-1))
+    return float(((attention(student_map) - attention(teacher_map)) ** 2).mean())
+
+
+# ----------------------------------------------------------------------
+# What the subprocesses run (and the TensorFlow side, in this process).
+
+
+def data(n=BATCH, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=(n,)).astype("int32")
+    return x, y
+
+
+def networks(weight_decay=0.0):
+    """Digits-sized teacher (WRN-16-2) and student (WRN-10-1)."""
+    from ft_keras import models
+
+    kwargs = dict(num_classes=10, input_shape=(8, 8, 1),
+                  weight_decay=weight_decay)
+    return (models.get("wrn16_2", model_name="teacher", **kwargs),
+            models.get("wrn10_1", model_name="student", **kwargs))
+
+
+def ft_distiller(teacher, student, paraphraser, regularizer=None, **kwargs):
+    import ft_keras
+
+    translator = ft_keras.Translator(64, use_bn=True,
+                                     kernel_regularizer=regularizer)
+    return ft_keras.Distiller(teacher, student, paraphraser, translator,
+                              "stage3", "stage3", beta=BETA, **kwargs)
+
+
+def cross_backend_distiller():
+    """The same Distiller on every backend: its weights are loaded from a
+    file, and its FT+KD losses compared."""
+    import ft_keras
+
+    teacher, student = networks()
+    return ft_distiller(teacher, student, ft_keras.Paraphraser(0.5, use_bn=True),
+                        kd_weight=KD_WEIGHT, temperature=TEMPERATURE)
+
+
+def _evaluate(model, x, y=None):
+    return {k: float(v) for k, v in model.evaluate(
+        x, y, batch_size=BATCH, verbose=0, return_dict=True).items()}
+
+
+def _numpy(value):
+    import keras
+
+    return keras.ops.convert_to_numpy(value)
+
+
+def _snapshot(obj):
+    return [_numpy(v) for v in obj.weights]
+
+
+def _unchanged(before, obj):
+    after = _snapshot(obj)
+    return len(before) == len(after) and all(
+        np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def _all_changed(before_trainable, obj):
+    return all(not np.array_equal(a, _numpy(v))
+               for a, v in zip(before_trainable, obj.trainable_weights))
+
+
+def _taps(model, names, x, training=False):
+    """The model's logits and maps at `names`, by a plain functional model."""
+    import keras
+
+    extractor = keras.Model(
+        model.input, [model.output] + [model.get_layer(n).output for n in names])
+    outputs = extractor(x, training=training)
+    if not isinstance(outputs, (list, tuple)):  # a one-element list comes back bare
+        outputs = [outputs]
+    return [_numpy(t) for t in outputs]
+
+
+def _count_calls(layer, counter, key):
+    original = layer.call
+
+    @functools.wraps(original)
+    def call(*args, **kwargs):
+        counter[key] += 1
+        return original(*args, **kwargs)
+
+    layer.call = call
+
+
+def _regularization(*objs):
+    return float(sum(float(_numpy(v.regularizer(v.value)))
+                     for obj in objs for v in obj.trainable_weights
+                     if v.regularizer is not None))
+
+
+def _frozen_regularizers(*objs):
+    return float(sum(float(_numpy(v.regularizer(v.value)))
+                     for obj in objs for v in obj.weights
+                     if getattr(v, "regularizer", None) is not None))
+
+
+def _zero_row_gradients_finite():
+    """Gradients of FT and AT with respect to an all-zero student map."""
+    import keras
+
+    import ft_keras
+
+    rng = np.random.default_rng(1)
+    teacher = rng.normal(size=(2, 4, 4, 8)).astype("float32")
+    student = rng.normal(size=(2, 4, 4, 8)).astype("float32")
+    student[1] = 0.0
+    losses = {"ft": ft_keras.FactorTransferLoss(p=1),
+              "ft_attention": ft_keras.FactorTransferLoss(factor="attention"),
+              "at": ft_keras.losses.AttentionTransferLoss()}
+    finite = {}
+    for name, loss in losses.items():
+        if keras.config.backend() == "jax":
+            import jax
+
+            grad = jax.grad(lambda s: loss(teacher, s))(student)
+        else:
+            import torch
+
+            s = torch.tensor(student, requires_grad=True)
+            loss(teacher, s).backward()
+            grad = s.grad
+        finite[name] = bool(np.all(np.isfinite(_numpy(grad))))
+    return finite
+
+
+def measure_backend(report_path, workdir):
+    """Everything the tests check on this process's backend."""
+    report = {}
+    import ft_keras.distiller  # noqa: F401
+    import ft_keras.layers  # noqa: F401
+    import ft_keras.losses  # noqa: F401
+    import ft_keras.models  # noqa: F401
+
+    report["tensorflow_after_import"] = "tensorflow" in sys.modules
+    import keras
+
+    import ft_keras
+
+    report["backend"] = keras.config.backend()
+    # No `keras.utils.set_random_seed`: it seeds (so imports) TensorFlow
+    # where TensorFlow is installed. The checks need no fixed weights.
+    x, y = data()
+    x_train, y_train = data(2 * BATCH, seed=1)
+    teacher, student = networks(weight_decay=5e-4)
+    reg = keras.regularizers.L2(1e-3)
+
+    # Paraphraser pre-training.
+    paraphraser = ft_keras.Paraphraser(0.5, use_bn=True, kernel_regularizer=reg)
+    trainer = ft_keras.ParaphraserTrainer(teacher, paraphraser, "stage3")
+    trainer.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+    teacher_before = _snapshot(teacher)
+    paraphraser_before = [_numpy(v) for v in paraphraser.trainable_weights]
+    history = trainer.fit(x_train, batch_size=BATCH, epochs=1, verbose=0).history
+    (teacher_map,) = _taps(teacher, ["stage3"], x)[1:]
+    reconstruction = _numpy(paraphraser.reconstruct(teacher_map, training=False))
+    report["paraphraser_trainer"] = {
+        "history": history,
+        "teacher_unchanged": _unchanged(teacher_before, teacher),
+        "paraphraser_changed": _all_changed(paraphraser_before, paraphraser),
+        "evaluate": _evaluate(trainer, x),
+        "np_loss": float(np.abs(reconstruction - teacher_map).mean()),
+        "predict_is_teacher_factor": bool(np.allclose(
+            trainer.predict(x, verbose=0),
+            _numpy(paraphraser(teacher_map, training=False)),
+            rtol=1e-5, atol=1e-6)),
+    }
+
+    # Factor Transfer: frozen parts, trained parts, one pass per network.
+    distiller = ft_distiller(teacher, student, paraphraser, regularizer=reg)
+    frozen_before = {"teacher": _snapshot(teacher),
+                     "paraphraser": _snapshot(paraphraser)}
+    trained_before = {name: [_numpy(v) for v in obj.trainable_weights]
+                      for name, obj in (("student", student),
+                                        ("translator", distiller.translator))}
+    distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                      metrics=["accuracy"])
+    history = distiller.fit(x_train, y_train, batch_size=BATCH, epochs=1,
+                            verbose=0).history
+    ft = {
+        "history": history,
+        "frozen_unchanged": {name: _unchanged(before, obj) for (name, before), obj
+                             in zip(frozen_before.items(), (teacher, paraphraser))},
+        "trained_changed": {name: _all_changed(before, obj) for (name, before), obj
+                            in zip(trained_before.items(),
+                                   (student, distiller.translator))},
+        "trained_variables_are_student_and_translator": (
+            {id(v) for v in distiller.trainable_variables}
+            == {id(v) for v in student.trainable_variables
+                + distiller.translator.trainable_variables}),
+    }
+    if keras.config.backend() == "torch":
+        ft["frozen_have_no_grad"] = all(
+            v.value.grad is None for v in teacher.weights + paraphraser.weights)
+
+    # Evaluation on a fixed batch against NumPy.
+    logits, student_map = _taps(student, ["stage3"], x)
+    teacher_factor = _numpy(paraphraser(teacher_map, training=False))
+    student_factor = _numpy(distiller.translator(student_map, training=False))
+    ft["evaluate"] = _evaluate(distiller, x, y)
+    ft["np_evaluate"] = {"ce_loss": np_ce(logits, y),
+                         "ft_loss": np_ft_p1(teacher_factor, student_factor)}
+    ft["predict"] = _numpy(distiller.predict(x, verbose=0)).tolist()
+    ft["student_predict"] = _numpy(student.predict(x, verbose=0)).tolist()
+
+    # One training step at learning rate 0, each network counted: the
+    # reported loss is CE + beta * FT + the trained parts' regularization.
+    counter = {"teacher": 0, "student": 0, "paraphraser": 0, "translator": 0}
+    _count_calls(teacher.get_layer("stem_conv"), counter, "teacher")
+    _count_calls(student.get_layer("stem_conv"), counter, "student")
+    _count_calls(paraphraser, counter, "paraphraser")
+    _count_calls(distiller.translator, counter, "translator")
+    logits, student_map = _taps(student, ["stage3"], x, training=True)
+    student_factor = _numpy(distiller.translator(student_map, training=True))
+    for key in counter:
+        counter[key] = 0
+    distiller.compile(keras.optimizers.SGD(0.0), run_eagerly=True)
+    ft["step"] = distiller.fit(x, y, batch_size=BATCH, epochs=1,
+                               verbose=0).history
+    ft["step_calls"] = dict(counter)
+    ft["np_step"] = {
+        "ce_loss": np_ce(logits, y),
+        "ft_loss": np_ft_p1(teacher_factor, student_factor),
+        "regularization": _regularization(student, distiller.translator),
+        "frozen_regularization": _frozen_regularizers(teacher, paraphraser),
+    }
+    for key in counter:
+        counter[key] = 0
+    distiller.evaluate(x, y, batch_size=BATCH, verbose=0)
+    ft["evaluate_calls"] = dict(counter)
+    report["distiller"] = ft
+
+    # FT + KD, and the `.keras` round trip.
+    teacher, student = networks()
+    paraphraser = ft_keras.Paraphraser(0.5)
+    kd_distiller = ft_distiller(teacher, student, paraphraser,
+                                kd_weight=KD_WEIGHT, temperature=TEMPERATURE)
+    kd_distiller.compile(keras.optimizers.SGD(0.05))
+    history = kd_distiller.fit(x_train, y_train, batch_size=BATCH, epochs=1,
+                               verbose=0).history
+    teacher_logits = _taps(teacher, [], x)[0]
+    logits = _taps(student, [], x)[0]
+    # Keras' own `.keras` serialization imports TensorFlow where it is
+    # installed (to recognise `tf.TensorShape`), so look before saving.
+    report["tensorflow_after_fit"] = "tensorflow" in sys.modules
+    path = os.path.join(workdir, "distiller.keras")
+    kd_distiller.save(path)
+    restored = keras.models.load_model(path, compile=False)
+    outputs, restored_outputs = kd_distiller(x), restored(x)
+    report["ft_kd"] = {
+        "history": history,
+        "evaluate": _evaluate(kd_distiller, x, y),
+        "np_kd_loss": np_kd(teacher_logits, logits, TEMPERATURE),
+        "round_trip_type": type(restored).__name__,
+        "round_trip_equal": sorted(outputs) == sorted(restored_outputs) and all(
+            np.array_equal(_numpy(outputs[k]), _numpy(restored_outputs[k]))
+            for k in outputs),
+        "round_trip_predict_equal": bool(np.array_equal(
+            restored.predict(x, verbose=0), kd_distiller.predict(x, verbose=0))),
+    }
+
+    # The baselines: Hinton KD, attention transfer.
+    for name, kwargs in (
+            ("kd", dict(ce_weight=0.1, kd_weight=0.9, temperature=TEMPERATURE)),
+            ("at", dict(at_weight=AT_WEIGHT, teacher_layers=AT_LAYERS,
+                        student_layers=AT_LAYERS))):
+        teacher, student = networks()
+        baseline = ft_keras.BaselineDistiller(teacher, student, **kwargs)
+        # ft_keras.optim's optimizer runs on every backend too.
+        baseline.compile(ft_keras.optim.TorchSGD(
+            0.05, momentum=0.9, coupled_weight_decay=5e-4), metrics=["accuracy"])
+        teacher_before = _snapshot(teacher)
+        student_before = [_numpy(v) for v in student.trainable_weights]
+        history = baseline.fit(x_train, y_train, batch_size=BATCH, epochs=1,
+                               verbose=0).history
+        t = _taps(teacher, AT_LAYERS, x)
+        s = _taps(student, AT_LAYERS, x)
+        report[name] = {
+            "history": history,
+            "teacher_unchanged": _unchanged(teacher_before, teacher),
+            "student_changed": _all_changed(student_before, student),
+            "evaluate": _evaluate(baseline, x, y),
+            "np_evaluate": {
+                "ce_loss": np_ce(s[0], y),
+                "kd_loss": np_kd(t[0], s[0], TEMPERATURE),
+                "at_loss": sum(np_at(a, b) for a, b in zip(t[1:], s[1:])),
+            },
+        }
+        path = os.path.join(workdir, f"{name}.keras")
+        baseline.save(path)
+        restored = keras.models.load_model(path, compile=False)
+        report[name]["round_trip_predict_equal"] = bool(np.array_equal(
+            restored.predict(x, verbose=0), baseline.predict(x, verbose=0)))
+
+    report["zero_row_gradients_finite"] = _zero_row_gradients_finite()
+    with open(report_path, "w") as f:
+        json.dump(report, f)
+
+
+def evaluate_cross_backend(weights_path, report_path):
+    """Loads the weights saved by TensorFlow and evaluates the same batch."""
+    distiller = cross_backend_distiller()
+    distiller.load_weights(weights_path)
+    distiller.compile("sgd")
+    x, y = data(seed=2)
+    with open(report_path, "w") as f:
+        json.dump(_evaluate(distiller, x, y), f)
+
+
+# ----------------------------------------------------------------------
+# Running a backend.
+
+
+def _require(backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"The {backend} package is not installed, so the "
+                    f"KERAS_BACKEND={backend} run is skipped (pip install -e "
+                    "'.[backends]').")
+
+
+def _run(backend, *args):
+    _require(backend)
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu",
+               CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [sys.executable, str(HERE), *args], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=540)
+    if result.returncode:
+        pytest.fail(f"KERAS_BACKEND={backend} {' '.join(args)} failed:\n"
+                    f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def report(request, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(request.param)
+    path = workdir / "report.json"
+    _run(request.param, "measure", str(path), str(workdir))
+    return json.loads(path.read_text())
+
+
+def _close(actual, expected, rtol=1e-5, atol=0.0):
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+# KD of two nearly uniform distributions (untrained networks at T=4) is a
+# small difference of float32 logs times T^2: about 1e-6 absolute rounding.
+KD_ATOL = 2e-6
+
+
+def test_core_imports_and_trains_without_tensorflow(report):
+    assert report["backend"] in BACKENDS
+    assert report["tensorflow_after_import"] is False
+    assert report["tensorflow_after_fit"] is False
+
+
+def test_paraphraser_trainer_trains_only_the_paraphraser(report):
+    r = report["paraphraser_trainer"]
+    assert list(r["history"]) == ["loss"]
+    assert np.isfinite(r["history"]["loss"][0])
+    assert r["teacher_unchanged"] and r["paraphraser_changed"]
+    assert r["predict_is_teacher_factor"]
+
+
+def test_paraphraser_trainer_reports_the_reconstruction_loss(report):
+    r = report["paraphraser_trainer"]
+    _close(r["evaluate"]["loss"], r["np_loss"])
+
+
+def test_teacher_and_paraphraser_are_bit_identical_after_fit(report):
+    r = report["distiller"]
+    # Every weight, BatchNorm moving statistics included.
+    assert r["frozen_unchanged"] == {"teacher": True, "paraphraser": True}
+    assert r["trained_variables_are_student_and_translator"]
+    if report["backend"] == "torch":
+        assert r["frozen_have_no_grad"]
+
+
+def test_student_and_translator_train(report):
+    r = report["distiller"]
+    assert r["trained_changed"] == {"student": True, "translator": True}
+    assert set(r["history"]) == {"loss", "ce_loss", "ft_loss", "accuracy"}
+    assert all(np.isfinite(v[0]) for v in r["history"].values())
+
+
+def test_each_network_runs_once_per_step(report):
+    r = report["distiller"]
+    once = {"teacher": 1, "student": 1, "paraphraser": 1, "translator": 1}
+    assert r["step_calls"] == once
+    assert r["evaluate_calls"] == once
+
+
+def test_training_loss_is_ce_plus_beta_ft_plus_trained_parts_regularization(
+        report):
+    r = report["distiller"]
+    step, expected = r["step"], r["np_step"]
+    # The frozen teacher and paraphraser have regularizers too: they must
+    # not count.
+    assert expected["regularization"] > 0 and expected["frozen_regularization"] > 0
+    _close(step["ce_loss"][0], expected["ce_loss"], rtol=1e-4)
+    _close(step["ft_loss"][0], expected["ft_loss"], rtol=1e-4)
+    _close(step["loss"][0], expected["ce_loss"] + BETA * expected["ft_loss"]
+           + expected["regularization"], rtol=1e-4)
+
+
+def test_evaluate_terms_match_numpy(report):
+    r = report["distiller"]
+    got, expected = r["evaluate"], r["np_evaluate"]
+    _close(got["ce_loss"], expected["ce_loss"])
+    _close(got["ft_loss"], expected["ft_loss"])
+    _close(got["loss"], got["ce_loss"] + BETA * got["ft_loss"])
+
+
+def test_predict_returns_the_student_logits(report):
+    r = report["distiller"]
+    np.testing.assert_allclose(r["predict"], r["student_predict"], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_ft_plus_kd_reports_and_sums_the_kd_term(report):
+    r = report["ft_kd"]
+    assert set(r["history"]) == {"loss", "ce_loss", "ft_loss", "kd_loss"}
+    got = r["evaluate"]
+    _close(got["kd_loss"], r["np_kd_loss"], atol=KD_ATOL)
+    _close(got["loss"], got["ce_loss"] + BETA * got["ft_loss"]
+           + KD_WEIGHT * got["kd_loss"])
+
+
+def test_keras_file_round_trip(report):
+    assert report["ft_kd"]["round_trip_type"] == "Distiller"
+    assert report["ft_kd"]["round_trip_equal"]
+    assert report["ft_kd"]["round_trip_predict_equal"]
+    assert report["kd"]["round_trip_predict_equal"]
+    assert report["at"]["round_trip_predict_equal"]
+
+
+@pytest.mark.parametrize("method, terms", [
+    ("kd", {"loss", "ce_loss", "kd_loss", "accuracy"}),
+    ("at", {"loss", "ce_loss", "at_loss", "accuracy"}),
+])
+def test_baselines_train_only_the_student_and_match_numpy(report, method, terms):
+    r = report[method]
+    assert set(r["history"]) == terms
+    assert r["teacher_unchanged"] and r["student_changed"]
+    got, expected = r["evaluate"], r["np_evaluate"]
+    _close(got["ce_loss"], expected["ce_loss"])
+    if method == "kd":
+        _close(got["kd_loss"], expected["kd_loss"], atol=KD_ATOL)
+        total = 0.1 * got["ce_loss"] + 0.9 * got["kd_loss"]
+    else:
+        _close(got["at_loss"], expected["at_loss"])
+        total = got["ce_loss"] + AT_WEIGHT * got["at_loss"]
+    _close(got["loss"], total)
+
+
+def test_factor_gradients_are_finite_for_an_all_zero_map(report):
+    assert report["zero_row_gradients_finite"] == {
+        "ft": True, "ft_attention": True, "at": True}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ft_loss_equals_tensorflow_for_the_same_weights_and_batch(
+        backend, tmp_path):
+    _require(backend)
+    import keras
+
+    assert keras.config.backend() == "tensorflow"  # this process (conftest)
+    distiller = cross_backend_distiller()
+    distiller.compile("sgd")
+    weights = tmp_path / "distiller.weights.h5"
+    distiller.save_weights(weights)
+    x, y = data(seed=2)
+    expected = _evaluate(distiller, x, y)
+    path = tmp_path / f"{backend}.json"
+    _run(backend, "cross_backend", str(weights), str(path))
+    got = json.loads(path.read_text())
+    assert set(got) == {"loss", "ce_loss", "ft_loss", "kd_loss"}
+    for key in got:
+        np.testing.assert_allclose(
+            got[key], expected[key], rtol=1e-5,
+            atol=KD_ATOL if key == "kd_loss" else 0.0, err_msg=key)
+
+
+if __name__ == "__main__":
+    command, *arguments = sys.argv[1:]
+    {"measure": measure_backend,
+     "cross_backend": evaluate_cross_backend}[command](*arguments)
