@@ -9,7 +9,6 @@ behaviour each on that report. A backend whose package is not installed is
 skipped (`pip install -e ".[backends]"`).
 """
 
-import functools
 import importlib.util
 import json
 import os
@@ -19,6 +18,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from _counting import count_calls
 
 BACKENDS = ("jax", "torch")
 HERE = pathlib.Path(__file__).resolve()
@@ -147,17 +148,6 @@ def _taps(model, names, x, training=False):
     return [_numpy(t) for t in outputs]
 
 
-def _count_calls(layer, counter, key):
-    original = layer.call
-
-    @functools.wraps(original)
-    def call(*args, **kwargs):
-        counter[key] += 1
-        return original(*args, **kwargs)
-
-    layer.call = call
-
-
 def _regularization(*objs):
     return float(sum(float(_numpy(v.regularizer(v.value)))
                      for obj in objs for v in obj.trainable_weights
@@ -281,10 +271,10 @@ def measure_backend(report_path, workdir):
     # One training step at learning rate 0, each network counted: the
     # reported loss is CE + beta * FT + the trained parts' regularization.
     counter = {"teacher": 0, "student": 0, "paraphraser": 0, "translator": 0}
-    _count_calls(teacher.get_layer("stem_conv"), counter, "teacher")
-    _count_calls(student.get_layer("stem_conv"), counter, "student")
-    _count_calls(paraphraser, counter, "paraphraser")
-    _count_calls(distiller.translator, counter, "translator")
+    count_calls(teacher.get_layer("stem_conv"), counter, "teacher")
+    count_calls(student.get_layer("stem_conv"), counter, "student")
+    count_calls(paraphraser, counter, "paraphraser")
+    count_calls(distiller.translator, counter, "translator")
     logits, student_map = _taps(student, ["stage3"], x, training=True)
     student_factor = _numpy(distiller.translator(student_map, training=True))
     for key in counter:

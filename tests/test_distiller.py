@@ -1,7 +1,6 @@
 """ParaphraserTrainer and Distiller: what trains, what is frozen, what is
 reported, and how they behave under tf.distribute and mixed precision."""
 
-import functools
 import warnings
 
 import numpy as np
@@ -11,6 +10,8 @@ import tensorflow as tf
 import keras
 
 import ft_keras
+
+from _counting import count_calls
 
 
 def small_net(name, width, synchronized_bn=False, weight_decay=0.0, seed=0):
@@ -157,17 +158,6 @@ def test_only_student_and_translator_variables_are_trained(built):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="Gradients do not exist")
         distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
-
-
-def count_calls(layer, counter, key):
-    original = layer.call
-
-    @functools.wraps(original)
-    def call(*args, **kwargs):
-        counter[key] += 1
-        return original(*args, **kwargs)
-
-    layer.call = call
 
 
 @pytest.mark.parametrize("kd_weight", [0.0, 0.5])

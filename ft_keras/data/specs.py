@@ -54,33 +54,27 @@ class Spec:
     splits: tuple = ()  # ((split name, number of examples), ...) if known
 
 
-_CIFAR_SHAPE = (32, 32, 3)
+# The recipe of every Factor Transfer implementation on CIFAR.
+_CIFAR10 = Spec(
+    recipe="cifar",
+    num_classes=10,
+    input_shape=(32, 32, 3),
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+    max_value=255,
+    cache=True,
+    shuffle_buffer=50_000,
+    crop_padding=4,
+    flip=True,
+    splits=(("train", 50_000), ("test", 10_000)),
+)
 _KNOWN = {
-    "cifar10": Spec(
-        recipe="cifar",
-        num_classes=10,
-        input_shape=_CIFAR_SHAPE,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-        max_value=255,
-        cache=True,
-        shuffle_buffer=50_000,
-        crop_padding=4,
-        flip=True,
-        splits=(("train", 50_000), ("test", 10_000)),
-    ),
-    "cifar100": Spec(
-        recipe="cifar",
+    "cifar10": _CIFAR10,
+    "cifar100": dataclasses.replace(
+        _CIFAR10,
         num_classes=100,
-        input_shape=_CIFAR_SHAPE,
         mean=(0.5071, 0.4865, 0.4409),
         std=(0.2673, 0.2564, 0.2762),
-        max_value=255,
-        cache=True,
-        shuffle_buffer=50_000,
-        crop_padding=4,
-        flip=True,
-        splits=(("train", 50_000), ("test", 10_000)),
     ),
     # TFDS's fashion_mnist (Zalando); mean/std of its train split on [0, 1]
     # (0.28604 / 0.35302). Augmented like the published rows of its
