@@ -1,6 +1,7 @@
 """ParaphraserTrainer and Distiller: what trains, what is frozen, what is
 reported, and how they behave under tf.distribute and mixed precision."""
 
+import functools
 import warnings
 
 import numpy as np
@@ -10,6 +11,7 @@ import tensorflow as tf
 import keras
 
 import ft_keras
+from ft_keras import distiller as ft_distiller
 
 from _counting import count_calls
 
@@ -64,12 +66,23 @@ def assert_outputs_equal(a, b):
             np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
-def trained_teacher():
+@functools.lru_cache(maxsize=None)
+def _trained_teacher_weights():
     teacher = small_net("teacher", 16, seed=1)
     x, y = data(64, seed=1)
     teacher.compile(keras.optimizers.SGD(0.05),
                     keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     teacher.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    return tuple(teacher.get_weights())
+
+
+def trained_teacher():
+    """A fresh teacher network with trained weights (trained once per
+    session: each test gets its own copy to freeze and check)."""
+    teacher = small_net("teacher", 16, seed=1)
+    teacher.set_weights(list(_trained_teacher_weights()))
+    teacher.compile(keras.optimizers.SGD(0.05),
+                    keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return teacher
 
 
@@ -304,21 +317,61 @@ def test_custom_loss_function_is_supported():
     np.testing.assert_allclose(result["ce_loss"], 2.0 * float(plain), rtol=1e-5)
 
 
+def factors(distiller, x, student_layer):
+    """The teacher and student factors of a batch, in inference mode."""
+    student_map = ft_distiller.feature_extractor(
+        distiller.student, [student_layer], "student")(x, training=False)
+    return (np.asarray(distiller.teacher_factor(x)),
+            np.asarray(distiller.translator(student_map, training=False)))
+
+
+def numpy_ft_loss(teacher, student, p=1, factor="full"):
+    """The FT loss in NumPy: pool the larger map to the smaller, take the
+    factor, L2-normalise per example, then mean |d| (p=1) or the batch mean
+    of the per-example L2 norm (p=2)."""
+    def pool(a, size):
+        n, h, w, c = a.shape
+        k = h // size
+        return a.reshape(n, size, k, size, k, c).mean(axis=(2, 4))
+
+    size = min(teacher.shape[1], student.shape[1])
+    teacher, student = pool(teacher, size), pool(student, size)
+    if factor == "attention":
+        teacher, student = (teacher ** 2).mean(-1), (student ** 2).mean(-1)
+    teacher = teacher.reshape(len(teacher), -1)
+    student = student.reshape(len(student), -1)
+    teacher = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
+    student = student / np.linalg.norm(student, axis=1, keepdims=True)
+    if p == 1:
+        return np.abs(teacher - student).mean()
+    return np.linalg.norm(teacher - student, axis=1).mean()
+
+
 def test_spatial_mismatch_is_pooled():
     # The teacher's 8x8 factor is average-pooled to the student's 4x4.
     distiller = make_distiller(student_layer="tap_small")
     distiller.compile(keras.optimizers.SGD(0.01))
     x, y = data(16)
-    history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
-    assert np.isfinite(history["loss"][0])
+    teacher, student = factors(distiller, x, "tap_small")
+    assert teacher.shape[1:3] == (8, 8) and student.shape[1:3] == (4, 4)
+    result = distiller.evaluate(x, y, batch_size=16, verbose=0,
+                                return_dict=True)
+    np.testing.assert_allclose(result["ft_loss"],
+                               numpy_ft_loss(teacher, student), rtol=1e-5)
 
 
-def test_attention_factor_mode_trains():
+def test_attention_factor_mode_is_repdistillers_factor():
     distiller = make_distiller(factor="attention", p=2)
     distiller.compile(keras.optimizers.SGD(0.01))
     x, y = data(16)
+    teacher, student = factors(distiller, x, "tap")
+    result = distiller.evaluate(x, y, batch_size=16, verbose=0,
+                                return_dict=True)
+    np.testing.assert_allclose(
+        result["ft_loss"],
+        numpy_ft_loss(teacher, student, p=2, factor="attention"), rtol=1e-5)
     history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
-    assert history["ft_loss"][0] > 0
+    assert np.isfinite(history["ft_loss"][0])
 
 
 def test_unknown_layer_name_lists_valid_names():
