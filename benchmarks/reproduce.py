@@ -35,6 +35,7 @@ when the config validates every epoch (`experiment.validate = True`),
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import shlex
@@ -195,8 +196,11 @@ def table(summary):
         if not row["runs"]:
             lines.append(f"| {method} | not yet measured | 0 | |")
             continue
+        # One run has no spread to show.
+        spread = (f" ± {row['top1_std']:.2f}" if len(row["runs"]) > 1
+                  else "")
         lines.append(
-            f"| {method} | {row['top1_mean']:.2f} ± {row['top1_std']:.2f} | "
+            f"| {method} | {row['top1_mean']:.2f}{spread} | "
             f"{len(row['runs'])} | {row['wall_time_s_mean']:.0f} |"
         )
     return "\n".join(lines)
@@ -217,8 +221,9 @@ def plot(summary, path):
             continue
         epochs = min(len(c) for c in curves)
         mean = [statistics.mean(c[e] for c in curves) for e in range(epochs)]
+        seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
         axis.plot(range(1, epochs + 1), mean, marker="o", markersize=3,
-                  label=f"{method} ({len(curves)} seeds)")
+                  label=f"{method} ({seeds})")
         drawn = True
     if not drawn:
         plt.close(figure)
@@ -231,10 +236,10 @@ def plot(summary, path):
     axis.set_title(summary["title"], fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    low = min(min(r["curve"][-1] for r in row["runs"] if r["curve"])
+    low = min(min(min(r["curve"]) for r in row["runs"] if r["curve"])
               for row in summary["methods"].values()
               if any(r["curve"] for r in row["runs"]))
-    axis.set_ylim(max(0.0, low - 6), 100)
+    axis.set_ylim(max(0.0, 5 * math.floor(low / 5) - 1), 100)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
