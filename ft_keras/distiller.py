@@ -35,6 +35,7 @@ from keras import ops
 # itself on other backends); it has no public alias.
 from keras.src.losses.loss import unscale_loss_for_distribution
 
+from ft_keras import _validation
 from ft_keras import layers as ft_layers
 from ft_keras import losses as ft_losses
 
@@ -365,19 +366,6 @@ def _classification_loss(loss):
     raise ValueError(f"Could not interpret `loss`. Received: loss={loss!r}")
 
 
-def _non_negative(name, value, hint):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or value < 0
-    ):
-        raise ValueError(
-            f"`{name}` must be a non-negative number ({hint}). Received: "
-            f"{name}={value!r}"
-        )
-    return float(value)
-
-
 class _TeacherStudentModel(_DistillationModel):
     """What both distillers share: a frozen teacher and a student returning
     logits, each run once per step through its taps (`_taps`), a compiled
@@ -549,8 +537,9 @@ class Distiller(_TeacherStudentModel):
         self.ft_loss_fn = ft_losses.FactorTransferLoss(
             p=p, factor=factor, p_form=p_form
         )
-        beta = _non_negative("beta", beta, "500 in the paper's code")
-        kd_weight = _non_negative("kd_weight", kd_weight, "0 for plain FT")
+        check = _validation.non_negative
+        beta = check("beta", beta, "500 in the paper's code")
+        kd_weight = check("kd_weight", kd_weight, "0 for plain FT")
         terms = ["ce_loss", "ft_loss"] + (["kd_loss"] if kd_weight else [])
         super().__init__(
             teacher,
@@ -715,9 +704,10 @@ class BaselineDistiller(_TeacherStudentModel):
         **kwargs,
     ):
         kwargs.setdefault("name", "baseline_distiller")
-        ce_weight = _non_negative("ce_weight", ce_weight, "1 without KD")
-        kd_weight = _non_negative("kd_weight", kd_weight, "0.9 in RepDistiller")
-        at_weight = _non_negative("at_weight", at_weight, "1000 in RepDistiller")
+        check = _validation.non_negative
+        ce_weight = check("ce_weight", ce_weight, "1 without KD")
+        kd_weight = check("kd_weight", kd_weight, "0.9 in RepDistiller")
+        at_weight = check("at_weight", at_weight, "1000 in RepDistiller")
         teacher_layers, student_layers = list(teacher_layers), list(student_layers)
         if len(teacher_layers) != len(student_layers):
             raise ValueError(

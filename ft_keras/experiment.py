@@ -26,7 +26,6 @@ temporary directory of their own, removed at the end.
 """
 
 import difflib
-import json
 import os
 import re
 import shutil
@@ -43,31 +42,12 @@ from ft_keras import data
 from ft_keras import distiller as ft_distiller
 from ft_keras import distribute
 from ft_keras import export as ft_export
-from ft_keras import layers as ft_layers
 from ft_keras import models
-from ft_keras import optim
+from ft_keras import workdir as ft_workdir
 
 
 class ConfigurationError(ValueError):
     """The experiment cannot start: bad config, inputs or workdir."""
-
-
-def _atomic_save(model, path):
-    tmp = f"{path[: -len('.keras')]}.tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path, value):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 # Bindings that may change between runs of the same experiment: the stages
@@ -93,9 +73,7 @@ def _comparable_config(config_str):
 def top_k_metrics(num_classes):
     metrics = [keras.metrics.SparseCategoricalAccuracy(name="top1")]
     if num_classes > 5:
-        metrics.append(
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")
-        )
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"))
     return metrics
 
 
@@ -114,13 +92,23 @@ def stage_callbacks(stage, stage_dir, checkpoint_every="epoch"):
 
 
 class Experiment:
-    """One Factor Transfer experiment, configured by gin, in a workdir.
+    """One Factor Transfer experiment in a workdir.
 
     Construction resolves the whole configuration, builds the networks and
     datasets and checks the taps, so that every configuration error is
     raised before any training. `run()` then runs the enabled stages.
-    `strategy` overrides the one `experiment.strategy` and `cluster` select
-    (`ft_keras.distribute.make_strategy`).
+
+    Args:
+        workdir: Where the stages write (see the module docstring).
+        overwrite: Delete the workdir first and start over.
+        stages: Overrides `experiment.stages` (e.g. `["export"]`).
+        strategy: Overrides the `tf.distribute` strategy that
+            `experiment.strategy` and `cluster` select
+            (`ft_keras.distribute.make_strategy`).
+        dry_run: Two steps per stage on synthetic data (see `ft_keras.cli`).
+        settings: A `ft_keras.config.Settings`; None reads them from gin's
+            bindings (`ft_keras.config.from_gin`), the only place the
+            experiment reads gin.
 
     Example:
 
@@ -132,52 +120,70 @@ class Experiment:
     """
 
     def __init__(
-        self, workdir, overwrite=False, stages=None, strategy=None, dry_run=False
+        self,
+        workdir,
+        overwrite=False,
+        stages=None,
+        strategy=None,
+        dry_run=False,
+        settings=None,
     ):
         self.dry_run = dry_run
-        self.cfg = config.experiment()
-        self.cluster_cfg = config.cluster()
-        self.stages = tuple(stages) if stages else self.cfg.stages
-        self.data_cfg = config.dataset()
-        self.ft_cfg = config.factor_transfer()
-        self.method_cfg = config.distillation()
-        self.train_cfgs = {}
-        for scope in ("teacher", "paraphraser", "student"):
-            with gin.config_scope(scope):
-                self.train_cfgs[scope] = config.training()
-        self.net_cfgs = {}
-        for scope in ("teacher", "student"):
-            with gin.config_scope(scope):
-                self.net_cfgs[scope] = config.network()
+        # Read from gin once, here, unless given from Python.
+        self._given_settings = settings is not None
+        self.settings = settings or config.from_gin()
+        self.stages = tuple(stages) if stages else self.settings.experiment.stages
         self.workdir = os.path.abspath(workdir)
         self.strategy = strategy or distribute.make_strategy(
-            self.cfg.strategy, self.cluster_cfg
+            self.settings.experiment.strategy, self.settings.cluster
         )
         self.is_chief = distribute.is_chief(self.strategy)
+        info = distribute.task_info(self.strategy)
+        if info.num_workers > 1:
+            spec = self.strategy.cluster_resolver.cluster_spec().as_dict()
+            hosts = [a for job in ("chief", "worker") for a in spec.get(job, ())]
+            print(
+                f"[ft_keras] {info.task_type} {info.task_id} of a cluster of "
+                f"{info.num_workers} workers ({', '.join(hosts)})"
+                f"{', the chief' if info.is_chief else ''}",
+                flush=True,
+            )
         # Where this process writes: the workdir, or a worker's temp dir.
         self.output_dir = distribute.worker_dir(self.workdir, self.strategy)
-        self._prepare_workdir(overwrite)
+        self._lock = ft_workdir.WorkdirLock(self.workdir)
+        try:
+            self._prepare_workdir(overwrite)
+            self._build()
+        except ft_workdir.WorkdirError as e:
+            self.close()
+            raise ConfigurationError(str(e)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self):
+        """Everything after the workdir is ours: data, networks, checks."""
         distribute.barrier(self.strategy)
 
-        if self.cfg.seed is not None:
+        if self.settings.experiment.seed is not None:
             # With the seeded, deterministic input pipeline this repeats a
             # run exactly on the CPU (tested). GPU kernels may still differ
             # run to run: call tf.config.experimental.enable_op_determinism()
             # for those, at some speed cost.
-            keras.utils.set_random_seed(self.cfg.seed)
+            keras.utils.set_random_seed(self.settings.experiment.seed)
         self.replicas = self.strategy.num_replicas_in_sync
-        self.num_classes = data.num_classes(self.data_cfg.name)
-        self.input_shape = data.input_shape(self.data_cfg.name)
-        self.global_batch = self.data_cfg.batch_size * self.replicas
+        self.num_classes = data.num_classes(self.settings.dataset.name)
+        self.input_shape = data.input_shape(self.settings.dataset.name)
+        self.global_batch = self.settings.dataset.batch_size * self.replicas
         self.train_ds = self._dataset(training=True)
         self.test_ds = self._dataset(training=False)
-        if dry_run:
+        if self.dry_run:
             self.steps_per_epoch = self._real_steps_per_epoch()
         else:
             self.steps_per_epoch = int(self.train_ds.cardinality())
         if self.steps_per_epoch < 1:
             raise ConfigurationError(
-                f"The train split of {self.data_cfg.name!r} gives no full "
+                f"The train split of {self.settings.dataset.name!r} gives no full "
                 f"batch of {self.global_batch}: lower `dataset.batch_size`."
             )
         with distribute.scope(self.strategy):
@@ -187,19 +193,41 @@ class Experiment:
         self._check_taps()
         self._check_stage_plan()
         with open(self._out("operative_config.gin"), "w") as f:
-            f.write(gin.operative_config_str())
+            f.write(
+                self.settings.to_gin()
+                if self._given_settings
+                else gin.operative_config_str()
+            )
+
+    # What each training stage leaves in its directory of the workdir.
+    ARTIFACTS = {
+        "teacher": ("model.keras",),
+        "paraphraser": ("paraphraser.keras",),
+        "student": ("translator.keras", "model.keras"),
+        "baseline": ("model.keras",),
+    }
 
     # ------------------------------------------------------------------
     # Set-up.
 
     def _prepare_workdir(self, overwrite):
-        requested = gin.config_str()
+        requested = self.settings.to_gin() if self._given_settings else gin.config_str()
         path = os.path.join(self.workdir, "config.gin")
         if not self.is_chief:
             distribute.remove_worker_dir(self.output_dir, self.workdir)
             os.makedirs(self.output_dir)
-        if overwrite and self.is_chief and os.path.isdir(self.workdir):
-            shutil.rmtree(self.workdir)
+        else:
+            # Before anything is read or deleted: a second run on a workdir
+            # in use stops here, and --overwrite cannot delete a live run.
+            self._lock.acquire()
+        if overwrite and self.is_chief:
+            for name in os.listdir(self.workdir):
+                if name != ft_workdir.LOCK_FILE:
+                    target = os.path.join(self.workdir, name)
+                    if os.path.isdir(target) and not os.path.islink(target):
+                        shutil.rmtree(target)
+                    else:
+                        os.remove(target)
         if os.path.exists(path) and not (overwrite and not self.is_chief):
             with open(path) as f:
                 saved = f.read()
@@ -221,35 +249,38 @@ class Experiment:
                     "--workdir, or --overwrite to delete it and start over."
                 )
         if self.is_chief:
-            os.makedirs(self.workdir, exist_ok=True)
             tmp = f"{path}.tmp"
             with open(tmp, "w") as f:
                 f.write(requested)
             os.replace(tmp, path)
 
-    def _dataset(self, training, split=None):
-        cfg = self.data_cfg
+    def _dataset(self, training, split=None, **overrides):
+        cfg = self.settings.dataset
         if self.dry_run:
             return self._synthetic_dataset(training)
         if split is None:
             split = cfg.train_split if training else cfg.test_split
         options = dict(cfg.options if training else cfg.eval_options)
-        options.setdefault("seed", self.cfg.seed)
-        if self.cfg.seed is not None or distribute.num_workers(self.strategy) > 1:
+        options.update(overrides)
+        options.setdefault("seed", self.settings.experiment.seed)
+        if (
+            self.settings.experiment.seed is not None
+            or distribute.num_workers(self.strategy) > 1
+        ):
             # Every worker must cut the same global batches from its copy.
             options.setdefault("deterministic", True)
         dataset = data.build_dataset(
             cfg.name,
             split,
-            batch_size=self.global_batch
-            if training
-            else cfg.eval_batch_size * self.replicas,
+            batch_size=(
+                self.global_batch if training else cfg.eval_batch_size * self.replicas
+            ),
             training=training,
             data_dir=cfg.data_dir,
             **options,
         )
         return dataset.with_options(
-            distribute.shard_options(self.cluster_cfg.auto_shard)
+            distribute.shard_options(self.settings.cluster.auto_shard)
         )
 
     # Per replica; the dry run's steps are about wiring, not speed.
@@ -258,28 +289,32 @@ class Experiment:
 
     def _synthetic_dataset(self, training):
         """`DRY_RUN_STEPS` batches shaped like the configured dataset's."""
-        options = self.data_cfg.options if training else self.data_cfg.eval_options
+        options = (
+            self.settings.dataset.options
+            if training
+            else self.settings.dataset.eval_options
+        )
         augment = options.get("augment") or ()
         augment = (augment,) if isinstance(augment, str) else augment
         mixing = any(str(a).lower().endswith(("cutmix", "mixup")) for a in augment)
         return data.synthetic_dataset(
-            self.data_cfg.name,
+            self.settings.dataset.name,
             batch_size=self.DRY_RUN_BATCH * self.replicas,
             steps=self.DRY_RUN_STEPS,
             image_size=options.get("image_size"),
             one_hot=mixing,
-            seed=self.cfg.seed or 0,
+            seed=self.settings.experiment.seed or 0,
         )
 
     def _real_steps_per_epoch(self):
         """Steps per epoch of the real training split (1 if unknown)."""
-        cfg = self.data_cfg
+        cfg = self.settings.dataset
         size = data.num_examples(cfg.name, cfg.train_split, cfg.data_dir)
         self._train_examples = size
         return max(1, size // self.global_batch) if size else 1
 
     def _network(self, role):
-        net = self.net_cfgs[role]
+        net = self.settings.network[role]
         return models.get(
             net.name,
             model_name=role,
@@ -293,38 +328,18 @@ class Experiment:
         if layer not in names:
             raise ConfigurationError(
                 f"`factor_transfer.{role}_layer`={layer!r} is not a layer of "
-                f"the {role} {self.net_cfgs[role].name!r}. Its feature taps: "
+                f"the {role} {self.settings.network[role].name!r}. Its feature taps: "
                 f"{models.feature_taps(model)}"
             )
         return tuple(model.get_layer(layer).output.shape)
 
     def _connectors(self):
-        ft = self.ft_cfg
-        regularizer = (
-            keras.regularizers.L2(ft.connector_weight_decay / 2)
-            if ft.connector_weight_decay
-            else None
-        )
-        paraphraser = ft_layers.Paraphraser(
-            rate=ft.rate,
-            use_bn=ft.paraphraser_bn,
-            negative_slope=ft.negative_slope,
-            kernel_regularizer=regularizer,
-            rounding=ft.rounding,
-        )
+        ft = self.settings.factor_transfer
         teacher_map = self._tap_shape(self.teacher, "teacher", ft.teacher_layer)
-        translator = ft_layers.Translator(
-            out_channels=ft_layers.factor_channels(
-                teacher_map[-1], ft.rate, ft.rounding
-            ),
-            use_bn=ft.translator_bn,
-            negative_slope=ft.negative_slope,
-            kernel_regularizer=regularizer,
-        )
-        return paraphraser, translator
+        return ft.connectors(teacher_map[-1])
 
     def _check_taps(self):
-        ft = self.ft_cfg
+        ft = self.settings.factor_transfer
         paraphraser, translator = self._connectors()
         try:
             ft_distiller.check_factor_shapes(
@@ -342,14 +357,17 @@ class Experiment:
     def _check_stage_plan(self):
         """Refuses, before any work, stages that cannot run: one that needs
         an artifact no enabled stage makes and the workdir does not hold,
-        and a stage whose schedule cannot be built (e.g. learning-rate
-        boundaries beyond its epochs)."""
+        a stage whose optimizer cannot be built, and an artifact of a
+        finished stage that is missing, truncated or changed."""
+        for stage, names in self.ARTIFACTS.items():
+            for name in names:
+                self._done(stage, name)
         enabled = set(self.stages)
-        method = self.method_cfg.method
+        method = self.settings.distillation.method
+        uses_ft = self.settings.distillation.factor_transfer
         needs = {
             "paraphraser": ("teacher",),
-            "student": ("teacher",)
-            + (("paraphraser",) if method in ("ft", "ft+kd") else ()),
+            "student": ("teacher",) + (("paraphraser",) if uses_ft else ()),
             "export": ("student",),
         }
         artifacts = {
@@ -358,12 +376,12 @@ class Experiment:
             "student": ("student", "model.keras"),
         }
         for stage in self.stages:
-            if stage == "paraphraser" and method not in ("ft", "ft+kd"):
+            if stage == "paraphraser" and not uses_ft:
                 continue
             for need in needs.get(stage, ()):
-                if need in enabled or os.path.exists(self._path(*artifacts[need])):
+                if need in enabled or self._done(*artifacts[need]):
                     continue
-                if need == "teacher" and self.cfg.teacher_checkpoint:
+                if need == "teacher" and self.settings.experiment.teacher_checkpoint:
                     continue
                 hint = (
                     " or set `experiment.teacher_checkpoint`"
@@ -377,14 +395,13 @@ class Experiment:
                     f"hold: add {need!r} to `experiment.stages`{hint}. "
                     f"Received: stages={list(self.stages)}"
                 )
-        scopes = {"teacher": "teacher", "paraphraser": "paraphraser",
-                  "student": "student", "baseline": "student"}
+        scopes = config.STAGE_SCOPES
         for stage in self.stages:
             if stage not in scopes:
                 continue
-            if stage == "paraphraser" and method not in ("ft", "ft+kd"):
+            if stage == "paraphraser" and not uses_ft:
                 continue
-            if stage == "teacher" and self.cfg.teacher_checkpoint:
+            if stage == "teacher" and self.settings.experiment.teacher_checkpoint:
                 continue
             try:
                 with distribute.scope(self.strategy):
@@ -406,16 +423,11 @@ class Experiment:
         return os.path.join(self.output_dir, *parts)
 
     def _optimizer(self, scope):
-        train = self.train_cfgs[scope]
         try:
-            config.check_weight_decay(
-                scope, train, self.net_cfgs.get(scope), self.ft_cfg
-            )
+            self.settings.check_weight_decay(scope)
         except ValueError as e:
             raise ConfigurationError(str(e)) from None
-        return optim.build_optimizer(
-            self.steps_per_epoch, train.epochs, **train.optimizer
-        )
+        return self.settings.training[scope].build_optimizer(self.steps_per_epoch)
 
     def _fit(self, stage, model, epochs, validation_data=None):
         stage_dir = self._out(stage)
@@ -427,11 +439,9 @@ class Experiment:
                 os.path.join(stage_dir, "backup"),
                 dirs_exist_ok=True,
             )
-        throughput = ft_callbacks.Throughput(
-            self.global_batch, self.steps_per_epoch
-        )
+        throughput = ft_callbacks.Throughput(self.global_batch, self.steps_per_epoch)
         callbacks = stage_callbacks(
-            stage, stage_dir, self.cfg.checkpoint_every
+            stage, stage_dir, self.settings.experiment.checkpoint_every
         ) + [throughput]
         if self.dry_run:
             # Random images and a two-step teacher (its BatchNorm statistics
@@ -451,6 +461,7 @@ class Experiment:
                 steps_per_epoch=self.DRY_RUN_STEPS,
                 validation_data=validation_data,
                 callbacks=callbacks,
+                shuffle=False,  # the pipeline shuffles
                 verbose=0,
             )
             print(self._dry_run_line(stage, epochs, history), flush=True)
@@ -461,6 +472,7 @@ class Experiment:
                 epochs=epochs,
                 validation_data=validation_data,
                 callbacks=callbacks,
+                shuffle=False,  # the pipeline shuffles
                 verbose=1 if sys.stdout.isatty() else 2,
             )
         info = distribute.task_info(self.strategy)
@@ -470,8 +482,8 @@ class Experiment:
                 f"weights {distribute.weights_fingerprint(model)}",
                 flush=True,
             )
-        _write_json(
-            os.path.join(stage_dir, "stage.json"),
+        ft_workdir.write_json(
+            os.path.join(stage_dir, ft_workdir.STAGE_FILE),
             {
                 "wall_time_s": throughput.wall_time,
                 "images_per_second": throughput.images_per_second,
@@ -484,29 +496,26 @@ class Experiment:
 
     def _dry_run_line(self, stage, epochs, history):
         """What the real run of `stage` would do, and how the dry run went."""
-        scope = "student" if stage == "baseline" else stage
-        opt = self.train_cfgs[scope].optimizer
+        opt = self.settings.training[config.STAGE_SCOPES[stage]]
         steps = self.steps_per_epoch
         known = getattr(self, "_train_examples", None) is not None
         per_epoch = (
-            f"{steps:,} steps" if known else "? steps (split size unknown "
-            "until the dataset is prepared)"
+            f"{steps:,} steps"
+            if known
+            else "? steps (split size unknown " "until the dataset is prepared)"
         )
-        schedule = f"{opt['optimizer']} lr {opt['learning_rate']:g} {opt['schedule']}"
-        if opt["schedule"] == "step" and opt["boundaries"]:
-            at = [b * steps for b in opt["boundaries"]]
-            schedule += f", x{opt['decay']:g} at steps {at}"
-        if opt["warmup_epochs"]:
-            schedule += f", warm-up {int(opt['warmup_epochs'] * steps)} steps"
-        if opt["weight_decay"]:
+        schedule = f"{opt.optimizer} lr {opt.learning_rate:g} {opt.schedule}"
+        if opt.schedule == "step" and opt.boundaries:
+            at = [b * steps for b in opt.boundaries]
+            schedule += f", x{opt.decay:g} at steps {at}"
+        if opt.warmup_epochs:
+            schedule += f", warm-up {int(opt.warmup_epochs * steps)} steps"
+        if opt.weight_decay:
             schedule += (
-                f", weight decay {opt['weight_decay']:g} "
-                f"{opt['weight_decay_mode']}"
+                f", weight decay {opt.weight_decay:g} " f"{opt.weight_decay_mode}"
             )
         logs = {k: v[-1] for k, v in history.history.items()}
-        ran = ", ".join(
-            f"{k} {v:.4g}" for k, v in logs.items() if k.endswith("loss")
-        )
+        ran = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if k.endswith("loss"))
         shape = "x".join(str(d) for d in self.input_shape)
         return (
             f"[ft_keras] dry run: stage {stage}: {epochs} epochs x "
@@ -518,37 +527,64 @@ class Experiment:
         )
 
     def _validation(self):
-        return self.test_ds if self.cfg.validate else None
+        return self.test_ds if self.settings.experiment.validate else None
 
-    def _load(self, path):
-        with distribute.scope(self.strategy):
-            return keras.models.load_model(path)
+    def _load(self, path, compile=True):
+        """Loads a `.keras` file; one that cannot be read (truncated or
+        corrupt, in a workdir written before fingerprints) is named."""
+        try:
+            with distribute.scope(self.strategy):
+                return keras.models.load_model(path, compile=compile)
+        except Exception as e:  # Keras raises several types on bad files.
+            raise ConfigurationError(str(ft_workdir.unreadable(path, e))) from None
 
-    def _train_classifier(self, stage, model, scope):
+    def _done(self, stage, artifact):
+        """Whether `stage` left `artifact`, checked against its recorded
+        size and SHA-256 (a `ConfigurationError` naming it if it differs)."""
+        try:
+            return ft_workdir.check_artifact(self._path(stage, artifact))
+        except ft_workdir.WorkdirError as e:
+            raise ConfigurationError(str(e)) from None
+
+    def _save(self, stage, artifacts):
+        """Saves `{file name: model}` into `stage`'s directory, each whole
+        or not at all, and records their fingerprints in its stage.json:
+        the stage is finished."""
+        stage_dir = self._out(stage)
+        os.makedirs(stage_dir, exist_ok=True)
+        for name, model in artifacts.items():
+            ft_workdir.save_model(model, os.path.join(stage_dir, name))
+        ft_workdir.record_artifacts(stage_dir, list(artifacts))
+
+    def _train_classifier(self, stage, model):
+        scope = config.STAGE_SCOPES[stage]
         with distribute.scope(self.strategy):
             model.compile(
                 optimizer=self._optimizer(scope),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=top_k_metrics(self.num_classes),
             )
-        self._fit(stage, model, self.train_cfgs[scope].epochs, self._validation())
+        self._fit(
+            stage, model, self.settings.training[scope].epochs, self._validation()
+        )
 
     # ------------------------------------------------------------------
     # Stages.
 
     def run_teacher(self):
-        path = self._path("teacher", "model.keras")
-        if os.path.exists(path):
+        if self._done("teacher", "model.keras"):
             self._trained_teacher()
             return
         os.makedirs(self._out("teacher"), exist_ok=True)
-        if self.cfg.teacher_checkpoint:
-            self.teacher = self._load_teacher_checkpoint(self.cfg.teacher_checkpoint)
+        if self.settings.experiment.teacher_checkpoint:
+            self.teacher = self._load_teacher_checkpoint(
+                self.settings.experiment.teacher_checkpoint
+            )
         else:
-            self._train_classifier("teacher", self.teacher, "teacher")
+            self._train_classifier("teacher", self.teacher)
             if self.dry_run:
                 self._calibrate_batchnorm(self.teacher)
-        _atomic_save(self.teacher, self._out("teacher", "model.keras"))
+        self._save("teacher", {"model.keras": self.teacher})
         self._teacher_loaded = True
 
     def _calibrate_batchnorm(self, model):
@@ -588,7 +624,7 @@ class Experiment:
         except Exception as e:  # Keras raises several types on mismatch.
             raise ConfigurationError(
                 f"Teacher checkpoint {checkpoint} does not match the teacher "
-                f"network {self.net_cfgs['teacher'].name!r}: "
+                f"network {self.settings.network['teacher'].name!r}: "
                 f"{str(e).splitlines()[0]}"
             ) from None
         expected = (None,) + tuple(self.input_shape)
@@ -600,15 +636,15 @@ class Experiment:
                 f"Teacher checkpoint {checkpoint} does not match the data: "
                 f"it takes {tuple(teacher.input_shape)} and gives "
                 f"{teacher.output_shape[-1]} classes; the dataset "
-                f"{self.data_cfg.name!r} needs {expected} and "
+                f"{self.settings.dataset.name!r} needs {expected} and "
                 f"{self.num_classes} classes."
             )
-        self._tap_shape(teacher, "teacher", self.ft_cfg.teacher_layer)
+        self._tap_shape(teacher, "teacher", self.settings.factor_transfer.teacher_layer)
         return teacher
 
     def _require(self, stage, artifact):
         path = self._path(stage, artifact)
-        if not os.path.exists(path):
+        if not self._done(stage, artifact):
             raise ConfigurationError(
                 f"The {stage} stage has not finished in {self.workdir} (no "
                 f"{path}): enable it in `experiment.stages`."
@@ -622,17 +658,16 @@ class Experiment:
         return self.teacher
 
     def run_paraphraser(self):
-        path = self._path("paraphraser", "paraphraser.keras")
-        if os.path.exists(path):
+        if self._done("paraphraser", "paraphraser.keras"):
             return
-        if self.method_cfg.method not in ("ft", "ft+kd"):
+        if not self.settings.distillation.factor_transfer:
             print(
                 f"[ft_keras] stage paraphraser: skipped, "
-                f"distillation.method={self.method_cfg.method!r} has none",
+                f"distillation.method={self.settings.distillation.method!r} has none",
                 flush=True,
             )
             return
-        ft = self.ft_cfg
+        ft = self.settings.factor_transfer
         self._trained_teacher()
         with distribute.scope(self.strategy):
             paraphraser, _ = self._connectors()
@@ -643,19 +678,20 @@ class Experiment:
                 reconstruction=ft.reconstruction,
             )
             trainer.compile(optimizer=self._optimizer("paraphraser"))
-        self._fit(
-            "paraphraser", trainer, self.train_cfgs["paraphraser"].epochs
-        )
+        self._fit("paraphraser", trainer, self.settings.training["paraphraser"].epochs)
         tap = self._tap_shape(self.teacher, "teacher", ft.teacher_layer)
-        _atomic_save(
-            keras.Sequential([keras.Input(tap[1:]), paraphraser]),
-            self._out("paraphraser", "paraphraser.keras"),
+        self._save(
+            "paraphraser",
+            {
+                "paraphraser.keras": keras.Sequential(
+                    [keras.Input(tap[1:]), paraphraser]
+                )
+            },
         )
 
     def run_student(self):
-        path = self._path("student", "model.keras")
-        if os.path.exists(path):
-            self.student = self._load(path)
+        if self._done("student", "model.keras"):
+            self.student = self._load(self._path("student", "model.keras"))
             return
         self._trained_teacher()
         with distribute.scope(self.strategy):
@@ -667,22 +703,26 @@ class Experiment:
         self._fit(
             "student",
             distiller,
-            self.train_cfgs["student"].epochs,
+            self.settings.training["student"].epochs,
             self._validation(),
         )
+        artifacts = {}
         if translator is not None:
-            tap = self._tap_shape(self.student, "student", self.ft_cfg.student_layer)
-            _atomic_save(
-                keras.Sequential([keras.Input(tap[1:]), translator]),
-                self._out("student", "translator.keras"),
+            tap = self._tap_shape(
+                self.student, "student", self.settings.factor_transfer.student_layer
             )
-        _atomic_save(self.student, self._out("student", "model.keras"))
+            artifacts["translator.keras"] = keras.Sequential(
+                [keras.Input(tap[1:]), translator]
+            )
+        # The student last: its model.keras marks the stage finished.
+        artifacts["model.keras"] = self.student
+        self._save("student", artifacts)
 
     def _student_distiller(self):
         """The training model of `distillation.method`, and its translator
         (None for KD/AT). Call in the strategy's scope."""
-        ft, method = self.ft_cfg, self.method_cfg
-        if method.method in ("kd", "at"):
+        ft, method = self.settings.factor_transfer, self.settings.distillation
+        if not method.factor_transfer:
             at = method.method == "at"
             distiller = ft_distiller.BaselineDistiller(
                 self.teacher,
@@ -716,27 +756,24 @@ class Experiment:
         return distiller, translator
 
     def run_baseline(self):
-        path = self._path("baseline", "model.keras")
-        if os.path.exists(path):
+        if self._done("baseline", "model.keras"):
             return
         with distribute.scope(self.strategy):
             baseline = self._network("student")
-        self._train_classifier("baseline", baseline, "student")
-        _atomic_save(baseline, self._out("baseline", "model.keras"))
+        self._train_classifier("baseline", baseline)
+        self._save("baseline", {"model.keras": baseline})
 
     def evaluate(self):
         """Top-1/top-5 of every trained network on the test split."""
         results = {}
         for role in ("teacher", "baseline", "student"):
             path = self._path(role, "model.keras")
-            if not os.path.exists(path):
+            if not self._done(role, "model.keras"):
                 continue
+            model = self._load(path, compile=False)
             with distribute.scope(self.strategy):
-                model = keras.models.load_model(path, compile=False)
                 model.compile(
-                    loss=keras.losses.SparseCategoricalCrossentropy(
-                        from_logits=True
-                    ),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     metrics=top_k_metrics(self.num_classes),
                 )
             model.run_eagerly = self.dry_run
@@ -752,10 +789,15 @@ class Experiment:
     def run_evaluate(self):
         results = self.evaluate()
         self._update_results(evaluation=results)
-        method = self.method_cfg.method.upper()
-        names = {"teacher": "teacher", "baseline": "student alone",
-                 "student": f"{method} student"}
-        prefix = "[ft_keras] dry run (synthetic data):" if self.dry_run else "[ft_keras]"
+        method = self.settings.distillation.method.upper()
+        names = {
+            "teacher": "teacher",
+            "baseline": "student alone",
+            "student": f"{method} student",
+        }
+        prefix = (
+            "[ft_keras] dry run (synthetic data):" if self.dry_run else "[ft_keras]"
+        )
         for role, scores in results.items():
             line = ", ".join(f"{k} {100 * v:.2f}%" for k, v in scores.items())
             print(f"{prefix} {names[role]:>13}: {line}", flush=True)
@@ -764,18 +806,29 @@ class Experiment:
         """`(pixel_max, mean, std)` of the evaluation pipeline, with any
         `mean`/`std` of `dataset.eval_options`: what the exported serving
         graph must apply to raw images."""
-        pixel_max, mean, std = data.pixel_normalization(self.data_cfg.name)
-        options = self.data_cfg.eval_options
+        pixel_max, mean, std = data.pixel_normalization(self.settings.dataset.name)
+        options = self.settings.dataset.eval_options
         return pixel_max, options.get("mean", mean), options.get("std", std)
 
     def representative_images(self):
         """Raw training images (uint8 at the dataset's pixel scale) for int8
         calibration: the test-time pipeline's output, un-normalised."""
         pixel_max, mean, std = self.normalization()
-        count = self.cfg.representative_batches * self.data_cfg.eval_batch_size
-        batches = self._dataset(training=False, split=self.data_cfg.train_split)
+        count = (
+            self.settings.experiment.representative_batches
+            * self.settings.dataset.eval_batch_size
+        )
+        # Not cached: a cache read in part warns and is thrown away.
+        batches = self._dataset(
+            training=False, split=self.settings.dataset.train_split, cache=False
+        )
         images = np.concatenate(
-            [np.asarray(x) for x, _ in batches.take(self.cfg.representative_batches)]
+            [
+                np.asarray(x)
+                for x, _ in batches.take(
+                    self.settings.experiment.representative_batches
+                )
+            ]
         )[:count]
         raw = (images * np.asarray(std) + np.asarray(mean)) * pixel_max
         return np.clip(np.round(raw), 0, pixel_max).astype(np.uint8)
@@ -783,9 +836,7 @@ class Experiment:
     def run_export(self):
         if not self.is_chief:
             return
-        student = keras.models.load_model(
-            self._require("student", "model.keras"), compile=False
-        )
+        student = self._load(self._require("student", "model.keras"), compile=False)
         pixel_max, mean, std = self.normalization()
         paths = ft_export.export_student(
             student,
@@ -802,16 +853,16 @@ class Experiment:
 
     def _update_results(self, **entries):
         path = self._out("results.json")
-        results = _read_json(path) if os.path.exists(path) else {}
+        results = ft_workdir.read_json(path) if os.path.exists(path) else {}
         results.update(entries)
         stages = {}
         for stage in ("teacher", "paraphraser", "student", "baseline"):
-            stage_json = self._out(stage, "stage.json")
+            stage_json = self._out(stage, ft_workdir.STAGE_FILE)
             if os.path.exists(stage_json):
-                stages[stage] = _read_json(stage_json)
+                stages[stage] = ft_workdir.read_json(stage_json)
         results["stages"] = stages
         results["workdir"] = self.workdir
-        _write_json(path, results)
+        ft_workdir.write_json(path, results)
         return results
 
     def run(self):
@@ -828,3 +879,9 @@ class Experiment:
             )
         finally:
             distribute.remove_worker_dir(self.output_dir, self.workdir)
+            self.close()
+
+    def close(self):
+        """Releases the workdir (`run` does this when it ends); the lock
+        also ends with the process, however it ends."""
+        self._lock.release()

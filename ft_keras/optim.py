@@ -17,10 +17,13 @@ Weight decay comes in two forms, chosen by `weight_decay_mode`:
 networks rather than here.)
 """
 
+import dataclasses
 import math
 
 import keras
 from keras import ops
+
+from ft_keras import _validation
 
 _PACKAGE = "ft_keras"
 SCHEDULES = ("constant", "step", "cosine")
@@ -170,23 +173,18 @@ class TorchSGD(keras.optimizers.SGD):
                 f"Received: weight_decay={kwargs['weight_decay']!r}"
             )
         kwargs.pop("weight_decay", None)
-        if (
-            isinstance(coupled_weight_decay, bool)
-            or not isinstance(coupled_weight_decay, (int, float))
-            or coupled_weight_decay < 0
-        ):
-            raise ValueError(
-                "`coupled_weight_decay` must be a non-negative number "
-                "(PyTorch's SGD `weight_decay`, e.g. 5e-4). Received: "
-                f"coupled_weight_decay={coupled_weight_decay!r}"
-            )
+        coupled_weight_decay = _validation.non_negative(
+            "coupled_weight_decay",
+            coupled_weight_decay,
+            "PyTorch's SGD `weight_decay`, e.g. 5e-4",
+        )
         super().__init__(
             learning_rate=learning_rate,
             momentum=float(momentum),
             nesterov=nesterov,
             **kwargs,
         )
-        self.coupled_weight_decay = float(coupled_weight_decay)
+        self.coupled_weight_decay = coupled_weight_decay
 
     def update_step(self, gradient, variable, learning_rate):
         learning_rate = ops.cast(learning_rate, variable.dtype)
@@ -210,28 +208,130 @@ class TorchSGD(keras.optimizers.SGD):
         return config
 
 
-def build_optimizer(
-    steps_per_epoch,
-    epochs,
-    optimizer="sgd",
-    learning_rate=0.1,
-    momentum=0.9,
-    nesterov=False,
-    schedule="step",
-    boundaries=(),
-    decay=0.1,
-    warmup_epochs=0,
-    weight_decay=None,
-    weight_decay_mode="decoupled",
-):
-    """An optimizer with an `EpochSchedule`, from epoch-based settings.
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """A stage's training: its epochs, and its optimizer with a learning
+    rate scheduled in epochs, as the papers give it.
 
-    `weight_decay` is applied as `weight_decay_mode` says (see the module
-    docstring): `"decoupled"`, Keras' own decay of the chosen optimizer;
-    `"coupled"`, PyTorch's SGD weight decay through `TorchSGD` (which needs
-    `optimizer="sgd"`). Either decays every trainable variable the optimizer
-    is given; an L2 penalty on kernels only is set on the networks instead
-    (`weight_decay` of `ft_keras.models.get`).
+    Each setting is declared here once, with its default and its check; the
+    runner's gin binds it as `training` under a stage's scope
+    (`student/training.epochs = 164`; an unscoped binding, e.g.
+    `training.weight_decay = 5e-4`, holds for every stage that does not
+    bind its own).
+
+    Args:
+        epochs: Epochs of the stage (a positive integer).
+        optimizer: `"sgd"`, `"adam"` or `"adamw"`.
+        learning_rate: The peak learning rate.
+        momentum, nesterov: SGD's momentum and Nesterov flag.
+        schedule: `"constant"`, `"step"` or `"cosine"` (`EpochSchedule`).
+        boundaries: Epochs at which a `"step"` schedule multiplies the rate
+            by `decay` (the paper's `(82, 123)`); each before `epochs`.
+            Other schedules ignore them, so an unscoped binding may hold
+            for stages with a constant rate.
+        decay: The step schedule's factor.
+        warmup_epochs: Epochs (may be fractional) of linear warm-up.
+        weight_decay: None, or the decay coefficient of every trainable
+            variable the optimizer updates (never a frozen network),
+            applied as `weight_decay_mode` says.
+        weight_decay_mode: `"decoupled"` (the default): Keras' own decay,
+            `w -= lr * weight_decay * w` outside the gradient. `"coupled"`:
+            PyTorch's `SGD(weight_decay=...)`, as every reference code of
+            Factor Transfer: `weight_decay * w` is added to each gradient
+            before momentum (`TorchSGD`; needs `optimizer="sgd"`). With
+            `"coupled"`, leave kernel L2 penalties of the same stage at 0,
+            or the kernels are decayed twice (the runner refuses that).
+
+    Example:
+
+    ```python
+    training = TrainingConfig(epochs=164, boundaries=(82, 123),
+                              weight_decay=5e-4, weight_decay_mode="coupled")
+    optimizer = training.build_optimizer(steps_per_epoch=391)
+    ```
+    """
+
+    epochs: int
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    schedule: str = "step"
+    boundaries: tuple = ()
+    decay: float = 0.1
+    warmup_epochs: float = 0
+    weight_decay: float = None
+    weight_decay_mode: str = "decoupled"
+
+    def __post_init__(self):
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) \
+                or self.epochs < 1:
+            raise ValueError(
+                "`epochs` must be a positive integer. Received: "
+                f"epochs={self.epochs!r}"
+            )
+        _validation.one_of("optimizer", self.optimizer, OPTIMIZERS)
+        _validation.one_of("schedule", self.schedule, SCHEDULES)
+        _validation.one_of(
+            "weight_decay_mode",
+            self.weight_decay_mode,
+            WEIGHT_DECAY_MODES,
+            " ('coupled' is PyTorch's SGD weight decay)",
+        )
+        if self.weight_decay_mode == "coupled" and self.optimizer != "sgd":
+            raise ValueError(
+                "`weight_decay_mode='coupled'` is PyTorch's SGD weight decay "
+                "and needs `optimizer='sgd'`; use 'decoupled' with "
+                f"{self.optimizer!r}. Received: optimizer={self.optimizer!r}"
+            )
+        if self.weight_decay is not None:
+            _validation.non_negative(
+                "weight_decay", self.weight_decay, "or None; 5e-4 in the paper"
+            )
+        object.__setattr__(self, "boundaries", tuple(self.boundaries))
+        if self.schedule == "step" and any(
+            b >= self.epochs for b in self.boundaries
+        ):
+            raise ValueError(
+                f"Learning-rate boundaries {list(self.boundaries)} must lie "
+                f"before the last of the {self.epochs} training epochs (a "
+                "boundary at or beyond it never takes effect): lower them or "
+                "raise `epochs`."
+            )
+
+    def build_optimizer(self, steps_per_epoch):
+        """The optimizer, its `EpochSchedule` in steps of `steps_per_epoch`."""
+        rate = EpochSchedule(
+            self.learning_rate,
+            schedule=self.schedule,
+            total_steps=steps_per_epoch * self.epochs,
+            boundaries=[b * steps_per_epoch for b in self.boundaries],
+            decay=self.decay,
+            warmup_steps=int(self.warmup_epochs * steps_per_epoch),
+        )
+        if self.weight_decay_mode == "coupled":
+            return TorchSGD(
+                rate,
+                momentum=self.momentum,
+                nesterov=self.nesterov,
+                coupled_weight_decay=self.weight_decay or 0.0,
+            )
+        if self.optimizer == "sgd":
+            return keras.optimizers.SGD(
+                rate,
+                momentum=self.momentum,
+                nesterov=self.nesterov,
+                weight_decay=self.weight_decay,
+            )
+        if self.optimizer == "adam":
+            return keras.optimizers.Adam(rate, weight_decay=self.weight_decay)
+        return keras.optimizers.AdamW(rate, weight_decay=self.weight_decay or 0.004)
+
+
+def build_optimizer(steps_per_epoch, epochs, **settings):
+    """An optimizer with an `EpochSchedule`, from epoch-based settings: the
+    fields of `TrainingConfig` (`optimizer`, `learning_rate`, `boundaries`,
+    `weight_decay`, `weight_decay_mode`, ...), with its defaults and checks.
 
     Example:
 
@@ -241,47 +341,4 @@ def build_optimizer(
                                 weight_decay=5e-4, weight_decay_mode="coupled")
     ```
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(
-            f"`optimizer` must be one of {OPTIMIZERS}. Received: "
-            f"optimizer={optimizer!r}"
-        )
-    if weight_decay_mode not in WEIGHT_DECAY_MODES:
-        raise ValueError(
-            f"`weight_decay_mode` must be one of {WEIGHT_DECAY_MODES}. "
-            f"Received: weight_decay_mode={weight_decay_mode!r}"
-        )
-    if weight_decay_mode == "coupled" and optimizer != "sgd":
-        raise ValueError(
-            "`weight_decay_mode='coupled'` is PyTorch's SGD weight decay and "
-            "needs `optimizer='sgd'`; use 'decoupled' with "
-            f"{optimizer!r}. Received: optimizer={optimizer!r}"
-        )
-    if any(b >= epochs for b in boundaries):
-        raise ValueError(
-            f"Learning-rate boundaries {list(boundaries)} must lie before the "
-            f"last of the {epochs} training epochs (a boundary at or beyond "
-            "it never takes effect): lower them or raise `epochs`."
-        )
-    rate = EpochSchedule(
-        learning_rate,
-        schedule=schedule,
-        total_steps=steps_per_epoch * epochs,
-        boundaries=[b * steps_per_epoch for b in boundaries],
-        decay=decay,
-        warmup_steps=int(warmup_epochs * steps_per_epoch),
-    )
-    if weight_decay_mode == "coupled":
-        return TorchSGD(
-            rate,
-            momentum=momentum,
-            nesterov=nesterov,
-            coupled_weight_decay=weight_decay or 0.0,
-        )
-    if optimizer == "sgd":
-        return keras.optimizers.SGD(
-            rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
-        )
-    if optimizer == "adam":
-        return keras.optimizers.Adam(rate, weight_decay=weight_decay)
-    return keras.optimizers.AdamW(rate, weight_decay=weight_decay or 0.004)
+    return TrainingConfig(epochs, **settings).build_optimizer(steps_per_epoch)

@@ -41,21 +41,14 @@ class Parsed:
     def __init__(self, path, bindings=()):
         gin.clear_config()
         cli.parse_config([path], list(bindings))
-        self.ft = config.factor_transfer()
-        self.training, self.network = {}, {}
-        for scope in SCOPES:
-            with gin.config_scope(scope):
-                self.training[scope] = config.training()
-                if scope != "paraphraser":
-                    self.network[scope] = config.network()
-
-    def optimizer(self, scope):
-        return self.training[scope].optimizer
+        self.settings = config.from_gin()
+        self.ft = self.settings.factor_transfer
+        self.training = self.settings.training
+        self.network = self.settings.network
 
     def check_weight_decay(self):
         for scope in SCOPES:
-            config.check_weight_decay(scope, self.training[scope],
-                                      self.network.get(scope), self.ft)
+            self.settings.check_weight_decay(scope)
 
 
 def short(path):
@@ -75,16 +68,16 @@ def test_repdistiller_paraphraser_pretrains_30_epochs_at_lr_0_01(path):
     # helper/pretrain.py: lr 0.01 for the resnet/wrn students, no schedule.
     parsed = Parsed(path)
     assert parsed.training["paraphraser"].epochs == 30
-    assert parsed.optimizer("paraphraser")["learning_rate"] == 0.01
-    assert parsed.optimizer("paraphraser")["schedule"] == "constant"
+    assert parsed.training["paraphraser"].learning_rate == 0.01
+    assert parsed.training["paraphraser"].schedule == "constant"
 
 
 def test_torchdistill_paraphraser_pretrains_at_lr_0_01_with_decay():
     # ft-resnet18_from_resnet34.yaml, stage1: SGD lr 0.01, weight_decay 1e-4.
     parsed = Parsed(TORCHDISTILL)
-    opt = parsed.optimizer("paraphraser")
-    assert (parsed.training["paraphraser"].epochs, opt["learning_rate"],
-            opt["weight_decay"], opt["weight_decay_mode"]) == (
+    opt = parsed.training["paraphraser"]
+    assert (parsed.training["paraphraser"].epochs, opt.learning_rate,
+            opt.weight_decay, opt.weight_decay_mode) == (
         1, 0.01, 1e-4, "coupled")
 
 
@@ -93,11 +86,10 @@ def test_mmrazor_connectors_are_decayed_and_pre_training_builds():
     # paraphraser (pre-training) and translator (distillation) included.
     parsed = Parsed(MMRAZOR)
     for scope in ("paraphraser", "student"):
-        opt = parsed.optimizer(scope)
-        assert (opt["weight_decay"], opt["weight_decay_mode"]) == (
+        opt = parsed.training[scope]
+        assert (opt.weight_decay, opt.weight_decay_mode) == (
             1e-4, "coupled")
-        built = optim.build_optimizer(
-            391, parsed.training[scope].epochs, **opt)
+        built = opt.build_optimizer(steps_per_epoch=391)
         assert isinstance(built, optim.TorchSGD)
         assert built.coupled_weight_decay == 1e-4
     assert parsed.training["paraphraser"].epochs == 20
@@ -107,10 +99,10 @@ def test_mmrazor_connectors_are_decayed_and_pre_training_builds():
 def test_reference_configs_decay_every_parameter_as_pytorch_sgd(path):
     parsed = Parsed(path)
     for scope in SCOPES:
-        opt = parsed.optimizer(scope)
-        assert opt["weight_decay_mode"] == "coupled", scope
-        assert opt["weight_decay"] == WEIGHT_DECAY[path], scope
-        assert opt["optimizer"] == "sgd" and opt["momentum"] == 0.9
+        opt = parsed.training[scope]
+        assert opt.weight_decay_mode == "coupled", scope
+        assert opt.weight_decay == WEIGHT_DECAY[path], scope
+        assert opt.optimizer == "sgd" and opt.momentum == 0.9
     # ... and nothing a second time through a kernel L2 penalty.
     assert parsed.ft.connector_weight_decay == 0.0
     for net in parsed.network.values():
@@ -165,7 +157,8 @@ def test_bad_settings_fail_when_read(binding, message):
 
 
 def test_coupled_decay_needs_sgd():
-    with pytest.raises(ValueError, match="needs `training.optimizer='sgd'`"):
+    with pytest.raises(ValueError, match="student/training.*needs "
+                       "`optimizer='sgd'`"):
         Parsed(str(REPO / "gin" / "distill.gin"),
                ["student/training.optimizer = 'adam'"])
 

@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -313,8 +314,9 @@ def test_slurm_launcher_runs_one_worker_per_task(two_workers, tmp_path):
     assert not any(a.startswith("--gres") for a in srun_args)
     # The SLURM resolver made one cluster of the two tasks, which evaluated
     # the networks of the two-worker run as it did.
-    assert "num_workers = 2" in output
-    assert f"127.0.0.1:{port + 1}" in output
+    assert re.search(r"\[ft_keras\] worker 1 of a cluster of 2 workers "
+                     rf"\(127.0.0.1:{port}, 127.0.0.1:{port + 1}\)", output)
+    assert "worker 0 of a cluster of 2 workers" in output
     evaluation = _evaluation(output)
     assert evaluation == sorted(_evaluation(two_workers[1]) * 2)
 

@@ -62,13 +62,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import checksums
 
-from ft_keras.data import specs
 
 __all__ = [
     "DATASETS",
-    "DatasetNotPreparedError",
     "SourceError",
-    "ensure_prepared",
     "find_source",
     "fix_hint",
     "main",

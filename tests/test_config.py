@@ -1,0 +1,138 @@
+"""ft_keras.config: each setting declared once, checked when read, read from
+gin once (`from_gin`), and usable without gin (`Settings`, `to_gin`)."""
+
+import dataclasses
+import pathlib
+
+import gin
+import keras
+import pytest
+
+from ft_keras import cli
+from ft_keras import config
+from ft_keras import experiment as ft_experiment
+from ft_keras import layers
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def clean_gin(monkeypatch):
+    monkeypatch.chdir(REPO)
+    gin.clear_config()
+    yield
+    gin.clear_config()
+    keras.backend.clear_session()
+
+
+def read(*bindings, gin_file="gin/quickstart.gin"):
+    cli.parse_config([gin_file], list(bindings))
+    return config.from_gin()
+
+
+def test_an_unscoped_binding_holds_for_every_stage_a_scoped_one_overrides():
+    settings = read("training.momentum = 0.5",
+                    "paraphraser/training.momentum = 0.0")
+    momenta = {s: t.momentum for s, t in settings.training.items()}
+    assert momenta == {"teacher": 0.5, "paraphraser": 0.0, "student": 0.5}
+    # gin/quickstart.gin binds `network.weight_decay` once, for both.
+    assert {r: n.kwargs["weight_decay"] for r, n in settings.network.items()} \
+        == {"teacher": 5e-4, "student": 5e-4}
+
+
+@pytest.mark.parametrize("binding, message", [
+    # The scope of a scoped setting is named ...
+    ("paraphraser/training.schedule = 'step'\n"
+     "paraphraser/training.boundaries = [3]",
+     r"^`paraphraser/training`: Learning-rate boundaries \[3\] must lie "
+     r"before the last of the 3 training epochs"),
+    ("student/training.epochs = 0",
+     r"^`student/training`: `epochs` must be a positive integer\. "
+     r"Received: epochs=0"),
+    # ... an unscoped one is named by its own message, once.
+    ("dataset.batch_size = 0", r"^`dataset.batch_size` must be a positive"),
+    ("distillation.method = 'fitnets'",
+     r"^`distillation.method` must be one of .*Received: method='fitnets'"),
+    ("experiment.stages = ['student', 'teacher']",
+     r"^`experiment.stages` must be in the order"),
+    ("factor_transfer.connector_weight_decay = -1.0",
+     r"^`factor_transfer.connector_weight_decay` must be a non-negative"),
+])
+def test_a_bad_value_fails_when_read_naming_the_binding(binding, message):
+    with pytest.raises(ValueError, match=message):
+        read(*binding.split("\n"))
+
+
+def test_a_missing_required_value_is_named():
+    cli.parse_config(["gin/data/digits.gin"], [])
+    with pytest.raises(ValueError, match=r"^`factor_transfer`: a required "
+                                         r"value is not bound: 'teacher_layer'"):
+        config.from_gin()
+
+
+def test_derived_defaults_are_the_methods():
+    assert (config.DistillationConfig("kd").ce_weight,
+            config.DistillationConfig("kd").kd_weight) == (0.1, 0.9)
+    assert config.DistillationConfig("ft+kd").kd_weight == 1.0
+    assert config.DistillationConfig("ft").kd_weight == 0.0
+    assert config.DistillationConfig("ft+kd").factor_transfer
+    assert not config.DistillationConfig("at").factor_transfer
+    assert config.DataConfig("digits", batch_size=32).eval_batch_size == 32
+
+
+@pytest.mark.parametrize("gin_file", [
+    "gin/quickstart.gin", "gin/distill.gin",
+    "gin/paper/cifar100_wrn40_2_wrn16_2.gin",
+    "gin/paper/imagenet_resnet34_resnet18.gin"])
+def test_to_gin_reads_back_into_equal_settings(gin_file):
+    settings = read(gin_file=gin_file)
+    text = settings.to_gin()
+    gin.clear_config()
+    gin.parse_config(text)
+    assert config.from_gin() == settings
+
+
+def test_connectors_follow_the_settings():
+    ft = config.FactorTransferConfig(
+        "stage3", "stage3", rate=0.5, rounding="floor", translator_bn=True,
+        connector_weight_decay=5e-4)
+    paraphraser, translator = ft.connectors(teacher_channels=5)
+    assert paraphraser.rate == 0.5 and paraphraser.rounding == "floor"
+    assert not paraphraser.use_bn and translator.use_bn
+    assert translator.out_channels == layers.factor_channels(5, 0.5, "floor")
+    assert translator.out_channels == 2  # int(5 * 0.5), not round(2.5) = 2
+    # An L2 penalty whose gradient is connector_weight_decay * kernel.
+    assert translator.kernel_regularizer.l2 == pytest.approx(2.5e-4)
+
+
+def test_an_experiment_runs_from_python_settings_without_gin(tmp_path):
+    settings = config.Settings(
+        experiment=config.ExperimentConfig(
+            stages=("teacher", "paraphraser", "student", "evaluate"), seed=0),
+        cluster=config.ClusterConfig(),
+        dataset=config.DataConfig("digits", batch_size=32),
+        factor_transfer=config.FactorTransferConfig("stage3", "stage3"),
+        distillation=config.DistillationConfig(),
+        training={s: config.TrainingConfig(epochs=2, schedule="cosine")
+                  for s in ("teacher", "paraphraser", "student")},
+        network={"teacher": config.NetworkConfig("wrn10_2", {}),
+                 "student": config.NetworkConfig("wrn10_1", {})},
+    )
+    assert gin.config_str() == ""  # nothing bound: gin is never read
+    experiment = ft_experiment.Experiment(
+        tmp_path / "w", settings=settings, dry_run=True)
+    results = experiment.run()
+    assert set(results["evaluation"]) == {"teacher", "student"}
+    # The workdir records the settings as a gin file that reads back.
+    saved = (tmp_path / "w" / "config.gin").read_text()
+    assert saved == settings.to_gin()
+    gin.parse_config(saved)
+    assert config.from_gin() == settings
+    # A rerun with other settings is refused, naming the difference.
+    other = dataclasses.replace(
+        settings, factor_transfer=config.FactorTransferConfig(
+            "stage3", "stage3", beta=100.0))
+    with pytest.raises(ft_experiment.ConfigurationError,
+                       match=r"factor_transfer.beta = 500.0.*"
+                             r"factor_transfer.beta = 100.0"):
+        ft_experiment.Experiment(tmp_path / "w", settings=other, dry_run=True)
