@@ -21,7 +21,18 @@ Which parts run on which Keras backend (`KERAS_BACKEND`):
 
 __version__ = "0.1.0"
 
-from ft_keras import losses
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"]:
+    # `python -m ft_keras.<tool>`, while Python imports this package: quiet
+    # TensorFlow's C++ logging before TensorFlow loads (ft_keras._console).
+    from ft_keras import _console
+
+    _console.quiet_before_tensorflow(_sys.argv[1:])
+    with _console.tensorflow_import_quieted():
+        import keras  # noqa: F401  (loads the backend, TensorFlow)
+
+from ft_keras import losses  # noqa: E402
 from ft_keras import optim  # registers EpochSchedule, used by saved models
 from ft_keras.distiller import BaselineDistiller
 from ft_keras.distiller import Distiller

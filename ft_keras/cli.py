@@ -94,7 +94,10 @@ def run(argv, stages=None):
     """Parses the config, builds the experiment and runs it; returns the
     process exit status."""
     del argv
+    from ft_keras import _console
     from ft_keras import callbacks
+
+    _console.quiet_python_logging()
     from ft_keras import experiment as ft_experiment
 
     if not FLAGS.gin_file:
