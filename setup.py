@@ -42,15 +42,29 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        # matplotlib: benchmarks/reproduce.py draws the accuracy curves.
-        # jax (CPU, ~90 MB of wheels): tests/test_backends.py runs the core
+        # matplotlib: ft_keras.report and benchmarks/reproduce.py draw the
+        # accuracy curves. jax (CPU, ~90 MB of wheels): tests/test_backends.py runs the core
         # on the JAX backend too.
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "matplotlib>=3.8",
             "jax[cpu]>=0.10.2,<0.11",
+            "tf2onnx>=1.17",
+            "onnx>=1.17",
+            "onnxruntime>=1.20",
+            "ai-edge-litert>=2.0",
         ],
+        # The export stage's ONNX file (tf2onnx, onnx), and the runtimes
+        # that run the exported files: ONNX Runtime and LiteRT.
+        "export": [
+            "tf2onnx>=1.17",
+            "onnx>=1.17",
+            "onnxruntime>=1.20",
+            "ai-edge-litert>=2.0",
+        ],
+        # python -m ft_keras.report draws its plots with it.
+        "report": ["matplotlib>=3.8"],
         # The other Keras backends the core (layers, losses, distiller,
         # models) runs on, CPU builds. torch is pinned to 2.13.0, whose CPU
         # wheel (2.13.0+cpu) the project's machines keep in pip's

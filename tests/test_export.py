@@ -1,4 +1,5 @@
-"""Export: a SavedModel and TFLite files that take raw uint8 images."""
+"""Export: a SavedModel, LiteRT (TFLite) and ONNX files that take raw uint8
+images, checked with TensorFlow, the LiteRT runtime and ONNX Runtime."""
 
 import os
 
@@ -30,9 +31,10 @@ def normalised(raw):
 def test_export_writes_every_artifact_and_no_temporary_dir(exported):
     _, _, export_dir, paths = exported
     assert sorted(os.listdir(export_dir)) == [
-        "saved_model", "student.keras", "student_float.tflite",
+        "saved_model", "student.keras", "student.onnx", "student_float.tflite",
         "student_int8.tflite"]
-    assert set(paths) == {"saved_model", "tflite_float", "tflite_int8", "keras"}
+    assert set(paths) == {"saved_model", "tflite_float", "tflite_int8",
+                          "keras", "onnx"}
     assert not os.path.exists(f"{export_dir}.tmp")
 
 
@@ -59,16 +61,59 @@ def test_tflite_float_matches_and_int8_stays_close(exported):
     assert agree >= 0.75
 
 
+def test_onnx_matches_keras_in_onnx_runtime(exported):
+    student, raw, export_dir, _ = exported
+    expected = student(normalised(raw), training=False).numpy()
+    np.testing.assert_allclose(
+        ft_export.onnx_predict(export_dir / "student.onnx", raw), expected,
+        atol=1e-5)
+
+
+def test_the_litert_runtime_runs_the_files_not_tensorflow(exported):
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, _, export_dir, _ = exported
+    for name in ("student_float.tflite", "student_int8.tflite"):
+        interpreter = ft_export._litert_interpreter(export_dir / name)
+        assert isinstance(interpreter, Interpreter)
+        signature = interpreter.get_signature_list()[ft_export.SERVING]
+        assert signature == {"inputs": ["images"],
+                             "outputs": ["logits", "probabilities"]}
+
+
+def test_serving_model_is_the_student_behind_the_normalisation(exported):
+    student, raw, _, _ = exported
+    served = ft_export.serving_model(student, 16, (0.3,), (0.4,))
+    out = served(raw)
+    expected = student(normalised(raw), training=False).numpy()
+    np.testing.assert_allclose(np.asarray(out["logits"]), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["probabilities"]).sum(1), 1.0,
+                               atol=1e-5)
+
+
 def test_export_without_calibration_images_writes_no_int8_file(tmp_path):
     student = models.get("wrn10_1", num_classes=10, input_shape=(8, 8, 1))
-    paths = ft_export.export_student(student, tmp_path / "e", 16, (0.3,), (0.4,))
-    assert "tflite_int8" not in paths
+    paths = ft_export.export_student(student, tmp_path / "e", 16, (0.3,), (0.4,),
+                                     onnx=False)
+    assert "tflite_int8" not in paths and "onnx" not in paths
     assert not (tmp_path / "e" / "student_int8.tflite").exists()
+
+
+def test_onnx_without_its_exporter_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(ft_export, "onnx_available", lambda: False)
+    student = models.get("wrn10_1", num_classes=10, input_shape=(8, 8, 1))
+    with pytest.raises(ImportError, match=r"pip install 'ft_keras\[export\]'"):
+        ft_export.export_student(student, tmp_path / "e", 16, (0.3,), (0.4,),
+                                 onnx=True)
+    # By default it is left out, the rest written.
+    paths = ft_export.export_student(student, tmp_path / "e", 16, (0.3,), (0.4,))
+    assert "onnx" not in paths and os.path.exists(paths["tflite_float"])
 
 
 def test_reexport_replaces_the_previous_directory(tmp_path):
     student = models.get("wrn10_1", num_classes=10, input_shape=(8, 8, 1))
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "stale.txt").write_text("old")
-    ft_export.export_student(student, tmp_path / "e", 16, (0.3,), (0.4,))
+    ft_export.export_student(student, tmp_path / "e", 16, (0.3,), (0.4,),
+                             onnx=False)
     assert not (tmp_path / "e" / "stale.txt").exists()

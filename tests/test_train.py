@@ -94,11 +94,11 @@ def test_method_files_compose_with_a_config(gin_file, method_file, tmp_path):
         experiment = ft_experiment.Experiment(tmp_path / "w")
     expected = {"gin/methods/alone.gin": "ft", "gin/methods/kd.gin": "kd",
                 "gin/methods/at.gin": "at", "gin/methods/ft_kd.gin": "ft+kd"}
-    assert experiment.method_cfg.method == expected[method_file]
+    assert experiment.settings.distillation.method == expected[method_file]
     if method_file.endswith("alone.gin"):
         assert experiment.stages == ("baseline", "evaluate")
     # The config's own networks and schedule are kept.
-    assert experiment.train_cfgs["student"].epochs in (164, 240)
+    assert experiment.settings.training["student"].epochs in (164, 240)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,8 @@ def test_quickstart_leaves_every_artifact(quickstart):
                  "student/model.keras", "student/translator.keras",
                  "baseline/model.keras", "export/student.keras",
                  "export/saved_model/saved_model.pb",
-                 "export/student_float.tflite", "export/student_int8.tflite"]:
+                 "export/student_float.tflite", "export/student_int8.tflite",
+                 "export/student.onnx"]:
         assert (workdir / path).exists(), path
     for stage in ("teacher", "paraphraser", "student", "baseline"):
         assert len(read_csv(workdir / stage / "log.csv")) >= 1
@@ -191,6 +192,10 @@ def test_tflite_float_matches_and_int8_keeps_accuracy(quickstart):
     int8_acc = np.mean(int8_logits.argmax(1) == labels)
     assert float_acc > 0.5
     assert int8_acc >= float_acc - 0.02, (float_acc, int8_acc)
+    # ONNX Runtime gives the Keras student's logits too.
+    onnx_logits = ft_export.onnx_predict(workdir / "export" / "student.onnx",
+                                         images)
+    np.testing.assert_allclose(onnx_logits, reference, atol=1e-4)
     # The int8 file is really quantized.
     assert (os.path.getsize(workdir / "export" / "student_int8.tflite")
             < 0.5 * os.path.getsize(workdir / "export" / "student_float.tflite"))
