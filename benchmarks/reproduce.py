@@ -33,9 +33,7 @@ when the config validates every epoch (`experiment.validate = True`),
 """
 
 import argparse
-import csv
 import json
-import math
 import os
 import re
 import shlex
@@ -157,16 +155,13 @@ def keep_teacher(directory, out):
 def curve(directory, role):
     """Per-epoch test top-1 (%) of a run, from its stage's log.csv; empty if
     the config did not validate every epoch."""
+    from ft_keras import report
+
     path = os.path.join(directory, _CURVE_STAGE[role], "log.csv")
     if not os.path.exists(path):
         return []
-    by_epoch = {}
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            if row.get("val_top1"):
-                # A resumed stage may log an epoch again: keep the last.
-                by_epoch[int(row["epoch"])] = 100 * float(row["val_top1"])
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    values = report.read_log(path).get("val_top1", [])
+    return [100 * v for v in values if v is not None]
 
 
 def record(method, seed, directory, results):
@@ -207,43 +202,27 @@ def table(summary):
 
 
 def plot(summary, path):
-    """Per-epoch test top-1 of each method (mean over seeds) as a PNG."""
-    import matplotlib
+    """Per-epoch test top-1 of each method (mean over seeds) as a PNG,
+    drawn by `ft_keras.report.plot_curves`."""
+    from ft_keras import report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
-    drawn = False
+    series = {}
     for method, row in summary["methods"].items():
         curves = [r["curve"] for r in row["runs"] if r["curve"]]
         if not curves:
             continue
         epochs = min(len(c) for c in curves)
-        mean = [statistics.mean(c[e] for c in curves) for e in range(epochs)]
         seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
-        axis.plot(range(1, epochs + 1), mean, marker="o", markersize=3,
-                  label=f"{method} ({seeds})")
-        drawn = True
-    if not drawn:
-        plt.close(figure)
+        series[f"{method} ({seeds})"] = [
+            statistics.mean(c[e] for c in curves) for e in range(epochs)]
+    if not series:
         return False
-    from matplotlib.ticker import MaxNLocator
-
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("test top-1 (%)")
-    axis.set_title(summary["title"], fontsize=9)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    low = min(min(min(r["curve"]) for r in row["runs"] if r["curve"])
-              for row in summary["methods"].values()
-              if any(r["curve"] for r in row["runs"]))
-    axis.set_ylim(max(0.0, 5 * math.floor(low / 5) - 1), 100)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return True
+    # The y range of the runs themselves, not of their means.
+    runs = {str(i): r["curve"] for i, r in enumerate(
+        r for row in summary["methods"].values() for r in row["runs"])
+        if r["curve"]}
+    return report.plot_curves(series, path, summary["title"],
+                              "test top-1 (%)", report.accuracy_ylim(runs))
 
 
 def write_readme(path, name, text):

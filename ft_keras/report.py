@@ -1,0 +1,355 @@
+"""A report of finished runs: one Markdown table and PNG plots.
+
+    python -m ft_keras.report runs/quickstart [runs/other ...] --out report/
+
+For each workdir: the config (dataset, teacher -> student, method), the
+test top-1 / top-5 of every network it evaluated, and each training stage's
+wall time and images per second, in `report.md`; and the PNG plots
+`<run>_<stage>.png` (training loss and accuracy per epoch, and test
+accuracy where the config validated every epoch), plus `students.png`
+(the test top-1 per epoch of every student and student trained alone,
+side by side) when any run validated. Everything is read from the files
+the runner leaves (`results.json`, `operative_config.gin`, each stage's
+`log.csv`), so a report is made at any time, also of a run in progress.
+`benchmarks/reproduce.py` draws its figures with `plot_curves`.
+
+Example:
+
+```python
+from ft_keras import report
+runs = [report.load_run("runs/quickstart")]
+print(report.markdown_table(runs))
+report.write_report(runs, "report/")
+```
+"""
+
+import argparse
+import ast
+import csv
+import importlib.util
+import math
+import os
+import re
+import sys
+
+# The training stages, each with the evaluation role of the network it
+# trains ("paraphraser" trains none).
+STAGES = ("teacher", "paraphraser", "student", "baseline")
+_ROLE_NAMES = {"teacher": "teacher", "baseline": "student alone"}
+_BINDING = re.compile(r"^([\w/.]+) = (.+)$")
+NO_PLOTS = "(No plots: they need matplotlib, `pip install 'ft_keras[report]'`.)"
+
+
+class ReportError(ValueError):
+    """A directory that holds no run of the experiment runner."""
+
+
+def _read_json(path):
+    import json
+
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_bindings(path):
+    """`{"scope/name.field": value}` of a gin file the runner wrote
+    (`operative_config.gin`); values that are not literals stay strings."""
+    bindings = {}
+    with open(path) as f:
+        text = f.read().replace("\\\n", " ")
+    # A value may continue on the next lines (long lists).
+    for block in re.split(r"\n(?=\S)", text):
+        match = _BINDING.match(" ".join(block.split()))
+        if not match:
+            continue
+        name, value = match.groups()
+        try:
+            bindings[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            bindings[name] = value
+    return bindings
+
+
+def read_log(path):
+    """`{column: [value per epoch]}` of a stage's `log.csv` (a resumed stage
+    may log an epoch again: the last row of each epoch counts); "NA" and
+    empty cells are None."""
+    rows = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            rows[int(row["epoch"])] = row
+    columns = {}
+    for epoch in sorted(rows):
+        for name, value in rows[epoch].items():
+            if name == "epoch":
+                continue
+            columns.setdefault(name, []).append(
+                None if value in ("", "NA", None) else float(value)
+            )
+    return columns
+
+
+def load_run(workdir):
+    """What a report shows of one workdir.
+
+    Returns:
+        A dict: `name` (the directory's name), `workdir`, `dataset`,
+        `teacher`, `student`, `method`, `evaluation` (`{role: {"top1",
+        "top5"}}`), `stages` (`{stage: stage.json's dict}`) and `logs`
+        (`{stage: read_log(...)}`).
+
+    Raises:
+        ReportError: If `workdir` has neither `results.json` nor a stage.
+    """
+    workdir = os.path.abspath(workdir)
+    results_path = os.path.join(workdir, "results.json")
+    results = _read_json(results_path) if os.path.exists(results_path) else {}
+    logs = {
+        stage: read_log(os.path.join(workdir, stage, "log.csv"))
+        for stage in STAGES
+        if os.path.exists(os.path.join(workdir, stage, "log.csv"))
+    }
+    if not results and not logs:
+        raise ReportError(
+            f"{workdir} holds no run of ft_keras.train (no results.json and "
+            "no stage's log.csv): give the --workdir of a run."
+        )
+    config_path = os.path.join(workdir, "operative_config.gin")
+    bindings = read_bindings(config_path) if os.path.exists(config_path) else {}
+    stages = dict(results.get("stages", {}))
+    for stage in STAGES:
+        stage_json = os.path.join(workdir, stage, "stage.json")
+        if stage not in stages and os.path.exists(stage_json):
+            stages[stage] = _read_json(stage_json)
+    return {
+        "name": os.path.basename(workdir.rstrip(os.sep)),
+        "workdir": workdir,
+        "dataset": bindings.get("dataset.name", "?"),
+        "teacher": bindings.get("teacher/network.name", "?"),
+        "student": bindings.get("student/network.name", "?"),
+        "method": bindings.get("distillation.method", "ft"),
+        "evaluation": results.get("evaluation", {}),
+        "stages": stages,
+        "logs": logs,
+    }
+
+
+def role_name(run, role):
+    """How a table names a run's network: teacher, student alone, or the
+    student of its method (e.g. "FT student")."""
+    return _ROLE_NAMES.get(role, f"{run['method'].upper()} student")
+
+
+def _percent(value):
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def markdown_table(runs):
+    """One row per evaluated network of each run: its config, test top-1 and
+    top-5 (%), and the wall time and images/second of the stage that
+    trained it (for a distilled student, with its paraphraser's time)."""
+    lines = [
+        "| run | dataset | teacher -> student | network | test top-1 (%) | "
+        "test top-5 (%) | training wall time (s) | images/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        pair = f"{run['teacher']} -> {run['student']}"
+        roles = [
+            r
+            for r in ("teacher", "baseline", "student")
+            if r in run["evaluation"] or r in run["stages"]
+        ]
+        for role in roles:
+            scores = run["evaluation"].get(role, {})
+            stage = run["stages"].get(role, {})
+            wall = stage.get("wall_time_s")
+            if role == "student" and "paraphraser" in run["stages"]:
+                wall = (wall or 0.0) + run["stages"]["paraphraser"].get(
+                    "wall_time_s", 0.0
+                )
+            speed = stage.get("images_per_second")
+            lines.append(
+                f"| {run['name']} | {run['dataset']} | {pair} | "
+                f"{role_name(run, role)} | "
+                f"{_percent(scores.get('top1')) or 'not evaluated'} | "
+                f"{_percent(scores.get('top5'))} | "
+                f"{'' if wall is None else f'{wall:.0f}'} | "
+                f"{'' if speed is None else f'{speed:,.0f}'} |"
+            )
+    return "\n".join(lines)
+
+
+def plot_curves(series, path, title, ylabel, ylim=None):
+    """Draws `{label: [value per epoch]}` (None: not measured that epoch)
+    as lines over epochs 1..N into the PNG `path`; returns False, writing
+    nothing, when no series has a value."""
+    series = {
+        label: values
+        for label, values in series.items()
+        if any(v is not None for v in values)
+    }
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for label, values in series.items():
+        points = [(e + 1, v) for e, v in enumerate(values) if v is not None]
+        axis.plot(*zip(*points), marker="o", markersize=3, label=label)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title, fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    if ylim is not None:
+        axis.set_ylim(*ylim)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def accuracy_ylim(series):
+    """A y range for accuracies (%) that shows where the curves are."""
+    low = min(v for values in series.values() for v in values if v is not None)
+    return max(0.0, 5 * math.floor(low / 5) - 1), 100
+
+
+def _scaled(values):
+    return [None if v is None else 100 * v for v in values]
+
+
+def plot_stage(run, stage, path):
+    """A stage's training loss (left) and accuracy (right, train and test
+    top-1 in %) per epoch; False if its log has nothing to draw."""
+    log = run["logs"].get(stage)
+    if not log or not log.get("loss"):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    accuracy = {
+        name: _scaled(log[column])
+        for name, column in (("train top-1", "top1"), ("test top-1", "val_top1"))
+        if column in log and any(v is not None for v in log[column])
+    }
+    panels = 2 if accuracy else 1
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), dpi=110)
+    axes = axes if panels > 1 else [axes]
+    epochs = range(1, len(log["loss"]) + 1)
+    losses = [c for c in log if c.endswith("loss") and not c.startswith("val_")]
+    for column in losses:
+        axes[0].plot(epochs, log[column], marker="o", markersize=3, label=column)
+    axes[0].set_ylabel("training loss")
+    axes[0].legend(fontsize=8)
+    for name, values in accuracy.items():
+        points = [(e + 1, v) for e, v in enumerate(values) if v is not None]
+        axes[1].plot(*zip(*points), marker="o", markersize=3, label=name)
+    if accuracy:
+        axes[1].set_ylabel("top-1 (%)")
+        axes[1].legend(fontsize=8)
+    for axis in axes:
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    figure.suptitle(
+        f"{run['name']}: {stage} ({run['teacher']} -> "
+        f"{run['student']}, {run['dataset']})",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def student_curves(runs):
+    """`{label: [test top-1 % per epoch]}` of every student and student
+    trained alone that validated every epoch."""
+    series = {}
+    for run in runs:
+        for role in ("baseline", "student"):
+            log = run["logs"].get(role, {})
+            values = _scaled(log.get("val_top1", []))
+            if any(v is not None for v in values):
+                series[f"{run['name']}: {role_name(run, role)}"] = values
+    return series
+
+
+def write_report(runs, out_dir):
+    """Writes `report.md` and the PNG plots of `runs` into `out_dir`;
+    returns the paths written. Without matplotlib, the table only, and a
+    line that says how to get the plots."""
+    table_runs = runs
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    figures = []
+    if importlib.util.find_spec("matplotlib") is None:
+        runs = []  # the table only
+        figures.append((NO_PLOTS, None))
+    for run in runs:
+        for stage in STAGES:
+            path = os.path.join(out_dir, f"{run['name']}_{stage}.png")
+            if plot_stage(run, stage, path):
+                written.append(path)
+                figures.append((f"{run['name']}: {stage}", path))
+    series = student_curves(runs)
+    students = os.path.join(out_dir, "students.png")
+    if series and plot_curves(
+        series,
+        students,
+        "students: test top-1 per epoch",
+        "test top-1 (%)",
+        accuracy_ylim(series),
+    ):
+        written.append(students)
+        figures.insert(0, ("students", students))
+    lines = ["# ft_keras report", "", markdown_table(table_runs), ""]
+    lines += [
+        f"![{title}]({os.path.basename(path)})" if path else title
+        for title, path in figures
+    ]
+    report = os.path.join(out_dir, "report.md")
+    with open(report, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return [report] + written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m ft_keras.report",
+        description="A Markdown table and PNG plots of finished runs.",
+    )
+    parser.add_argument("workdirs", nargs="+", metavar="WORKDIR")
+    parser.add_argument(
+        "--out", default="report", help="directory for report.md and the PNGs"
+    )
+    args = parser.parse_args(argv)
+    try:
+        runs = [load_run(w) for w in args.workdirs]
+    except ReportError as e:
+        print(f"ft_keras: error: {e}", file=sys.stderr)
+        return 2
+    names = [run["name"] for run in runs]
+    for run in runs:
+        if names.count(run["name"]) > 1:  # e.g. seed0/FT and seed1/FT
+            run["name"] = os.path.relpath(run["workdir"]).replace(os.sep, "_")
+    paths = write_report(runs, args.out)
+    print(markdown_table(runs))
+    if len(paths) == 1 and importlib.util.find_spec("matplotlib") is None:
+        print(f"[ft_keras] {NO_PLOTS}")
+    print(f"[ft_keras] report: {', '.join(paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
