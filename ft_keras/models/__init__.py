@@ -12,7 +12,9 @@ output of the last conv of the last block); `feature_taps(model)` lists them.
 - Wide ResNets: `wrn(depth, width)`.
 - ImageNet ResNets (torchvision): `imagenet_resnet18`, `imagenet_resnet34`,
   `imagenet_resnet50`.
-- By name: `get(name, **kwargs)`, `available()`.
+- By name: `get(name, **kwargs)`, `available()`; also any
+  `keras.applications.<Name>`, a `.keras` file's architecture, and your own
+  factories (`register(name, factory)`).
 """
 
 from ft_keras.models.blocks import ZeroPadShortcut
@@ -23,8 +25,10 @@ from ft_keras.models.he_resnet import resnet44
 from ft_keras.models.he_resnet import resnet56
 from ft_keras.models.he_resnet import resnet110
 from ft_keras.models.registry import available
+from ft_keras.models.registry import feature_maps
 from ft_keras.models.registry import feature_taps
 from ft_keras.models.registry import get
+from ft_keras.models.registry import register
 from ft_keras.models.resnet import imagenet_resnet18
 from ft_keras.models.resnet import imagenet_resnet34
 from ft_keras.models.resnet import imagenet_resnet50
@@ -37,11 +41,13 @@ __all__ = [
     "ZeroPadShortcut",
     "available",
     "cifar_resnet",
+    "feature_maps",
     "feature_taps",
     "get",
     "imagenet_resnet18",
     "imagenet_resnet34",
     "imagenet_resnet50",
+    "register",
     "resnet110",
     "resnet18",
     "resnet20",

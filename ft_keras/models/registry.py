@@ -1,7 +1,10 @@
-"""Networks by name (`get`, `available`) and their feature taps
+"""Networks by name (`get`, `available`, `register`) and their feature taps
 (`feature_taps`)."""
 
+import os
 import re
+
+import keras
 
 from ft_keras.models import he_resnet
 from ft_keras.models import resnet
@@ -22,18 +25,133 @@ _BUILDERS = {
 }
 # WRNs used in the distillation literature; `get` accepts any
 # `wrn{depth}_{width}`.
-_WRN_PRESETS = ("wrn16_1", "wrn16_2", "wrn16_4", "wrn28_10", "wrn40_1",
-                "wrn40_2", "wrn40_4")
+_WRN_PRESETS = (
+    "wrn16_1",
+    "wrn16_2",
+    "wrn16_4",
+    "wrn28_10",
+    "wrn40_1",
+    "wrn40_2",
+    "wrn40_4",
+)
 _WRN_PATTERN = re.compile(r"wrn(\d+)_(\d+)")
 _STAGE_PATTERN = re.compile(r"stage(\d+)")
 LAST_CONV = "last_conv"
+APPLICATIONS_PREFIX = "keras.applications."
+# Factories registered by users (`register`).
+_REGISTERED = {}
+
+
+def register(name, factory):
+    """Makes `get(name, ...)` (and so `network.name = name` in gin) build
+    `factory(num_classes=..., input_shape=..., name=..., **kwargs)`.
+
+    Arguments:
+        name: The new name; not one of ours.
+        factory: A callable returning a `keras.Model` whose output is the
+            logits; `num_classes`, `input_shape` and `name` are passed.
+
+    Example:
+
+    ```python
+    import keras
+
+    def tiny(num_classes=10, input_shape=(32, 32, 3), name=None):
+        inputs = keras.Input(input_shape)
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+                                name="stage1")(inputs)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(num_classes)(x),
+                           name=name or "tiny")
+
+    register("tiny", tiny)
+    assert get("tiny", num_classes=5, input_shape=(8, 8, 1)).output_shape == (None, 5)
+    ```
+    """
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in _BUILDERS
+        or (_WRN_PATTERN.fullmatch(name) or name.startswith(APPLICATIONS_PREFIX))
+    ):
+        raise ValueError(
+            f"Cannot register {name!r}: give a new name (not one of ours, "
+            f"not 'wrn*_*', not {APPLICATIONS_PREFIX!r}...)."
+        )
+    if not callable(factory):
+        raise ValueError(
+            f"`factory` must be callable (returning a keras.Model). "
+            f"Received: factory={factory!r}"
+        )
+    _REGISTERED[name] = factory
+
+
+def _application(
+    name, model_name, num_classes=1000, input_shape=None, weights=None, **kwargs
+):
+    """A `keras.applications` network with logits (no softmax)."""
+    attr = name[len(APPLICATIONS_PREFIX) :]
+    builder = getattr(keras.applications, attr, None)
+    if not callable(builder):
+        names = sorted(
+            n
+            for n in dir(keras.applications)
+            if n[:1].isupper() and callable(getattr(keras.applications, n))
+        )
+        raise ValueError(
+            f"Unknown network name: {name!r}: keras.applications has no "
+            f"{attr!r}. It has: {', '.join(names)}."
+        )
+    if kwargs.pop("weight_decay", None):
+        raise ValueError(
+            f"{name} takes no `weight_decay` (a kernel L2 penalty of our own "
+            "networks): use `training.weight_decay` instead."
+        )
+    model = builder(
+        include_top=True,
+        weights=weights,
+        input_shape=input_shape,
+        classes=num_classes,
+        classifier_activation=None,
+        **kwargs,
+    )
+    return keras.Model(model.inputs, model.outputs, name=model_name or attr.lower())
+
+
+def _from_file(path, model_name, num_classes=None, input_shape=None, **kwargs):
+    """The architecture of a `.keras` file, with new weights."""
+    if kwargs:
+        raise ValueError(
+            f"A network from a .keras file takes no other arguments. "
+            f"Received: {sorted(kwargs)}"
+        )
+    if not os.path.exists(path):
+        raise ValueError(f"Network file not found: {path}")
+    saved = keras.models.load_model(path, compile=False)
+    model = keras.models.clone_model(saved)  # new, initialised weights
+    if input_shape is not None and tuple(model.input_shape[1:]) != tuple(input_shape):
+        raise ValueError(
+            f"The network of {path} takes inputs of shape "
+            f"{tuple(model.input_shape[1:])}; the dataset's are "
+            f"{tuple(input_shape)}."
+        )
+    if num_classes is not None and model.output_shape[-1] != num_classes:
+        raise ValueError(
+            f"The network of {path} gives {model.output_shape[-1]} outputs; "
+            f"the dataset has {num_classes} classes."
+        )
+    if model_name:
+        model = keras.Model(model.inputs, model.outputs, name=model_name)
+    return model
 
 
 def available():
-    """Returns the names `get` accepts, as a sorted tuple.
+    """Returns the names `get` accepts, as a sorted tuple: ours and those
+    `register`ed.
 
     Wide ResNets are listed by their common presets; `get` also accepts any
-    other `wrn{depth}_{width}` with `(depth - 4) % 6 == 0`.
+    other `wrn{depth}_{width}` with `(depth - 4) % 6 == 0`, any
+    `keras.applications.<Name>` and the path of a `.keras` file.
 
     Example:
 
@@ -41,7 +159,7 @@ def available():
     assert "resnet20" in available() and "wrn40_2" in available()
     ```
     """
-    return tuple(sorted(_BUILDERS) + sorted(_WRN_PRESETS))
+    return tuple(sorted(_BUILDERS) + sorted(_WRN_PRESETS) + sorted(_REGISTERED))
 
 
 def get(name, model_name=None, **kwargs):
@@ -52,8 +170,13 @@ def get(name, model_name=None, **kwargs):
     (`ft_keras.config.network`), and users call it directly.
 
     Arguments:
-        name: One of `available()`, or `"wrn{depth}_{width}"` for any Wide
-            ResNet (e.g. `"wrn40_2"` is `wrn(40, 2)`).
+        name: One of `available()`; `"wrn{depth}_{width}"` for any Wide
+            ResNet (e.g. `"wrn40_2"` is `wrn(40, 2)`); a network of
+            `keras.applications` as `"keras.applications.MobileNetV2"`
+            (logits, no softmax; `weights=None` by default, `"imagenet"`
+            where it can be downloaded); or the path of a `.keras` file,
+            whose architecture is built with new weights (a trained
+            teacher is `experiment.teacher_checkpoint` instead).
         model_name: Name of the returned `keras.Model` (the builder's `name`
             argument, which `name` here already means the network).
             Defaults to the network's name, e.g. `"resnet56"`.
@@ -77,24 +200,34 @@ def get(name, model_name=None, **kwargs):
     if isinstance(name, str):
         if name in _BUILDERS:
             return _BUILDERS[name](name=model_name, **kwargs)
+        if name in _REGISTERED:
+            return _REGISTERED[name](name=model_name, **kwargs)
+        if name.startswith(APPLICATIONS_PREFIX):
+            return _application(name, model_name, **kwargs)
+        if name.endswith(".keras"):
+            return _from_file(name, model_name, **kwargs)
         match = _WRN_PATTERN.fullmatch(name)
         if match:
             depth, width = (int(g) for g in match.groups())
             return wide_resnet.wrn(depth, width, name=model_name, **kwargs)
     raise ValueError(
         f"Unknown network name: {name!r}. Valid names are "
-        f"{', '.join(available())}, or any 'wrn{{depth}}_{{width}}' with "
-        "(depth - 4) % 6 == 0."
+        f"{', '.join(available())}, any 'wrn{{depth}}_{{width}}' with "
+        f"(depth - 4) % 6 == 0, '{APPLICATIONS_PREFIX}<Name>', or the path "
+        "of a .keras file; or register your own (ft_keras.models.register)."
     )
 
 
 def feature_taps(model):
     """Returns the names of the feature taps in `model`, in network order.
 
-    The taps are the layers named `stage1` ... `stageN` (each stage's output),
-    then `last_conv` (the pre-BN output of the last conv of the last block),
-    as placed by every builder in `ft_keras.models`; any that `model` lacks
-    are left out. `model.get_layer(tap).output` is the tapped tensor.
+    For the networks of `ft_keras.models`: the layers named `stage1` ...
+    `stageN` (each stage's output), then `last_conv` (the pre-BN output of
+    the last conv of the last block). For any other model (a
+    `keras.applications` network, your own): the last layer of each
+    resolution, i.e. each stage's output, among the layers whose output is
+    a feature map `(batch, height, width, channels)`.
+    `model.get_layer(tap).output` is the tapped tensor.
 
     Arguments:
         model: A `keras.Model`.
@@ -115,4 +248,89 @@ def feature_taps(model):
         (n for n in names if _STAGE_PATTERN.fullmatch(n)),
         key=lambda n: int(_STAGE_PATTERN.fullmatch(n).group(1)),
     )
-    return stages + ([LAST_CONV] if LAST_CONV in names else [])
+    if stages:
+        return stages + ([LAST_CONV] if LAST_CONV in names else [])
+    return _stage_outputs(model)
+
+
+def _consumers(layer):
+    return [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+
+
+def _stage_outputs(model):
+    """Each resolution's stage output, for networks without named taps: the
+    last residual merge (`Add`, or `Concatenate` for dense blocks) at that
+    resolution, taken after its activation when one follows, or the last
+    feature map of a resolution without merges; and last, the last
+    feature map before pooling (the last stage's output: the paper's
+    tap)."""
+    skipped = (
+        keras.layers.ZeroPadding2D,
+        keras.layers.Rescaling,
+        keras.layers.Normalization,
+    )
+    maps = [
+        (name, shape)
+        for name, shape in feature_maps(model)
+        if not isinstance(model.get_layer(name), skipped)
+    ]
+    if not maps:
+        return []
+    # The last feature map before pooling is the last stage's output. From
+    # the largest resolution down to its (squeeze-and-excitation blocks'
+    # 1x1 maps are no stage).
+    last_name, last_shape = maps[-1]
+
+    def area(hw):
+        return (hw[0] or 0) * (hw[1] or 0)
+
+    resolutions = sorted(
+        {s[1:3] for _, s in maps if area(s[1:3]) > area(last_shape[1:3])},
+        key=lambda hw: -area(hw),
+    )
+    taps = []
+    for resolution in resolutions:
+        here = [name for name, shape in maps if shape[1:3] == resolution]
+        merges = [
+            n
+            for n in here
+            if isinstance(
+                model.get_layer(n), (keras.layers.Add, keras.layers.Concatenate)
+            )
+        ]
+        if not merges:
+            taps.append(here[-1])
+            continue
+        tap = merges[-1]
+        after = _consumers(model.get_layer(tap))
+        if (
+            len(after) == 1
+            and isinstance(after[0], (keras.layers.Activation, keras.layers.ReLU))
+            and after[0].name in here
+        ):
+            tap = after[0].name
+        taps.append(tap)
+    return taps + [last_name]
+
+
+def feature_maps(model):
+    """`[(layer name, output shape)]` of every layer of `model` whose output
+    is a feature map `(batch, height, width, channels)`, in network order.
+
+    Example:
+
+    ```python
+    from ft_keras.models import resnet20
+    maps = dict(feature_maps(resnet20()))
+    assert maps["stage3"] == (None, 8, 8, 64)
+    ```
+    """
+    maps = []
+    for layer in model.layers:
+        try:
+            shape = tuple(layer.output.shape)
+        except (AttributeError, ValueError):  # several outputs, or none
+            continue
+        if len(shape) == 4 and not isinstance(layer, keras.layers.InputLayer):
+            maps.append((layer.name, shape))
+    return maps

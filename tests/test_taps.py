@@ -1,0 +1,168 @@
+"""Any Keras network as teacher or student (keras.applications, a .keras
+file, your own factory), its feature taps, and `python -m ft_keras.taps`."""
+
+import pathlib
+import subprocess
+import sys
+
+import gin
+import keras
+import numpy as np
+import pytest
+
+from ft_keras import config
+from ft_keras import experiment as ft_experiment
+from ft_keras import models
+from ft_keras import taps
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CIFAR = (32, 32, 3)
+
+
+@pytest.fixture(autouse=True)
+def clean():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+    keras.backend.clear_session()
+
+
+def run_taps(*args):
+    return subprocess.run([sys.executable, "-m", "ft_keras.taps", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_a_keras_application_gives_logits_and_stage_taps():
+    model = models.get("keras.applications.ResNet50", num_classes=7,
+                       input_shape=CIFAR, model_name="student")
+    assert model.name == "student" and model.output_shape == (None, 7)
+    assert model.count_params() == keras.applications.ResNet50(
+        weights=None, input_shape=CIFAR, classes=7).count_params()
+    logits = model(np.random.default_rng(0).normal(size=(2,) + CIFAR))
+    assert not np.allclose(np.sum(np.asarray(logits), 1), 1.0)  # no softmax
+    # Each stage's output after its ReLU, as keras.applications names them.
+    assert models.feature_taps(model) == [
+        "conv1_relu", "conv2_block3_out", "conv3_block4_out",
+        "conv4_block6_out", "conv5_block3_out"]
+
+
+def test_an_unknown_application_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"keras.applications has no "
+                                         r"'MobileNetV9'.*MobileNetV2"):
+        models.get("keras.applications.MobileNetV9", input_shape=CIFAR)
+
+
+def test_a_keras_file_gives_its_architecture_with_new_weights(tmp_path):
+    saved = models.get("wrn10_1", num_classes=10, input_shape=(8, 8, 1))
+    saved.save(tmp_path / "mine.keras")
+    model = models.get(str(tmp_path / "mine.keras"), num_classes=10,
+                       input_shape=(8, 8, 1), model_name="student")
+    assert model.name == "student"
+    assert [w.shape for w in model.weights] == [w.shape for w in saved.weights]
+    assert not np.allclose(model.get_layer("logits").kernel,
+                           saved.get_layer("logits").kernel)
+    assert models.feature_taps(model) == models.feature_taps(saved)
+    with pytest.raises(ValueError, match=r"gives 10 outputs; the dataset has "
+                                         r"100 classes"):
+        models.get(str(tmp_path / "mine.keras"), num_classes=100,
+                   input_shape=(8, 8, 1))
+    with pytest.raises(ValueError, match=r"Network file not found"):
+        models.get(str(tmp_path / "absent.keras"))
+
+
+def tiny(num_classes=10, input_shape=CIFAR, name=None):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+                            name="features")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x),
+                       name=name or "tiny")
+
+
+def test_a_registered_factory_is_a_network_name():
+    models.register("test_tiny", tiny)
+    assert "test_tiny" in models.available()
+    model = models.get("test_tiny", num_classes=3, input_shape=(8, 8, 1),
+                       model_name="student")
+    assert model.name == "student" and model.output_shape == (None, 3)
+    assert models.feature_taps(model) == ["features"]
+    for bad in ("resnet20", "wrn16_2", "keras.applications.X"):
+        with pytest.raises(ValueError, match="give a new name"):
+            models.register(bad, tiny)
+
+
+def test_an_application_student_distils_through_the_runner(tmp_path):
+    # RepDistiller's cross-architecture shape: a ResNet teacher, a
+    # MobileNetV2 student, each tapped where their maps are 8x8.
+    settings = config.Settings(
+        experiment=config.ExperimentConfig(
+            stages=("teacher", "paraphraser", "student", "evaluate"), seed=0),
+        cluster=config.ClusterConfig(),
+        dataset=config.DataConfig("cifar10", batch_size=8),
+        factor_transfer=config.FactorTransferConfig("stage3", "block_2_add"),
+        distillation=config.DistillationConfig(),
+        training={s: config.TrainingConfig(epochs=1)
+                  for s in ("teacher", "paraphraser", "student")},
+        network={
+            "teacher": config.NetworkConfig("resnet20", {}),
+            "student": config.NetworkConfig(
+                "keras.applications.MobileNetV2", {"alpha": 0.35}),
+        },
+    )
+    experiment = ft_experiment.Experiment(tmp_path / "w", settings=settings,
+                                          dry_run=True)
+    results = experiment.run()
+    assert set(results["evaluation"]) == {"teacher", "student"}
+    assert experiment.student.count_params() < 600_000
+
+
+def test_a_tap_that_does_not_exist_lists_the_valid_ones(tmp_path):
+    settings = config.Settings(
+        experiment=config.ExperimentConfig(stages=("student",)),
+        cluster=config.ClusterConfig(),
+        dataset=config.DataConfig("cifar10", batch_size=8),
+        factor_transfer=config.FactorTransferConfig("stage3", "block_3_add"),
+        distillation=config.DistillationConfig(),
+        training={s: config.TrainingConfig(epochs=1)
+                  for s in ("teacher", "paraphraser", "student")},
+        network={
+            "teacher": config.NetworkConfig("resnet20", {}),
+            "student": config.NetworkConfig(
+                "keras.applications.MobileNetV2", {"alpha": 0.35}),
+        },
+    )
+    with pytest.raises(ft_experiment.ConfigurationError,
+                       match=r"'block_3_add' is not a layer of the student.*"
+                             r"\['block_1_expand_relu', 'block_2_add', "
+                             r"'block_5_add', 'block_12_add', 'out_relu'\]"):
+        ft_experiment.Experiment(tmp_path / "w", settings=settings,
+                                 dry_run=True)
+
+
+def test_the_paper_pair_is_the_last_stage_of_each():
+    teacher = models.get("resnet56", input_shape=CIFAR)
+    student = models.get("resnet20", input_shape=CIFAR)
+    assert taps.paper_pair(teacher, student) == ("stage3", "stage3")
+    assert ("stage2", "stage2") in taps.fitting_pairs(teacher, student)
+    assert ("stage2", "stage3") not in taps.fitting_pairs(teacher, student)
+
+
+def test_the_command_lists_taps_pairs_and_the_papers_choice():
+    result = run_taps("--teacher", "wrn16_2", "--student", "wrn10_1",
+                      "--dataset", "fashion_mnist")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "teacher wrn16_2 (input 28x28x1): feature taps" in out
+    assert "  stage3     7x7x128" in out
+    assert ("factor_transfer.teacher_layer = 'stage3', student_layer = "
+            "'stage3': 7x7, teacher 128 ch -> factor 64, student 64 ch"
+            "   <- the paper's choice") in out
+    every = run_taps("--network", "resnet20", "--all").stdout
+    assert every.count("\n") > 20 and "stage3" in every
+
+
+def test_the_command_refuses_an_unknown_network_in_one_line():
+    result = run_taps("--network", "resnet21")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "ft_keras: error: Unknown network name: 'resnet21'.")
