@@ -543,7 +543,8 @@ def test_offline_probe_gives_up_after_its_timeout_on_a_hanging_network(
     monkeypatch,
 ):
     def hang(*args, **kwargs):
-        time.sleep(60)
+        time.sleep(60)  # then fail as a real connect that timed out would
+        raise TimeoutError("timed out")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     data_dir = tempfile.mkdtemp()

@@ -115,7 +115,7 @@ def _application(
         classifier_activation=None,
         **kwargs,
     )
-    return keras.Model(model.inputs, model.outputs, name=model_name or attr.lower())
+    return keras.Model(model.input, model.output, name=model_name or attr.lower())
 
 
 def _from_file(path, model_name, num_classes=None, input_shape=None, **kwargs):
@@ -141,7 +141,12 @@ def _from_file(path, model_name, num_classes=None, input_shape=None, **kwargs):
             f"the dataset has {num_classes} classes."
         )
     if model_name:
-        model = keras.Model(model.inputs, model.outputs, name=model_name)
+        single = len(model.inputs) == 1 and len(model.outputs) == 1
+        model = keras.Model(
+            model.input if single else model.inputs,
+            model.output if single else model.outputs,
+            name=model_name,
+        )
     return model
 
 
