@@ -866,8 +866,14 @@ class Experiment:
         return results
 
     def run(self):
-        """Runs the enabled stages in order; returns `results.json`'s dict."""
+        """Runs the enabled stages in order; returns `results.json`'s dict.
+        The workdir stays locked while it runs (`ft_keras.workdir`)."""
         start = time.perf_counter()
+        if self.is_chief and not self._lock.held:  # run() again, after close()
+            try:
+                self._lock.acquire()
+            except ft_workdir.WorkdirError as e:
+                raise ConfigurationError(str(e)) from None
         try:
             for i, stage in enumerate(self.stages):
                 getattr(self, f"run_{stage}")()

@@ -225,6 +225,33 @@ def test_the_cli_exits_2_with_one_line_for_a_truncated_artifact(tmp_path):
     assert "stage teacher" not in out  # not retrained over it
 
 
+def other_process_can_lock(workdir):
+    script = ("import sys; from ft_keras import workdir as w\n"
+              "try:\n    w.WorkdirLock(sys.argv[1]).acquire()\n"
+              "except w.WorkdirError:\n    sys.exit(3)\n")
+    code = subprocess.run([sys.executable, "-c", script, str(workdir)],
+                          cwd=REPO, env=ENV, timeout=300).returncode
+    assert code in (0, 3)
+    return code == 0
+
+
+def test_an_experiment_holds_the_lock_while_it_runs(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    experiment = ft_experiment.Experiment(
+        workdir, dry_run=True, settings=settings(stages=("evaluate",)))
+    assert not other_process_can_lock(workdir)
+    experiment.run()  # releases it at the end ...
+    assert other_process_can_lock(workdir)
+    process = holder(workdir)
+    try:
+        with pytest.raises(ft_experiment.ConfigurationError,
+                           match=f"pid {process.pid}"):
+            experiment.run()  # ... and takes it again to run again
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_writes_are_whole_or_absent(tmp_path):
     ft_workdir.write_json(tmp_path / "a.json", {"x": 1})
     assert ft_workdir.read_json(tmp_path / "a.json") == {"x": 1}
