@@ -418,3 +418,20 @@ def test_docstring_example_runs(obj):
     code = re.search(r"Example:\s*```python\n(.*?)```", doc, re.S).group(1)
     namespace = {name: getattr(models, name) for name in models.__all__}
     exec(compile(code, f"<{obj.__name__} example>", "exec"), namespace)
+
+
+def test_mobilenetv2_half_is_repdistillers_mobile_half():
+    # RepDistiller models/mobilenetv2.py, mobile_half(100), measured with
+    # torch: 812,836 parameters; feat[1:5] of a 32x32 batch are
+    # (12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2) (NCHW).
+    model = models.get("mobilenetv2_half", num_classes=100)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 812_836
+    shapes = [tuple(model.get_layer(f"stage{i}").output.shape[1:])
+              for i in range(1, 5)]
+    assert shapes == [(16, 16, 12), (8, 8, 16), (4, 4, 48), (2, 2, 160)]
+    assert models.feature_taps(model)[-1] == "last_conv"
+    # A linear bottleneck: the tapped group output is not rectified.
+    out = keras.Model(model.input, model.get_layer("stage4").output)(
+        np.random.default_rng(0).normal(size=(2, 32, 32, 3)))
+    assert np.min(np.asarray(out)) < 0

@@ -10,6 +10,8 @@ output of the last conv of the last block); `feature_taps(model)` lists them.
 - CIFAR ResNet-18/34/50 (MMPretrain's `ResNet_CIFAR`): `resnet18`,
   `resnet34`, `resnet50`.
 - Wide ResNets: `wrn(depth, width)`.
+- RepDistiller's CIFAR MobileNetV2: `mobilenetv2_half` (its "MobileNetV2",
+  `mobile_half`) and `mobilenetv2_cifar(expansion, width_mult)`.
 - ImageNet ResNets (torchvision): `imagenet_resnet18`, `imagenet_resnet34`,
   `imagenet_resnet50`.
 - By name: `get(name, **kwargs)`, `available()`; also any
@@ -24,6 +26,8 @@ from ft_keras.models.he_resnet import resnet32
 from ft_keras.models.he_resnet import resnet44
 from ft_keras.models.he_resnet import resnet56
 from ft_keras.models.he_resnet import resnet110
+from ft_keras.models.mobilenet import mobilenetv2_cifar
+from ft_keras.models.mobilenet import mobilenetv2_half
 from ft_keras.models.registry import available
 from ft_keras.models.registry import feature_maps
 from ft_keras.models.registry import feature_taps
@@ -47,6 +51,8 @@ __all__ = [
     "imagenet_resnet18",
     "imagenet_resnet34",
     "imagenet_resnet50",
+    "mobilenetv2_cifar",
+    "mobilenetv2_half",
     "register",
     "resnet110",
     "resnet18",

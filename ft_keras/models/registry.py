@@ -7,6 +7,7 @@ import re
 import keras
 
 from ft_keras.models import he_resnet
+from ft_keras.models import mobilenet
 from ft_keras.models import resnet
 from ft_keras.models import wide_resnet
 
@@ -22,6 +23,7 @@ _BUILDERS = {
     "imagenet_resnet18": resnet.imagenet_resnet18,
     "imagenet_resnet34": resnet.imagenet_resnet34,
     "imagenet_resnet50": resnet.imagenet_resnet50,
+    "mobilenetv2_half": mobilenet.mobilenetv2_half,
 }
 # WRNs used in the distillation literature; `get` accepts any
 # `wrn{depth}_{width}`.
