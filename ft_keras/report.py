@@ -32,6 +32,8 @@ import os
 import re
 import sys
 
+from ft_keras import workdir as ft_workdir
+
 # The training stages, each with the evaluation role of the network it
 # trains ("paraphraser" trains none).
 STAGES = ("teacher", "paraphraser", "student", "baseline")
@@ -42,13 +44,6 @@ NO_PLOTS = "(No plots: they need matplotlib, `pip install 'ft_keras[report]'`.)"
 
 class ReportError(ValueError):
     """A directory that holds no run of the experiment runner."""
-
-
-def _read_json(path):
-    import json
-
-    with open(path) as f:
-        return json.load(f)
 
 
 def read_bindings(path):
@@ -103,7 +98,7 @@ def load_run(workdir):
     """
     workdir = os.path.abspath(workdir)
     results_path = os.path.join(workdir, "results.json")
-    results = _read_json(results_path) if os.path.exists(results_path) else {}
+    results = ft_workdir.read_json(results_path) if os.path.exists(results_path) else {}
     logs = {
         stage: read_log(os.path.join(workdir, stage, "log.csv"))
         for stage in STAGES
@@ -120,7 +115,7 @@ def load_run(workdir):
     for stage in STAGES:
         stage_json = os.path.join(workdir, stage, "stage.json")
         if stage not in stages and os.path.exists(stage_json):
-            stages[stage] = _read_json(stage_json)
+            stages[stage] = ft_workdir.read_json(stage_json)
     return {
         "name": os.path.basename(workdir.rstrip(os.sep)),
         "workdir": workdir,

@@ -91,15 +91,14 @@ def test_a_registered_factory_is_a_network_name():
             models.register(bad, tiny)
 
 
-def test_an_application_student_distils_through_the_runner(tmp_path):
-    # RepDistiller's cross-architecture shape: a ResNet teacher, a
-    # MobileNetV2 student, each tapped where their maps are 8x8.
-    settings = config.Settings(
-        experiment=config.ExperimentConfig(
-            stages=("teacher", "paraphraser", "student", "evaluate"), seed=0),
+def resnet20_to_mobilenetv2(student_layer, **experiment):
+    """CIFAR-10 settings: ResNet-20 (tap `stage3`) -> a keras.applications
+    MobileNetV2 (alpha 0.35) tapped at `student_layer`, 1 epoch a stage."""
+    return config.Settings(
+        experiment=config.ExperimentConfig(**experiment),
         cluster=config.ClusterConfig(),
         dataset=config.DataConfig("cifar10", batch_size=8),
-        factor_transfer=config.FactorTransferConfig("stage3", "block_2_add"),
+        factor_transfer=config.FactorTransferConfig("stage3", student_layer),
         distillation=config.DistillationConfig(),
         training={s: config.TrainingConfig(epochs=1)
                   for s in ("teacher", "paraphraser", "student")},
@@ -109,6 +108,14 @@ def test_an_application_student_distils_through_the_runner(tmp_path):
                 "keras.applications.MobileNetV2", {"alpha": 0.35}),
         },
     )
+
+
+def test_an_application_student_distils_through_the_runner(tmp_path):
+    # RepDistiller's cross-architecture shape: a ResNet teacher, a
+    # MobileNetV2 student, each tapped where their maps are 8x8.
+    settings = resnet20_to_mobilenetv2(
+        "block_2_add", stages=("teacher", "paraphraser", "student", "evaluate"),
+        seed=0)
     experiment = ft_experiment.Experiment(tmp_path / "w", settings=settings,
                                           dry_run=True)
     results = experiment.run()
@@ -117,20 +124,7 @@ def test_an_application_student_distils_through_the_runner(tmp_path):
 
 
 def test_a_tap_that_does_not_exist_lists_the_valid_ones(tmp_path):
-    settings = config.Settings(
-        experiment=config.ExperimentConfig(stages=("student",)),
-        cluster=config.ClusterConfig(),
-        dataset=config.DataConfig("cifar10", batch_size=8),
-        factor_transfer=config.FactorTransferConfig("stage3", "block_3_add"),
-        distillation=config.DistillationConfig(),
-        training={s: config.TrainingConfig(epochs=1)
-                  for s in ("teacher", "paraphraser", "student")},
-        network={
-            "teacher": config.NetworkConfig("resnet20", {}),
-            "student": config.NetworkConfig(
-                "keras.applications.MobileNetV2", {"alpha": 0.35}),
-        },
-    )
+    settings = resnet20_to_mobilenetv2("block_3_add", stages=("student",))
     with pytest.raises(ft_experiment.ConfigurationError,
                        match=r"'block_3_add' is not a layer of the student.*"
                              r"\['block_1_expand_relu', 'block_2_add', "
