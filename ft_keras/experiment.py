@@ -190,6 +190,7 @@ class Experiment:
             self.teacher = self._network("teacher")
             self.student = self._network("student")
         self._teacher_loaded = False
+        self._whole = set()  # artifacts `_done` has checked whole
         self._check_taps()
         self._check_stage_plan()
         with open(self._out("operative_config.gin"), "w") as f:
@@ -540,11 +541,20 @@ class Experiment:
 
     def _done(self, stage, artifact):
         """Whether `stage` left `artifact`, checked against its recorded
-        size and SHA-256 (a `ConfigurationError` naming it if it differs)."""
+        size and SHA-256 (a `ConfigurationError` naming it if it differs).
+        An artifact found whole is hashed once per experiment (the plan
+        check at start and each stage that uses it ask again); one not
+        there yet is looked for again, since a stage may write it."""
+        path = self._path(stage, artifact)
+        if path in self._whole:
+            return True
         try:
-            return ft_workdir.check_artifact(self._path(stage, artifact))
+            done = ft_workdir.check_artifact(path)
         except ft_workdir.WorkdirError as e:
             raise ConfigurationError(str(e)) from None
+        if done:
+            self._whole.add(path)
+        return done
 
     def _save(self, stage, artifacts):
         """Saves `{file name: model}` into `stage`'s directory, each whole
