@@ -25,6 +25,8 @@ and `logits`; feature taps are identity layers named `stage{i}` and
 import keras
 from keras import ops
 
+from ft_keras import layers as ft_layers
+
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 _DATA_FORMAT = "channels_last"
@@ -120,7 +122,7 @@ def conv2d(x, filters, kernel_size, strides, name, weight_decay):
 
 def batch_norm(x, name):
     """BatchNorm with PyTorch's defaults over the channels-last axis."""
-    return keras.layers.BatchNormalization(
+    return ft_layers.BatchNormalization(
         axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
     )(x)
 
