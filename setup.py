@@ -71,6 +71,11 @@ setup(
         # find-links; a torch resolved from PyPI alone is the CUDA build
         # (several GB).
         "backends": ["jax[cpu]>=0.10.2,<0.11", "torch==2.13.0"],
+        # PyTorch checkpoints as teachers (ft_keras.models.torch_import,
+        # python -m ft_keras.import_torch, a .pth experiment.teacher_checkpoint):
+        # torch reads the file. Pinned as in `backends`, whose CPU wheel
+        # (2.13.0+cpu) the project's machines keep in pip's find-links.
+        "torch": ["torch==2.13.0"],
         "benchmarks": ["matplotlib>=3.8"],
         "keras-cv": ["keras-cv>=0.9"],
     },

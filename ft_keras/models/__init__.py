@@ -17,6 +17,9 @@ output of the last conv of the last block); `feature_taps(model)` lists them.
 - By name: `get(name, **kwargs)`, `available()`; also any
   `keras.applications.<Name>`, a `.keras` file's architecture, and your own
   factories (`register(name, factory)`).
+- Teachers trained in PyTorch: `load_torch_weights(model, "x.pth")` and
+  `from_torch(name, "x.pth", ...)` import the `state_dict` of torchvision's
+  ResNets and RepDistiller's CIFAR networks (`torch_import`).
 """
 
 from ft_keras.models.blocks import ZeroPadShortcut
@@ -39,6 +42,10 @@ from ft_keras.models.resnet import imagenet_resnet50
 from ft_keras.models.resnet import resnet18
 from ft_keras.models.resnet import resnet34
 from ft_keras.models.resnet import resnet50
+from ft_keras.models.torch_import import from_torch
+from ft_keras.models.torch_import import load_torch_weights
+from ft_keras.models.torch_import import read_state_dict
+from ft_keras.models.torch_import import torch_layout
 from ft_keras.models.wide_resnet import wrn
 
 __all__ = [
@@ -47,12 +54,15 @@ __all__ = [
     "cifar_resnet",
     "feature_maps",
     "feature_taps",
+    "from_torch",
     "get",
     "imagenet_resnet18",
     "imagenet_resnet34",
     "imagenet_resnet50",
+    "load_torch_weights",
     "mobilenetv2_cifar",
     "mobilenetv2_half",
+    "read_state_dict",
     "register",
     "resnet110",
     "resnet18",
@@ -62,5 +72,6 @@ __all__ = [
     "resnet44",
     "resnet50",
     "resnet56",
+    "torch_layout",
     "wrn",
 ]

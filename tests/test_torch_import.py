@@ -1,0 +1,273 @@
+"""PyTorch teachers: a `state_dict` saved by torch gives the same logits in
+our network of its layout (`ft_keras.models.torch_import`).
+
+The PyTorch networks are tests/torch_reference's (torchvision's ResNet and
+RepDistiller's CIFAR networks, module for module), with random weights and
+random BatchNorm statistics, in eval mode; no download.
+"""
+
+import sys
+
+import gin
+import keras
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the PyTorch import needs torch")
+
+from torch_reference import repdistiller  # noqa: E402
+from torch_reference import torchvision_resnet  # noqa: E402
+
+from ft_keras import models  # noqa: E402
+
+# float32: the same sums in another order differ by ~1e-6 of the largest
+# |logit| (measured: at most 2e-6); a tensor read wrong moves them by ~1.
+RELATIVE_TOLERANCE = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def clean():
+    yield
+    gin.clear_config()
+    keras.backend.clear_session()
+
+
+def randomize(net, seed=0):
+    """Random weights, and BatchNorm statistics far from (0, 1) so that
+    reading them wrong shows in the logits; eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in net.state_dict().items():
+            shape = tensor.shape
+            if name.endswith("num_batches_tracked"):
+                tensor.fill_(1000)
+            elif name.endswith("running_var") or (
+                tensor.dim() == 1 and name.endswith("weight")
+            ):
+                tensor.copy_(torch.rand(shape, generator=generator) + 0.5)
+            elif tensor.dim() == 1:  # biases, running means
+                tensor.copy_(0.1 * torch.randn(shape, generator=generator))
+            else:  # He-normal over fan-in
+                scale = (2.0 / tensor[0].numel()) ** 0.5
+                tensor.copy_(scale * torch.randn(shape, generator=generator))
+    return net.eval()
+
+
+def images(size, count=4):
+    """NCHW float32 images, as PyTorch takes them."""
+    return (
+        np.random.default_rng(1).normal(size=(count, 3, size, size)).astype("float32")
+    )
+
+
+def torch_logits(net, x):
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy()
+
+
+def our_logits(model, x):
+    return np.asarray(model(x.transpose(0, 2, 3, 1), training=False))
+
+
+def repdistiller_checkpoint(net, path):
+    """Saved as RepDistiller's train_teacher.py saves its teachers: the
+    state_dict under "model", beside the optimizer's state."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    torch.save(
+        {
+            "epoch": 240,
+            "model": net.state_dict(),
+            "best_acc": torch.tensor(75.6),
+            "optimizer": optimizer.state_dict(),
+        },
+        path,
+    )
+
+
+# (our network, the PyTorch network, image size, how its project saves it)
+LAYOUTS = {
+    "torchvision_resnet18": (
+        "imagenet_resnet18",
+        lambda: torchvision_resnet.resnet18(5),
+        64,
+        "state_dict",
+    ),
+    "torchvision_resnet50": (
+        "imagenet_resnet50",
+        lambda: torchvision_resnet.resnet50(5),
+        64,
+        "state_dict",
+    ),
+    "repdistiller_resnet20": (
+        "resnet20",
+        lambda: repdistiller.resnet(20, num_classes=5),
+        32,
+        "repdistiller",
+    ),
+    "repdistiller_ResNet18": (
+        "resnet18",
+        lambda: repdistiller.resnet_v2(18, 5),
+        32,
+        "repdistiller",
+    ),
+    "repdistiller_ResNet50": (
+        "resnet50",
+        lambda: repdistiller.resnet_v2(50, 5),
+        32,
+        "repdistiller",
+    ),
+    "repdistiller_wrn_16_2": (
+        "wrn16_2",
+        lambda: repdistiller.wrn(16, 2, 5),
+        32,
+        "repdistiller",
+    ),
+    "repdistiller_mobile_half": (
+        "mobilenetv2_half",
+        lambda: repdistiller.mobile_half(5),
+        32,
+        "repdistiller",
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_imported_weights_give_the_pytorch_logits(layout, tmp_path):
+    name, make, size, saved_as = LAYOUTS[layout]
+    net = randomize(make())
+    path = tmp_path / "teacher.pth"
+    if saved_as == "repdistiller":
+        repdistiller_checkpoint(net, path)
+    else:
+        torch.save(net.state_dict(), path)
+    model = models.from_torch(
+        name, str(path), num_classes=5, input_shape=(size, size, 3)
+    )
+    x = images(size)
+    expected = torch_logits(net, x)
+    difference = np.abs(our_logits(model, x) - expected).max()
+    scale = np.abs(expected).max()
+    print(f"{layout}: max |difference| {difference:.3g}, largest |logit| {scale:.3g}")
+    assert np.ptp(expected, axis=0).min() > 0.01 * scale  # the images differ
+    assert difference <= RELATIVE_TOLERANCE * scale, (difference, scale)
+
+
+def test_the_layout_is_told_from_the_layers_under_any_model_name():
+    expected = {
+        "imagenet_resnet18": "torchvision_resnet",
+        "resnet56": "repdistiller_resnet",
+        "resnet34": "repdistiller_resnetv2",
+        "wrn40_2": "repdistiller_wrn",
+        "mobilenetv2_half": "repdistiller_mobilenetv2",
+    }
+    for name, layout in expected.items():
+        assert models.torch_layout(models.get(name, model_name="teacher")) == layout
+
+
+def test_the_data_parallel_module_prefix_is_dropped(tmp_path):
+    net = randomize(repdistiller.resnet(20, num_classes=5))
+    torch.save(torch.nn.DataParallel(net).state_dict(), tmp_path / "dp.pth")
+    assert next(iter(torch.load(tmp_path / "dp.pth"))).startswith("module.")
+    model = models.from_torch("resnet20", str(tmp_path / "dp.pth"), num_classes=5)
+    x = images(32)
+    np.testing.assert_allclose(
+        our_logits(model, x), torch_logits(net, x), rtol=0, atol=1e-4
+    )
+
+
+def test_a_network_without_a_pytorch_layout_is_refused_in_one_line():
+    net = randomize(repdistiller.resnet(20, num_classes=10)).state_dict()
+    inputs = keras.Input((32, 32, 3))
+    plain = keras.Model(
+        inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)), name="mine"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^No PyTorch layout for 'mine': PyTorch weights go into "
+        r"imagenet_resnet18/34/50 \(torchvision's ResNet",
+    ) as e:
+        models.load_torch_weights(plain, net)
+    assert "\n" not in str(e.value)
+    zero_pad = models.get("resnet20", shortcut="zero_pad")
+    with pytest.raises(
+        ValueError,
+        match=r"^No PyTorch layout for 'resnet20': its zero-padding "
+        r"shortcuts .* shortcut=\"projection\"\.$",
+    ):
+        models.load_torch_weights(zero_pad, net)
+
+
+def state_of(net):
+    return {k: v.numpy() for k, v in net.state_dict().items()}
+
+
+def test_a_missing_tensor_is_named_and_nothing_is_set():
+    state = state_of(randomize(repdistiller.wrn(16, 2, 10)))
+    del state["block2.layer.0.convShortcut.weight"]
+    model = models.get("wrn16_2", num_classes=10)
+    before = [w.numpy() for w in model.weights]
+    with pytest.raises(
+        ValueError,
+        match=r"^The checkpoint has no 'block2.layer.0.convShortcut.weight' "
+        r"for layer 'stage2_block1_shortcut_conv' of 'wrn16_2' "
+        r"\(RepDistiller's WRN \(models/wrn.py\)\)\.$",
+    ):
+        models.load_torch_weights(model, state)
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(before, model.weights))
+
+
+def test_an_extra_tensor_is_named():
+    state = state_of(randomize(repdistiller.resnet(20, num_classes=10)))
+    state["fc2.weight"] = np.zeros((10, 64), "float32")
+    with pytest.raises(
+        ValueError,
+        match=r"^The checkpoint's 'fc2.weight' \(10, 64\) has no weight in "
+        r"'resnet20' \(RepDistiller's CIFAR ResNet \(models/resnet.py\)\)\.$",
+    ):
+        models.load_torch_weights(models.get("resnet20"), state)
+
+
+def test_a_shape_that_differs_is_named_with_both_shapes():
+    # RepDistiller's resnet8x4 (four times the channels) is no network of ours.
+    state = state_of(
+        randomize(repdistiller.resnet(8, (32, 64, 128, 256), num_classes=10))
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^The checkpoint's 'conv1.weight' is \(32, 3, 3, 3\); layer "
+        r"'stem_conv' of 'resnet8' \(RepDistiller's CIFAR ResNet "
+        r"\(models/resnet.py\)\) needs \(16, 3, 3, 3\) \(PyTorch's order\)\.$",
+    ):
+        models.load_torch_weights(models.cifar_resnet(8), state)
+
+
+def test_a_checkpoint_of_another_layout_says_which_network_takes_it():
+    state = state_of(randomize(torchvision_resnet.resnet18(10)))
+    with pytest.raises(
+        ValueError,
+        match=r"^The checkpoint's 'conv1.weight' is \(64, 3, 7, 7\); .* "
+        r"The checkpoint looks like torchvision's ResNet "
+        r"\(torchvision/models/resnet.py\), whose weights go into "
+        r"imagenet_resnet18/34/50\.$",
+    ):
+        models.load_torch_weights(models.get("resnet18"), state)
+
+
+def test_a_pickled_model_object_is_refused(tmp_path):
+    torch.save(repdistiller.resnet(20), tmp_path / "whole.pth")
+    with pytest.raises(
+        ValueError,
+        match=r"whole.pth cannot be read as PyTorch weights "
+        r"\(torch.load\(weights_only=True\)\): .* Save "
+        r"`model.state_dict\(\)`, not the model object\.$",
+    ):
+        models.read_state_dict(str(tmp_path / "whole.pth"))
+
+
+def test_without_torch_a_file_asks_for_the_extra(tmp_path, monkeypatch):
+    torch.save({"fc.bias": torch.zeros(3)}, tmp_path / "t.pth")
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails
+    with pytest.raises(ImportError, match=r'pip install "ft_keras\[torch\]"'):
+        models.read_state_dict(str(tmp_path / "t.pth"))
+    # A state_dict in memory needs no torch.
+    assert models.read_state_dict({"fc.bias": np.zeros(3)})["fc.bias"].shape == (3,)
