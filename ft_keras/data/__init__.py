@@ -22,6 +22,11 @@ Datasets:
   [0, 1] and normalised with mean 0.5 / std 0.5 per channel unless `mean` and
   `std` are given; no geometric augmentation (pass `image_size` when the
   images vary in size).
+- Your own images, `"image_folder:<root>"` for a folder of class subfolders
+  (`<root>/train/<class>/*.jpg`, `<root>/test/<class>/*.jpg`), read by TFDS's
+  `ImageFolder` builder: resized to the first training image's size (or
+  `image_size`), normalised with the training split's mean and std, no
+  geometric augmentation unless `recipe="cifar"`.
 
 Offline behaviour: a TFDS dataset that is not prepared in `data_dir` is
 prepared from local files when they are found (`python -m
@@ -33,6 +38,8 @@ instead of TFDS's several-minute retry loop.
 
 Modules, each depending only on those above it:
 
+- `image_folder`: the classes, image shape and statistics of an image
+  folder, read once and checked (`ImageFolderError`);
 - `specs`: per-dataset facts (classes, shapes, split sizes, normalisation);
 - `transforms`: per-example crops / flips / resizes, Keras augmentation
   layers;
@@ -46,6 +53,7 @@ Modules, each depending only on those above it:
 """
 
 from ft_keras.data.availability import DatasetNotPreparedError
+from ft_keras.data.image_folder import ImageFolderError
 from ft_keras.data.options import PipelineOptions
 from ft_keras.data.pipeline import build_dataset
 from ft_keras.data.pipeline import synthetic_dataset
@@ -66,6 +74,7 @@ __all__ = [
     "DIGITS_TEST_SIZE",
     "DIGITS_TRAIN_SIZE",
     "DatasetNotPreparedError",
+    "ImageFolderError",
     "PipelineOptions",
     "build_dataset",
     "input_shape",

@@ -120,8 +120,10 @@ def ensure_prepared(builder, name, download):
         DatasetNotPreparedError: neither can be done now; the one-line
             message names what was tried and how to fix it.
     """
-    if builder.is_prepared():
-        return builder
+    if builder.is_prepared() or isinstance(
+        builder, tfds.folder_dataset.ImageFolder
+    ):
+        return builder  # prepared, or image files read where they are
     if _download_is_stubbed(builder):
         builder.download_and_prepare()
         return builder

@@ -14,7 +14,11 @@ import numpy as np
 from ft_keras.data import specs
 from ft_keras.data import transforms
 
-__all__ = ["OPTION_NAMES", "PipelineOptions", "is_int"]
+__all__ = ["OPTION_NAMES", "PipelineOptions", "SWAPPABLE_RECIPES", "is_int"]
+
+# The recipes of decoded 0-255 images of any size: a dataset of one may take
+# the other (`PipelineOptions.recipe`).
+SWAPPABLE_RECIPES = ("generic", "cifar")
 
 
 def is_int(value):
@@ -64,8 +68,10 @@ class PipelineOptions:
             prepared (default True).
         image_size: ImageNet crop side (default 224; evaluation resizes to
             `round(side * 256 / 224)` first) or the `(height, width)`
-            generic datasets are resized to. An int means a square. Cannot
-            change the size of CIFAR, Fashion-MNIST or digits.
+            generic datasets and image folders are resized to (default for
+            an image folder: its first training image's size). An int means
+            a square. Cannot change the size of CIFAR, Fashion-MNIST or
+            digits.
         autotune: bool, sets `tf.data.Options.autotune.enabled` (default
             False). With TensorFlow 2.21, deleting an iterator of an
             autotuned pipeline sometimes blocks until the autotuner's next
@@ -74,6 +80,12 @@ class PipelineOptions:
             stalled 2.1 s when it ended; see `benchmarks/iterator_stall.py`).
             Off, each `AUTOTUNE` parallelism stays at its initial value, the
             number of cores (at most 16).
+        recipe: The training transform, among `specs.RECIPES`: default the
+            dataset's own (`"generic"`, none, for image folders and other
+            TFDS datasets). A dataset whose own is `"generic"` or `"cifar"`
+            may take either: `"cifar"` is the 4-pixel zero pad, random crop
+            back and horizontal flip of CIFAR (the padding of the dataset's
+            own recipe if it is `"cifar"`). Evaluation is the same for both.
 
     Example:
 
@@ -97,6 +109,7 @@ class PipelineOptions:
     download: bool = True
     image_size: object = None
     autotune: bool = False
+    recipe: object = None
 
     def __post_init__(self):
         def set_(key, value):
@@ -139,6 +152,12 @@ class PipelineOptions:
         set_("augment", _check_augment(self.augment))
         set_("image_size", _check_image_size(self.image_size))
 
+        if self.recipe is not None and self.recipe not in specs.RECIPES:
+            raise ValueError(
+                f"`recipe` must be one of {specs.RECIPES} or None (the "
+                f"dataset's own). Received: recipe={self.recipe!r}"
+            )
+
         if self.autotune is not None and not isinstance(self.autotune, bool):
             raise ValueError(
                 "`autotune` must be True or False. "
@@ -179,7 +198,7 @@ class PipelineOptions:
         checked against the dataset (channels, fixed image sizes).
 
         Only `seed` (unseeded) and `image_size` (the dataset's own) may stay
-        `None`.
+        `None`; `recipe` becomes the dataset's own if not given.
         """
         spec = specs.get(name)
         deterministic = self.deterministic
@@ -205,6 +224,17 @@ class PipelineOptions:
                     f"are {spec.input_shape[:2]}. "
                     f"Received: image_size={image_size!r}"
                 )
+
+        recipe = spec.recipe if self.recipe is None else self.recipe
+        if recipe != spec.recipe and not {recipe, spec.recipe} <= set(
+            SWAPPABLE_RECIPES
+        ):
+            raise ValueError(
+                f"`recipe` {recipe!r} cannot be used for {name!r}, whose "
+                f"recipe is {spec.recipe!r}: only datasets of recipe "
+                f"{' or '.join(map(repr, SWAPPABLE_RECIPES))} may take the "
+                f"other one. Received: recipe={self.recipe!r}"
+            )
 
         channels = spec.input_shape[-1]
         default_mean, default_std = specs.normalization_stats(name)
@@ -233,6 +263,7 @@ class PipelineOptions:
             drop_remainder=(
                 training if self.drop_remainder is None else self.drop_remainder
             ),
+            recipe=recipe,
         )
 
 

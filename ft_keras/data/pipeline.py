@@ -3,7 +3,8 @@
 `build_dataset` reads top to bottom in five steps, a function each:
 
 1. `_read`: decoded uint8 examples (encoded JPEG bytes for ImageNet) and
-   int32 labels, from TFDS (`availability.ensure_prepared` first) or digits;
+   int32 labels, from TFDS (`availability.ensure_prepared` first; an image
+   folder through TFDS's `ImageFolder` builder) or digits;
 2. `_cache`: in memory, before any randomness, where the data fit;
 3. `_shuffle_and_repeat`;
 4. `_crop_and_flip`, seeded per example, then the per-image Keras layers
@@ -18,6 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ft_keras.data import availability
+from ft_keras.data import image_folder
 from ft_keras.data import specs
 from ft_keras.data import transforms
 from ft_keras.data.options import PipelineOptions
@@ -29,6 +31,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 # Decoded datasets up to this size are cached in memory by `cache="auto"`.
 _AUTO_CACHE_BYTES = 2 * 1024**3
+# `recipe="cifar"` on a dataset whose own recipe is not: CIFAR's padding.
+CIFAR_PADDING = 4
 
 
 def build_dataset(
@@ -52,7 +56,8 @@ def build_dataset(
       ratio=(3/4, 4/3))` (decoding only the crop) and horizontal flip.
     - digits: 1-pixel zero pad and random 8x8 crop (no flip: digits are not
       mirror-invariant).
-    - other TFDS datasets: no geometric augmentation.
+    - other TFDS datasets and image folders: no geometric augmentation,
+      unless `recipe="cifar"` asks for CIFAR's.
     Evaluation pipelines normalise only (ImageNet: resize the shorter side to
     256, center crop 224). Random ops are stateless, seeded per example from
     `seed`, so `deterministic=True, seed=s` yields the same batches every
@@ -63,17 +68,26 @@ def build_dataset(
     fit (CIFAR, digits; not ImageNet), then shuffled, augmented in parallel,
     batched and prefetched.
 
+    An image folder (`name="image_folder:<root>"`, see
+    `ft_keras.data.image_folder`) is read by TFDS's `ImageFolder` builder;
+    its images are decoded to the channels of its first training image,
+    resized to that image's size (or `image_size`), and normalised with the
+    training split's mean and std.
+
     Args:
-        name: `"digits"` or a TFDS name: `"cifar10"`, `"cifar100"`,
+        name: `"digits"`, a TFDS name (`"cifar10"`, `"cifar100"`,
             `"fashion_mnist"`, `"imagenet2012"` or any TFDS image
-            classification dataset.
+            classification dataset) or an image folder,
+            `"image_folder:<root>"` for `<root>/train/<class>/*.jpg`, ...
         split: `"train"`/`"test"` for digits; any TFDS split string
-            (`"train"`, `"test"`, `"validation"`, `"train[:90%]"`, ...).
+            (`"train"`, `"test"`, `"validation"`, `"train[:90%]"`, ...);
+            a split folder's name for an image folder.
         batch_size: The global batch size (split across replicas by a
             `tf.distribute` strategy).
         training: Whether to shuffle and augment.
         data_dir: TFDS data directory. Defaults to TFDS's own default
-            (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`). Ignored by digits.
+            (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`). Ignored by digits
+            and image folders.
         **options: The fields of `PipelineOptions`, where each one is
             documented with its default (`mean`, `std`, `seed`,
             `deterministic`, `augment`, ...); `None` means the default.
@@ -85,6 +99,9 @@ def build_dataset(
         DatasetNotPreparedError: a TFDS dataset is not in `data_dir` and
             cannot be downloaded now (offline, `download=False` or a manual
             download is needed). The message is one line.
+        ImageFolderError: (a `ValueError`) an image folder that cannot be
+            read: missing, no split or class folders, classes that differ
+            between splits, an unreadable image. The message is one line.
         ValueError: unknown dataset name or invalid option value.
         TypeError: unknown option.
 
@@ -138,10 +155,15 @@ def _check_arguments(name, split, batch_size, training):
 
 def _read(name, split, spec, opts, data_dir, training):
     """Returns `(dataset of (image, int32 label), number of examples or
-    None)`; generic datasets come resized to `image_size` if given."""
+    None)`; generic datasets come resized to `image_size` if given, image
+    folders to `image_size` or their first training image's size."""
+    size_to = opts.image_size
     if spec.recipe == "digits":
         ds, size = _digits_dataset(split)
     else:
+        if image_folder.is_image_folder(name):
+            image_folder.check_split(name, split)
+            size_to = size_to or spec.input_shape[:2]
         if (
             spec.recipe == "generic"
             and opts.image_size is None
@@ -163,12 +185,10 @@ def _read(name, split, spec, opts, data_dir, training):
         lambda image, label: (image, tf.cast(label, tf.int32)),
         num_parallel_calls=AUTOTUNE,
     )
-    if spec.recipe == "generic" and opts.image_size is not None:
+    if spec.recipe == "generic" and size_to is not None:
+        # An image of that size already comes back unchanged.
         ds = ds.map(
-            lambda image, label: (
-                transforms.resize(image, opts.image_size),
-                label,
-            ),
+            lambda image, label: (transforms.resize(image, size_to), label),
             num_parallel_calls=AUTOTUNE,
         )
     return ds, size
@@ -255,13 +275,17 @@ def _crop_and_flip(ds, spec, opts, training):
         ).batch(2, drop_remainder=True)
         ds = tf.data.Dataset.zip((ds, seeds))
 
+        # The dataset's own padding and flip, or (`recipe="cifar"` for
+        # another dataset) CIFAR's.
+        own = opts.recipe == spec.recipe
+        pad = spec.crop_padding if own else CIFAR_PADDING
+        flip = spec.flip if own else True
+
         def train_transform(example, seed):
             image, label = example
-            if spec.recipe in ("cifar", "digits"):
-                image = transforms.pad_crop_flip(
-                    image, seed, pad=spec.crop_padding, flip=spec.flip
-                )
-            elif spec.recipe == "imagenet":
+            if opts.recipe in ("cifar", "digits"):
+                image = transforms.pad_crop_flip(image, seed, pad=pad, flip=flip)
+            elif opts.recipe == "imagenet":
                 image = transforms.imagenet_train(image, seed, crop)
             return image, label
 

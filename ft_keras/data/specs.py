@@ -5,7 +5,8 @@ table for the datasets ft_keras names (CIFAR-10/100, Fashion-MNIST,
 ImageNet, digits), from TFDS's builder metadata for any other TFDS image
 classification dataset. The digits split (scikit-learn's 1797 images,
 1437/360 stratified and seeded) lives here too, since its statistics are
-facts of the dataset.
+facts of the dataset. An image folder (`"image_folder:<root>"`) is read
+through once by `image_folder.describe`, which keeps what it learned.
 """
 
 import dataclasses
@@ -15,9 +16,12 @@ import functools
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ft_keras.data import image_folder
+
 __all__ = [
     "DIGITS_TEST_SIZE",
     "DIGITS_TRAIN_SIZE",
+    "RECIPES",
     "Spec",
     "base_name",
     "check_name",
@@ -32,6 +36,9 @@ __all__ = [
     "tfds_builder",
 ]
 
+# How each dataset is augmented for training (see `build_dataset`).
+RECIPES = ("generic", "cifar", "imagenet", "digits")
+
 DIGITS_TRAIN_SIZE = 1437
 DIGITS_TEST_SIZE = 360
 _DIGITS_SPLIT_SEED = 0
@@ -41,7 +48,7 @@ _DIGITS_SPLIT_SEED = 0
 class Spec:
     """What the pipeline needs to know about one dataset."""
 
-    recipe: str  # "cifar", "imagenet", "digits" or "generic"
+    recipe: str  # one of RECIPES
     num_classes: int
     input_shape: tuple
     mean: tuple
@@ -134,7 +141,10 @@ def check_name(name):
 
 
 def tfds_builder(name, data_dir=None):
-    """`tfds.builder`, with a clear `ValueError` for unknown names."""
+    """`tfds.builder`, with a clear `ValueError` for unknown names; TFDS's
+    `ImageFolder` builder for an image folder (`data_dir` unused)."""
+    if image_folder.is_image_folder(name):
+        return image_folder.builder(name)
     try:
         return tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
@@ -145,9 +155,9 @@ def tfds_builder(name, data_dir=None):
         f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     )
     raise ValueError(
-        f"Unknown dataset: name={name!r}. It is neither 'digits' nor a "
-        "TFDS builder; list the valid TFDS names with "
-        "`tensorflow_datasets.list_builders()`." + hint
+        f"Unknown dataset: name={name!r}. It is neither 'digits', an image "
+        "folder ('image_folder:/path/to/root') nor a TFDS builder; list the "
+        "valid TFDS names with `tensorflow_datasets.list_builders()`." + hint
     )
 
 
@@ -170,9 +180,9 @@ def supervised_features(builder, name):
     return features[keys[0]], features[keys[1]]
 
 
-@functools.lru_cache(maxsize=None)
 def get(name):
-    """The `Spec` of dataset `name`, from `_KNOWN` or TFDS's metadata.
+    """The `Spec` of dataset `name`, from `_KNOWN`, TFDS's metadata or the
+    image folder (`image_folder.describe`, which notices a changed folder).
 
     Example:
 
@@ -180,6 +190,30 @@ def get(name):
     ('cifar', 255)
     """
     check_name(name)
+    if image_folder.is_image_folder(name):
+        return _folder_spec(image_folder.describe(name))
+    return _tfds_spec(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _folder_spec(info):
+    """An image folder: no geometric augmentation unless a `recipe` option
+    asks for one, the training pixels' mean and std."""
+    return Spec(
+        recipe="generic",
+        num_classes=len(info.classes),
+        input_shape=info.image_shape,
+        mean=info.mean,
+        std=info.std,
+        max_value=255,
+        cache=False,  # decided from the split's size
+        shuffle_buffer=min(dict(info.splits)["train"], 10_000),
+        splits=info.splits,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _tfds_spec(name):
     base = base_name(name)
     if base in _KNOWN:
         return _KNOWN[base]
@@ -201,11 +235,13 @@ def num_classes(name):
     """Number of classes of a dataset, without loading any data.
 
     Args:
-        name: `"digits"` or a TFDS dataset name (`"cifar10"`, ...).
+        name: `"digits"`, a TFDS dataset name (`"cifar10"`, ...) or an
+            image folder (`"image_folder:<root>"`).
 
     Returns:
         An int: 10 for CIFAR-10 and digits, 100 for CIFAR-100, 1000 for
-        ImageNet, the `ClassLabel` size of other TFDS datasets.
+        ImageNet, the `ClassLabel` size of other TFDS datasets, the number
+        of class folders of an image folder.
 
     Example:
 
@@ -215,15 +251,18 @@ def num_classes(name):
     return get(name).num_classes
 
 
-def input_shape(name):
+def input_shape(name, image_size=None):
     """Shape `(height, width, channels)` of the images `build_dataset` yields.
 
     Works without loading data. For generic TFDS datasets whose images vary
     in size the unknown dimensions are `None` (pass `image_size` to
-    `build_dataset` to fix them).
+    `build_dataset` to fix them). An image folder's is its first training
+    image's size (`image_folder.describe`).
 
     Args:
-        name: `"digits"` or a TFDS dataset name.
+        name: `"digits"`, a TFDS dataset name or an image folder.
+        image_size: The `image_size` option given to `build_dataset`, if
+            any (an int or `(height, width)`): the size it yields then.
 
     Returns:
         A tuple: `(32, 32, 3)` for CIFAR, `(224, 224, 3)` for ImageNet,
@@ -233,16 +272,24 @@ def input_shape(name):
 
     >>> input_shape("digits")
     (8, 8, 1)
+    >>> input_shape("imagenet2012", image_size=160)
+    (160, 160, 3)
     """
-    return tuple(get(name).input_shape)
+    shape = tuple(get(name).input_shape)
+    if image_size is None:
+        return shape
+    if isinstance(image_size, (int, np.integer)):
+        image_size = (image_size, image_size)
+    return tuple(int(s) for s in image_size) + shape[-1:]
 
 
 def num_examples(name, split, data_dir=None):
     """Number of examples in a split, without reading any data.
 
     Known for the datasets ft_keras names (CIFAR, Fashion-MNIST, ImageNet,
-    digits) whether or not they are prepared; for other TFDS datasets, read
-    from the prepared dataset's metadata in `data_dir`.
+    digits) whether or not they are prepared, and for image folders; for
+    other TFDS datasets, read from the prepared dataset's metadata in
+    `data_dir`.
 
     Returns:
         An int, or None when it cannot be known without the data.
@@ -255,7 +302,7 @@ def num_examples(name, split, data_dir=None):
     known = dict(get(name).splits)
     if split in known:
         return known[split]
-    if get(name).recipe == "digits":
+    if get(name).recipe == "digits" or image_folder.is_image_folder(name):
         return None
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -270,7 +317,7 @@ def normalization_stats(name):
     """Default per-channel `(mean, std)` of a dataset, on the [0, 1] scale.
 
     These are the values `build_dataset` uses unless `mean`/`std` are given.
-    For `digits` they are computed from its train split.
+    For `digits` and image folders they are computed from the train split.
 
     Example:
 
