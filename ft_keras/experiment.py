@@ -620,17 +620,30 @@ class Experiment:
         if not os.path.exists(checkpoint):
             raise ConfigurationError(
                 f"Teacher checkpoint not found: {checkpoint} (set "
-                "`experiment.teacher_checkpoint` to a .keras model or the "
-                ".weights.h5 weights of `teacher/network`, or to None to "
-                "train the teacher)."
+                "`experiment.teacher_checkpoint` to a .keras model, the "
+                ".weights.h5 weights of `teacher/network` or a PyTorch "
+                "state_dict (.pth, .pt) of its layout, or to None to train "
+                "the teacher)."
             )
         try:
             if checkpoint.endswith(".keras"):
                 teacher = self._load(checkpoint)
+            elif checkpoint.endswith(models.torch_import.SUFFIXES):
+                # Trained in PyTorch: `teacher/network` built here, its
+                # weights read from the state_dict (ft_keras.models.torch_import).
+                with distribute.scope(self.strategy):
+                    layout = models.load_torch_weights(self.teacher, checkpoint)
+                print(
+                    f"[ft_keras] teacher: {layout} weights from {checkpoint}",
+                    flush=True,
+                )
+                teacher = self.teacher
             else:
                 with distribute.scope(self.strategy):
                     self.teacher.load_weights(checkpoint)
                 teacher = self.teacher
+        except ImportError as e:  # torch, for a PyTorch checkpoint
+            raise ConfigurationError(f"Teacher checkpoint {checkpoint}: {e}") from None
         except Exception as e:  # Keras raises several types on mismatch.
             raise ConfigurationError(
                 f"Teacher checkpoint {checkpoint} does not match the teacher "

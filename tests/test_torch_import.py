@@ -1,11 +1,13 @@
 """PyTorch teachers: a `state_dict` saved by torch gives the same logits in
-our network of its layout (`ft_keras.models.torch_import`).
+our network of its layout (`ft_keras.models.torch_import`), and the runner
+takes a `.pth` as `experiment.teacher_checkpoint`.
 
 The PyTorch networks are tests/torch_reference's (torchvision's ResNet and
 RepDistiller's CIFAR networks, module for module), with random weights and
 random BatchNorm statistics, in eval mode; no download.
 """
 
+import pathlib
 import sys
 
 import gin
@@ -18,8 +20,11 @@ torch = pytest.importorskip("torch", reason="the PyTorch import needs torch")
 from torch_reference import repdistiller  # noqa: E402
 from torch_reference import torchvision_resnet  # noqa: E402
 
+from ft_keras import cli  # noqa: E402
+from ft_keras import experiment as ft_experiment  # noqa: E402
 from ft_keras import models  # noqa: E402
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
 # float32: the same sums in another order differ by ~1e-6 of the largest
 # |logit| (measured: at most 2e-6); a tensor read wrong moves them by ~1.
 RELATIVE_TOLERANCE = 1e-5
@@ -271,3 +276,59 @@ def test_without_torch_a_file_asks_for_the_extra(tmp_path, monkeypatch):
         models.read_state_dict(str(tmp_path / "t.pth"))
     # A state_dict in memory needs no torch.
     assert models.read_state_dict({"fc.bias": np.zeros(3)})["fc.bias"].shape == (3,)
+
+
+def test_the_runner_takes_a_pth_teacher_without_training(tmp_path, monkeypatch, capsys):
+    # gin/quickstart.gin: a WRN-16-2 teacher on 8x8 grey digits, as
+    # RepDistiller's wrn_16_2 would be with one input channel.
+    monkeypatch.chdir(REPO)
+    net = randomize(repdistiller.wrn(16, 2, 10))
+    state = net.state_dict()
+    state["conv1.weight"] = state["conv1.weight"][:, :1].clone()
+    path = tmp_path / "wrn_16_2_best.pth"
+    torch.save({"epoch": 240, "model": state}, path)
+    cli.parse_config(
+        ["gin/quickstart.gin"], [f"experiment.teacher_checkpoint = '{path}'"]
+    )
+    experiment = ft_experiment.Experiment(tmp_path / "w")
+    try:
+        experiment.run_teacher()
+    finally:
+        experiment.close()
+    assert (
+        "teacher: RepDistiller's WRN (models/wrn.py) weights from"
+        in capsys.readouterr().out
+    )
+    assert not (tmp_path / "w" / "teacher" / "log.csv").exists()  # not trained
+    saved = keras.models.load_model(
+        tmp_path / "w" / "teacher" / "model.keras", compile=False
+    )
+    expected = state["block3.layer.1.conv2.weight"].numpy().transpose(2, 3, 1, 0)
+    np.testing.assert_array_equal(
+        saved.get_layer("stage3_block2_conv2").kernel.numpy(), expected
+    )
+    np.testing.assert_array_equal(
+        saved.get_layer("final_bn").moving_variance.numpy(),
+        state["bn1.running_var"].numpy(),
+    )
+
+
+def test_the_runner_names_a_pth_of_another_network(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = tmp_path / "resnet20.pth"
+    torch.save(randomize(repdistiller.resnet(20)).state_dict(), path)
+    cli.parse_config(
+        ["gin/quickstart.gin"], [f"experiment.teacher_checkpoint = '{path}'"]
+    )
+    experiment = ft_experiment.Experiment(tmp_path / "w")
+    try:
+        with pytest.raises(
+            ft_experiment.ConfigurationError,
+            match=r"resnet20.pth does not match the teacher network 'wrn16_2': "
+            r"The checkpoint's 'conv1.weight' is \(16, 3, 3, 3\); layer "
+            r"'stem_conv' of 'teacher' \(RepDistiller's WRN \(models/wrn.py\)\) "
+            r"needs \(16, 1, 3, 3\).*looks like RepDistiller's CIFAR ResNet",
+        ):
+            experiment.run_teacher()
+    finally:
+        experiment.close()
