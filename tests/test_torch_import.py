@@ -1,13 +1,17 @@
 """PyTorch teachers: a `state_dict` saved by torch gives the same logits in
-our network of its layout (`ft_keras.models.torch_import`), and the runner
-takes a `.pth` as `experiment.teacher_checkpoint`.
+our network of its layout (`ft_keras.models.torch_import`), the runner takes
+a `.pth` as `experiment.teacher_checkpoint`, and `python -m
+ft_keras.import_torch` converts and checks one.
 
 The PyTorch networks are tests/torch_reference's (torchvision's ResNet and
 RepDistiller's CIFAR networks, module for module), with random weights and
 random BatchNorm statistics, in eval mode; no download.
 """
 
+import os
 import pathlib
+import re
+import subprocess
 import sys
 
 import gin
@@ -22,6 +26,7 @@ from torch_reference import torchvision_resnet  # noqa: E402
 
 from ft_keras import cli  # noqa: E402
 from ft_keras import experiment as ft_experiment  # noqa: E402
+from ft_keras import import_torch  # noqa: E402
 from ft_keras import models  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -332,3 +337,80 @@ def test_the_runner_names_a_pth_of_another_network(tmp_path, monkeypatch):
             experiment.run_teacher()
     finally:
         experiment.close()
+
+
+def test_the_cli_converts_checks_and_saves(tmp_path):
+    net = randomize(repdistiller.resnet(20, num_classes=5))
+    repdistiller_checkpoint(net, tmp_path / "resnet20_best.pth")
+    x = images(32, count=8)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", torch_logits(net, x))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the tool quiets TensorFlow itself
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ft_keras.import_torch",
+            str(tmp_path / "resnet20_best.pth"),
+            "--network",
+            "resnet20",
+            "--num_classes",
+            "5",
+            "--check_inputs",
+            str(tmp_path / "x.npy"),
+            "--check_logits",
+            str(tmp_path / "y.npy"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(
+        r"check: max \|logit difference\| \S+ on 8 images \(largest \|logit\| "
+        r"\S+\): the same logits",
+        lines[0],
+    ), lines
+    tensors = [
+        t for k, t in net.state_dict().items() if not k.endswith("num_batches_tracked")
+    ]
+    assert lines[1] == (
+        f"{tmp_path / 'resnet20_best.pth'}: RepDistiller's CIFAR ResNet (models/resnet.py) -> "
+        f"resnet20 (input 32x32x3, 5 classes): {len(tensors)} tensors, "
+        f"{sum(t.numel() for t in tensors):,} values, saved to {tmp_path / 'resnet20_best.keras'}"
+    )
+    saved = keras.models.load_model(tmp_path / "resnet20_best.keras", compile=False)
+    np.testing.assert_allclose(
+        our_logits(saved, x), torch_logits(net, x), rtol=0, atol=1e-4
+    )
+
+
+def test_the_cli_refuses_logits_that_differ_and_saves_nothing(tmp_path, capsys):
+    net = randomize(repdistiller.resnet(20, num_classes=5))
+    torch.save(net.state_dict(), tmp_path / "r.pth")
+    x = images(32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", torch_logits(net, x) + 1.0)
+    args = [
+        str(tmp_path / "r.pth"),
+        "--network",
+        "resnet20",
+        "--num_classes",
+        "5",
+        "--check_inputs",
+        str(tmp_path / "x.npy"),
+        "--check_logits",
+        str(tmp_path / "y.npy"),
+    ]
+    assert import_torch.main(args) == 1
+    assert "DIFFERENT logits" in capsys.readouterr().out
+    assert not (tmp_path / "r.keras").exists()
+    assert import_torch.main([str(tmp_path / "r.pth"), "--network", "wrn16_2"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "ft_keras: error: The checkpoint has no 'block1.layer.0.bn1.weight' for layer 'stage1_block1_bn1'"
+    )
