@@ -76,7 +76,9 @@ setup(
         # torch reads the file. Pinned as in `backends`, whose CPU wheel
         # (2.13.0+cpu) the project's machines keep in pip's find-links.
         "torch": ["torch==2.13.0"],
-        "benchmarks": ["matplotlib>=3.8"],
+        # torch: the PyTorch peer of benchmarks/throughput.py --vs_pytorch
+        # (benchmarks/torch_peer.py); the CPU wheel, as for `backends`.
+        "benchmarks": ["matplotlib>=3.8", "torch==2.13.0"],
         "keras-cv": ["keras-cv>=0.9"],
     },
     classifiers=[

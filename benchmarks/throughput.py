@@ -21,6 +21,15 @@ steps. Train steps are timed between batch ends inside one `fit` call
     python benchmarks/throughput.py --xla                 # jit_compile=True
     python benchmarks/throughput.py --profile /tmp/prof   # TF profile of (d),
                                                           # time per part
+    python benchmarks/throughput.py --vs_pytorch --rounds 3
+
+`--vs_pytorch` times (d), ResNet-56 -> ResNet-20, beside the original
+code's training step in PyTorch (`torch_peer.py`; torch from the
+`benchmarks` extra), in float32 and in bfloat16 (Keras's `mixed_bfloat16`
+policy; `torch.autocast` for PyTorch), in alternating rounds: each round
+runs ft_keras and PyTorch one after the other in fresh subprocesses, so
+both see the same machine state. It prints each round's images/second and
+ratio, then the medians and spreads.
 """
 
 import argparse
@@ -224,6 +233,11 @@ def main():
         help="Keras dtype policy (mixed_float16 if given without a value); "
              "bfloat16 is the one CPUs with AVX512-BF16 or AMX compute fast")
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--vs_pytorch", action="store_true",
+                        help="time (d) beside the PyTorch peer, float32 and "
+                             "bfloat16, in alternating rounds")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of --vs_pytorch")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -235,6 +249,9 @@ def main():
         return
 
     print(f"machine: {machine()}")
+    if args.vs_pytorch:
+        vs_pytorch(args)
+        return
     print(f"batch {args.batch}, CIFAR shapes, median of {args.repeats} "
           f"repeats, xla={args.xla}, mixed_precision={args.mixed_precision}")
     for pair in args.pairs:
@@ -272,6 +289,65 @@ def main():
             print(f"  where the time of (d) goes ({PROFILED_STEPS} profiled steps):")
             profile_summary.summarize(_profile_dir(args.profile, pair),
                                       steps=PROFILED_STEPS)
+
+
+def _child_images_per_second(command):
+    out = subprocess.run(command, check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["images_per_second"]
+
+
+def _spread(values):
+    return (f"{statistics.median(values):7.1f} "
+            f"[{min(values):.1f} - {max(values):.1f}]")
+
+
+def vs_pytorch(args):
+    """Alternating rounds of ft_keras's (d) and the PyTorch peer's step."""
+    teacher, student = "resnet56", "resnet20"
+    steps = args.steps or 10
+    here = os.path.dirname(os.path.abspath(__file__))
+    precisions = {"float32": None, "bfloat16": "mixed_bfloat16"}
+    ours = {p: [] for p in precisions}
+    peer = {p: [] for p in precisions}
+    print(f"FT step {teacher} -> {student}, batch {args.batch}, {steps} steps "
+          f"x {args.repeats} blocks per measurement (median), "
+          f"{args.rounds} alternating rounds")
+    for round_ in range(1, args.rounds + 1):
+        for precision, policy in precisions.items():
+            command = [sys.executable, __file__, "--batch", str(args.batch),
+                       "--repeats", str(args.repeats),
+                       "--_child", f"d,{teacher},{student},{steps}"]
+            if policy:
+                command += ["--mixed_precision", policy]
+            ours[precision].append(_child_images_per_second(command))
+            peer[precision].append(_child_images_per_second([
+                sys.executable, os.path.join(here, "torch_peer.py"),
+                "--precision", precision, "--batch", str(args.batch),
+                "--steps", str(steps), "--repeats", str(args.repeats),
+                "--teacher", teacher, "--student", student]))
+            print(f"  round {round_} {precision:<8} ft_keras "
+                  f"{ours[precision][-1]:7.1f} img/s, PyTorch "
+                  f"{peer[precision][-1]:7.1f} img/s, ratio "
+                  f"{ours[precision][-1] / peer[precision][-1]:.2f}",
+                  flush=True)
+    print("| step | ft_keras img/s, median [min - max] | PyTorch img/s | "
+          "ratio per round | median ratio |")
+    print("|---|---|---|---|---|")
+    for precision in precisions:
+        ratios = [a / b for a, b in zip(ours[precision], peer[precision])]
+        print(f"| FT step, {precision} | {_spread(ours[precision])} | "
+              f"{_spread(peer[precision])} | "
+              f"{' / '.join(f'{r:.2f}' for r in ratios)} | "
+              f"{statistics.median(ratios):.2f} |")
+    own = [b / f for b, f in zip(ours["bfloat16"], ours["float32"])]
+    theirs = [b / f for b, f in zip(peer["bfloat16"], peer["float32"])]
+    print(f"bfloat16 / float32, same round: ft_keras "
+          f"{' / '.join(f'{r:.2f}' for r in own)} (median "
+          f"{statistics.median(own):.2f}), PyTorch "
+          f"{' / '.join(f'{r:.2f}' for r in theirs)} (median "
+          f"{statistics.median(theirs):.2f})")
+    return ours, peer
 
 
 def _profile_dir(root, pair):

@@ -162,3 +162,49 @@ def test_reproduce_keeps_the_shared_teacher_without_optimizer_state(tmp_path):
     assert getattr(kept, "optimizer", None) is None
     for a, b in zip(kept.get_weights(), teacher.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_torch_peer_is_the_original_step_on_our_networks():
+    """The PyTorch peer trains networks of the same size as ours (the
+    original ResNet_simple has our CIFAR ResNets' parameters), updates only
+    the student and the translator, and lowers its loss."""
+    torch = pytest.importorskip("torch")
+    import torch_peer
+
+    for name in ("resnet20", "resnet56"):
+        theirs = sum(p.numel() for p in torch_peer.ResNetSimple(
+            torch_peer.DEPTHS[name]).parameters())
+        assert theirs == models.get(name).count_params() - sum(
+            int(np.prod(w.shape)) for layer in models.get(name).layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for w in (layer.moving_mean, layer.moving_variance))
+    torch.manual_seed(0)
+    step, parts = torch_peer.build("resnet20", "resnet20", lr=0.01,
+                                   return_parts=True)
+    frozen = {k: v.clone() for k, v in parts["teacher"].state_dict().items()}
+    inputs, targets = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    losses = [float(step(inputs, targets, autocast)) for _ in range(5)]
+    assert losses[-1] < losses[0]
+    for key, value in parts["teacher"].state_dict().items():
+        assert torch.equal(value, frozen[key]), key
+    result = torch_peer.measure("bfloat16", batch=4, steps=1, repeats=2,
+                                warmup=1, teacher="resnet20")
+    assert result["images_per_second"] > 0
+    assert len(result["all_seconds_per_step"]) == 2
+
+
+def test_throughput_vs_pytorch_prints_alternating_rounds_and_ratios():
+    pytest.importorskip("torch")
+    import subprocess
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--vs_pytorch", "--rounds", "1",
+         "--steps", "1", "--repeats", "1", "--batch", "4"],
+        check=True, capture_output=True, text=True, timeout=600).stdout
+    assert "round 1 float32" in out and "round 1 bfloat16" in out
+    rows = [line for line in out.splitlines() if line.startswith("| FT step")]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "FT step, float32", "FT step, bfloat16"]
+    assert "bfloat16 / float32, same round: ft_keras" in out
