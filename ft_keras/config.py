@@ -43,6 +43,8 @@ STAGE_SCOPES = {
     "baseline": "student",
 }
 METHODS = ("ft", "ft+kd", "kd", "at")
+# Keras dtype policies the runner trains under (`experiment.precision`).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # The methods that pre-train a paraphraser and distil through a translator.
 FT_METHODS = ("ft", "ft+kd")
 
@@ -289,8 +291,10 @@ class ExperimentConfig:
         stages: Ordered subset of `STAGES`, `("teacher", "paraphraser",
             "student", "baseline", "evaluate", "export")`; `baseline` trains
             the student alone (cross-entropy only) for comparison.
-        teacher_checkpoint: A trained teacher (`.keras` model or
-            `.weights.h5` weights of `teacher/network`); trained if None.
+        teacher_checkpoint: A trained teacher: a `.keras` model, or
+            `.weights.h5` weights of `teacher/network`, or a PyTorch
+            `state_dict` (`.pth`/`.pt`) of `teacher/network`'s layout
+            (`ft_keras.models.torch_import`); trained if None.
         seed: None, or an integer that seeds weights, shuffling and
             augmentation and makes the input pipeline deterministic, so a
             run on the CPU repeats exactly. TensorFlow's op determinism is
@@ -305,6 +309,15 @@ class ExperimentConfig:
         representative_batches: Batches of training images used to calibrate
             the int8 TFLite export.
         validate: Evaluate on the test split after every epoch.
+        precision: The Keras dtype policy the networks are built and trained
+            under, one of `PRECISIONS`: `"float32"`, `"mixed_bfloat16"`
+            (bfloat16 compute, float32 weights: CPUs with AVX512-BF16 or AMX,
+            TPUs, recent GPUs) or `"mixed_float16"` (GPUs; Keras adds loss
+            scaling). The same as calling
+            `keras.mixed_precision.set_global_policy(precision)` before
+            building the models in Python; the runner restores the previous
+            policy when it ends. The exported student computes in float32
+            either way.
     """
 
     stages: tuple = ("teacher", "paraphraser", "student", "evaluate", "export")
@@ -314,6 +327,7 @@ class ExperimentConfig:
     checkpoint_every: object = "epoch"
     representative_batches: int = 8
     validate: bool = False
+    precision: str = "float32"
 
     def __post_init__(self):
         stages = tuple(self.stages)
@@ -331,6 +345,7 @@ class ExperimentConfig:
             )
         _set(self, "stages", stages)
         _validation.one_of("experiment.strategy", self.strategy, STRATEGIES)
+        _validation.one_of("experiment.precision", self.precision, PRECISIONS)
         if self.checkpoint_every != "epoch" and (
             isinstance(self.checkpoint_every, bool)
             or not isinstance(self.checkpoint_every, int)

@@ -25,6 +25,7 @@ same command; only the chief writes the workdir, the others write to a
 temporary directory of their own, removed at the end.
 """
 
+import contextlib
 import difflib
 import os
 import re
@@ -153,13 +154,24 @@ class Experiment:
         self._lock = ft_workdir.WorkdirLock(self.workdir)
         try:
             self._prepare_workdir(overwrite)
-            self._build()
+            with self._precision():
+                self._build()
         except ft_workdir.WorkdirError as e:
             self.close()
             raise ConfigurationError(str(e)) from None
         except BaseException:
             self.close()
             raise
+
+    @contextlib.contextmanager
+    def _precision(self):
+        """Keras's global dtype policy is `experiment.precision` inside."""
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(self.settings.experiment.precision)
+        try:
+            yield
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
 
     def _build(self):
         """Everything after the workdir is ours: data, networks, checks."""
@@ -173,7 +185,10 @@ class Experiment:
             keras.utils.set_random_seed(self.settings.experiment.seed)
         self.replicas = self.strategy.num_replicas_in_sync
         self.num_classes = data.num_classes(self.settings.dataset.name)
-        self.input_shape = data.input_shape(self.settings.dataset.name)
+        self.input_shape = data.input_shape(
+            self.settings.dataset.name,
+            image_size=self.settings.dataset.options.get("image_size"),
+        )
         self.global_batch = self.settings.dataset.batch_size * self.replicas
         self.train_ds = self._dataset(training=True)
         self.test_ds = self._dataset(training=False)
@@ -899,7 +914,8 @@ class Experiment:
                 raise ConfigurationError(str(e)) from None
         try:
             for i, stage in enumerate(self.stages):
-                getattr(self, f"run_{stage}")()
+                with self._precision():
+                    getattr(self, f"run_{stage}")()
                 if i + 1 < len(self.stages):
                     # The chief's artifacts are complete before others read.
                     distribute.barrier(self.strategy)

@@ -175,11 +175,18 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
 class _ConvStack(keras.layers.Layer):
     """Shared machinery: a stack of 3x3 'same' convolutions, each followed by
-    optional BatchNormalization and a LeakyReLU."""
+    optional BatchNormalization and a LeakyReLU.
+
+    The connectors compute in float32 unless a `dtype` is given, also under
+    a `mixed_bfloat16` or `mixed_float16` global policy: the factor transfer
+    loss compares L2-normalised factors whose differences are close to
+    bfloat16's resolution, and the connectors are a few percent of a step.
+    """
 
     def __init__(
         self, use_bn=False, negative_slope=0.1, kernel_regularizer=None, **kwargs
     ):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         _validate_negative_slope(negative_slope)
         self.use_bn = bool(use_bn)

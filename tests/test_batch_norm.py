@@ -139,3 +139,12 @@ def test_config_round_trip_and_connectors_use_it():
     paraphraser.build((None, 4, 4, 8))
     assert any(isinstance(layer, BatchNormalization)
                for block in paraphraser.encoder_blocks for layer in block)
+
+
+def test_docstring_example_runs():
+    import inspect
+    import re
+
+    doc = inspect.getdoc(BatchNormalization)
+    code = re.search(r"Example:\s*```python\n(.*?)```", doc, re.S).group(1)
+    exec(compile(code, "<BatchNormalization example>", "exec"), {"ft_keras": ft_keras})

@@ -429,3 +429,16 @@ def test_every_stage_runs_on_a_folder(folder, in_repo, tmp_path):
     assert experiment.normalization() == data.pixel_normalization(
         f"image_folder:{root}"
     )
+
+
+def test_image_size_option_sizes_the_networks(folder, in_repo, capsys):
+    """`dataset.options = {'image_size': ...}` resizes the folder's images,
+    and the runner builds its networks for that size."""
+    root, _ = folder
+    bindings = [
+        f"IMAGE_FOLDER = '{root}'",
+        "dataset.options = {'image_size': 16, 'recipe': 'cifar'}",
+        "experiment.stages = ['teacher', 'paraphraser', 'student']",
+    ]
+    assert cli.dry_run(GIN_FILES, bindings) == 0, capsys.readouterr().err
+    assert "on synthetic 16x16x3 data" in capsys.readouterr().out

@@ -181,3 +181,18 @@ def test_kernel_regularizer_adds_losses_and_round_trips():
         float(sum(translator.losses)), expected, rtol=1e-6)
     clone = ft_keras.Translator.from_config(translator.get_config())
     assert clone.kernel_regularizer.get_config() == {"l2": 0.5}
+
+
+def test_connectors_compute_in_float32_under_a_mixed_policy():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        paraphraser = ft_keras.Paraphraser(0.5)
+        translator = ft_keras.Translator(4)
+        explicit = ft_keras.Translator(4, dtype="mixed_bfloat16")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = keras.ops.cast(np.ones((1, 4, 4, 8)), "bfloat16")
+    assert paraphraser.compute_dtype == translator.compute_dtype == "float32"
+    assert keras.backend.standardize_dtype(paraphraser(x).dtype) == "float32"
+    assert keras.backend.standardize_dtype(translator(x).dtype) == "float32"
+    assert explicit.compute_dtype == "bfloat16"
