@@ -642,7 +642,13 @@ class Experiment:
             )
         try:
             if checkpoint.endswith(".keras"):
+                # A teacher saved under another precision computes in this
+                # run's (`experiment.precision`).
                 teacher = self._load(checkpoint)
+                with distribute.scope(self.strategy):
+                    teacher = models.with_dtype_policy(
+                        teacher, self.settings.experiment.precision
+                    )
             elif checkpoint.endswith(models.torch_import.SUFFIXES):
                 # Trained in PyTorch: `teacher/network` built here, its
                 # weights read from the state_dict (ft_keras.models.torch_import).

@@ -506,3 +506,20 @@ def test_bfloat16_precision_trains_every_stage_and_exports_float32(
 def test_unknown_precision_is_rejected_naming_the_choices(tmp_path, in_repo):
     with pytest.raises(ValueError, match=r"experiment\.precision.*bfloat16"):
         quickstart_experiment(tmp_path / "w", "experiment.precision = 'bf16'")
+
+
+def test_float32_teacher_checkpoint_runs_in_the_experiments_precision(
+        tmp_path, in_repo):
+    experiment = quickstart_experiment(tmp_path / "a")
+    path = tmp_path / "teacher.keras"
+    experiment.teacher.save(path)
+    experiment = quickstart_experiment(
+        tmp_path / "b", f"experiment.teacher_checkpoint = '{path}'",
+        "experiment.precision = 'mixed_bfloat16'")
+    experiment.run_teacher()
+    for teacher in (experiment.teacher, keras.saving.load_model(
+            tmp_path / "b" / "teacher" / "model.keras")):
+        assert teacher.get_layer("stem_conv").compute_dtype == "bfloat16"
+    original = keras.saving.load_model(path)
+    for a, b in zip(original.weights, experiment.teacher.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

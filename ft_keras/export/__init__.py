@@ -37,49 +37,9 @@ import numpy as np
 import tensorflow as tf
 
 from ft_keras import _console
+from ft_keras import models
 
 SERVING = "serving_default"
-
-
-def _float32_policies(config):
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" and "config" in config:
-            return {**config, "config": {**config["config"], "name": "float32"}}
-        return {k: _float32_policies(v) for k, v in config.items()}
-    if isinstance(config, list):
-        return [_float32_policies(v) for v in config]
-    return config
-
-
-def float32_copy(model):
-    """`model` computing in float32: the model itself if it does, else a
-    copy built from its config with every dtype policy float32 and its
-    weights (which mixed precision keeps in float32 anyway). A student
-    trained under `mixed_bfloat16` or `mixed_float16` is served in float32,
-    which every runtime runs and int8 calibration expects.
-
-    Example:
-
-    ```python
-    import keras
-    from ft_keras import models
-    from ft_keras.export import float32_copy
-
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    trained = models.get("resnet20", num_classes=10)
-    keras.mixed_precision.set_global_policy("float32")
-    float32_copy(trained).get_layer("stem_conv").compute_dtype  # 'float32'
-    ```
-    """
-    if all(
-        layer.dtype_policy.name == "float32"
-        for layer in model._flatten_layers(include_self=True)
-    ):
-        return model
-    config = _float32_policies(keras.saving.serialize_keras_object(model))
-    copy = keras.saving.deserialize_keras_object(config)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def serving_model(student, pixel_max, mean, std):
@@ -97,7 +57,8 @@ def serving_model(student, pixel_max, mean, std):
     """
     mean = np.asarray(mean, np.float64)
     std = np.asarray(std, np.float64)
-    student = float32_copy(student)
+    # Trained under a mixed policy, served in float32.
+    student = models.with_dtype_policy(student, "float32")
     images = keras.Input(tuple(student.input_shape[1:]), dtype="uint8", name="images")
     x = keras.layers.Rescaling(
         scale=(1.0 / (pixel_max * std)).tolist(),

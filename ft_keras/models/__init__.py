@@ -36,6 +36,7 @@ from ft_keras.models.registry import feature_maps
 from ft_keras.models.registry import feature_taps
 from ft_keras.models.registry import get
 from ft_keras.models.registry import register
+from ft_keras.models.registry import with_dtype_policy
 from ft_keras.models.resnet import imagenet_resnet18
 from ft_keras.models.resnet import imagenet_resnet34
 from ft_keras.models.resnet import imagenet_resnet50
@@ -73,5 +74,6 @@ __all__ = [
     "resnet50",
     "resnet56",
     "torch_layout",
+    "with_dtype_policy",
     "wrn",
 ]

@@ -341,3 +341,45 @@ def feature_maps(model):
         if len(shape) == 4 and not isinstance(layer, keras.layers.InputLayer):
             maps.append((layer.name, shape))
     return maps
+
+
+def _set_policies(config, policy):
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and "config" in config:
+            return {**config, "config": {**config["config"], "name": policy}}
+        return {k: _set_policies(v, policy) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_set_policies(v, policy) for v in config]
+    return config
+
+
+def with_dtype_policy(model, policy):
+    """`model` computing under the dtype `policy` (e.g. `"float32"`,
+    `"mixed_bfloat16"`): the model itself if every layer already does, else
+    a copy built from its config with every layer's policy replaced, holding
+    the same weight values (mixed precision keeps weights in float32, so
+    nothing is lost either way). A teacher trained in float32 runs in
+    bfloat16 this way, and a student trained under a mixed policy is
+    exported in float32.
+
+    Example:
+
+    ```python
+    import keras
+
+    trained = get("resnet20", num_classes=10)
+    fast = with_dtype_policy(trained, "mixed_bfloat16")
+    fast.get_layer("stem_conv").compute_dtype  # 'bfloat16'
+    with_dtype_policy(fast, "float32").get_layer("stem_conv").compute_dtype
+    ```
+    """
+    policy = keras.DTypePolicy(policy).name
+    if all(
+        layer.dtype_policy.name == policy
+        for layer in model._flatten_layers(include_self=True)
+    ):
+        return model
+    config = _set_policies(keras.saving.serialize_keras_object(model), policy)
+    copy = keras.saving.deserialize_keras_object(config)
+    copy.set_weights(model.get_weights())
+    return copy
