@@ -435,3 +435,35 @@ def test_mobilenetv2_half_is_repdistillers_mobile_half():
     out = keras.Model(model.input, model.get_layer("stage4").output)(
         np.random.default_rng(0).normal(size=(2, 32, 32, 3)))
     assert np.min(np.asarray(out)) < 0
+
+
+def test_with_dtype_policy_keeps_weights_and_float32_outputs():
+    model = models.get("wrn10_1", num_classes=5, input_shape=(8, 8, 1))
+    assert models.with_dtype_policy(model, "float32") is model
+    fast = models.with_dtype_policy(model, "mixed_bfloat16")
+    assert fast.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert fast.get_layer("logits").compute_dtype == "float32"
+    assert models.with_dtype_policy(fast, "mixed_bfloat16") is fast
+    back = models.with_dtype_policy(fast, "float32")
+    assert {layer.dtype_policy.name for layer in back.layers[1:]} == {"float32"}
+    for a, b in zip(model.weights, back.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(back(x), model(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fast(x), model(x), atol=0.05 * np.abs(model(x)).max())
+
+
+def test_other_networks_give_float32_logits_under_a_mixed_policy():
+    """keras.applications networks build their classifier under the global
+    policy; `get` makes their logits float32, as ours are, so the losses and
+    top-k metrics read them (top-k rejects bfloat16)."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = models.get("keras.applications.MobileNetV2", num_classes=10,
+                           input_shape=(32, 32, 3), alpha=0.35)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.layers[2].compute_dtype == "bfloat16"
+    assert keras.backend.standardize_dtype(model.output.dtype) == "float32"
+    metric = keras.metrics.SparseTopKCategoricalAccuracy(k=5)
+    metric.update_state(np.zeros((2,)), model(np.zeros((2, 32, 32, 3), "float32")))

@@ -207,12 +207,17 @@ def get(name, model_name=None, **kwargs):
     if isinstance(name, str):
         if name in _BUILDERS:
             return _BUILDERS[name](name=model_name, **kwargs)
+        # Not ours: under a mixed global policy their outputs (the logits,
+        # which the losses and top-k metrics read) become float32 as ours.
+        policy = keras.mixed_precision.global_policy().name
         if name in _REGISTERED:
-            return _REGISTERED[name](name=model_name, **kwargs)
+            model = _REGISTERED[name](name=model_name, **kwargs)
+            return with_dtype_policy(model, policy)
         if name.startswith(APPLICATIONS_PREFIX):
-            return _application(name, model_name, **kwargs)
+            model = _application(name, model_name, **kwargs)
+            return with_dtype_policy(model, policy)
         if name.endswith(".keras"):
-            return _from_file(name, model_name, **kwargs)
+            return with_dtype_policy(_from_file(name, model_name, **kwargs), policy)
         match = _WRN_PATTERN.fullmatch(name)
         if match:
             depth, width = (int(g) for g in match.groups())
@@ -358,9 +363,10 @@ def with_dtype_policy(model, policy):
     `"mixed_bfloat16"`): the model itself if every layer already does, else
     a copy built from its config with every layer's policy replaced, holding
     the same weight values (mixed precision keeps weights in float32, so
-    nothing is lost either way). A teacher trained in float32 runs in
-    bfloat16 this way, and a student trained under a mixed policy is
-    exported in float32.
+    nothing is lost either way). Under a mixed policy the layers that give
+    the model's outputs compute in float32, as they do when our networks are
+    built under one. A teacher trained in float32 runs in bfloat16 this way,
+    and a student trained under a mixed policy is exported in float32.
 
     Example:
 
@@ -370,16 +376,38 @@ def with_dtype_policy(model, policy):
     trained = get("resnet20", num_classes=10)
     fast = with_dtype_policy(trained, "mixed_bfloat16")
     fast.get_layer("stem_conv").compute_dtype  # 'bfloat16'
+    fast.get_layer("logits").compute_dtype  # 'float32', as the outputs
     with_dtype_policy(fast, "float32").get_layer("stem_conv").compute_dtype
     ```
     """
     policy = keras.DTypePolicy(policy).name
-    if all(
+    mixed = keras.DTypePolicy(policy).compute_dtype != "float32"
+    if not mixed and all(
         layer.dtype_policy.name == policy
-        for layer in model._flatten_layers(include_self=True)
+        for layer in model._flatten_layers(include_self=False)
+        if not isinstance(layer, keras.layers.InputLayer)
     ):
         return model
     config = _set_policies(keras.saving.serialize_keras_object(model), policy)
+    outputs = set()
+    if mixed:
+        # As when built under a mixed policy (`blocks.classifier`, Keras's
+        # mixed precision guide): the layers that give the outputs (the
+        # logits) compute in float32.
+        inner = config.get("config", {})
+        outputs = inner.get("output_layers") or []
+        if outputs and isinstance(outputs[0], str):  # a single output
+            outputs = [outputs]
+        outputs = {entry[0] for entry in outputs}
+        for layer in inner.get("layers", []):
+            if layer.get("config", {}).get("name") in outputs:
+                layer["config"] = _set_policies(layer["config"], "float32")
+    if all(
+        layer.dtype_policy.name == ("float32" if layer.name in outputs else policy)
+        for layer in model._flatten_layers(include_self=False)
+        if not isinstance(layer, keras.layers.InputLayer)
+    ):
+        return model
     copy = keras.saving.deserialize_keras_object(config)
     copy.set_weights(model.get_weights())
     return copy
