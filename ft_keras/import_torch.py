@@ -30,6 +30,7 @@ import sys
 import numpy as np
 
 from ft_keras import models
+from ft_keras import taps
 
 # The check's tolerance, relative to the largest |logit| (at least 1):
 # float32 sums in another order differ by ~1e-6 of it.
@@ -90,17 +91,9 @@ def main(argv=None):
     try:
         if not out.endswith(".keras"):
             raise ValueError(f"--out must end in .keras. Received: {out}")
-        if args.dataset:
-            from ft_keras import data
-
-            input_shape = data.input_shape(args.dataset)
-            num_classes = args.num_classes or data.num_classes(args.dataset)
-        else:
-            text = args.input_shape or "32,32,3"
-            input_shape = tuple(int(d) for d in text.split(","))
-            num_classes = args.num_classes or 10
-            if len(input_shape) != 3:
-                raise ValueError(f"--input_shape must be H,W,C. Received: {text}")
+        input_shape, num_classes = taps.network_input(
+            args.dataset, args.input_shape, args.num_classes
+        )
         model = models.get(
             args.network, input_shape=input_shape, num_classes=num_classes
         )

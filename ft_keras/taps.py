@@ -88,6 +88,24 @@ def _build(spec, input_shape, num_classes):
     return models.get(spec, input_shape=input_shape, num_classes=num_classes)
 
 
+def network_input(dataset=None, input_shape=None, num_classes=None):
+    """`(input_shape, num_classes)` of the command-line tools' `--dataset`,
+    or `--input_shape H,W,C` (default 32,32,3) and `--num_classes` (default
+    10); a given `num_classes` wins over the dataset's."""
+    if dataset:
+        from ft_keras import data
+
+        return data.input_shape(dataset), num_classes or data.num_classes(dataset)
+    text = input_shape or "32,32,3"
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3:
+        raise ValueError(f"--input_shape must be H,W,C. Received: {text}")
+    return shape, num_classes or 10
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m ft_keras.taps",
@@ -121,15 +139,9 @@ def main(argv=None):
     ):
         parser.error("give --network, or --teacher and --student")
     try:
-        if args.dataset:
-            from ft_keras import data
-
-            input_shape = data.input_shape(args.dataset)
-            num_classes = args.num_classes or data.num_classes(args.dataset)
-        else:
-            text = args.input_shape or "32,32,3"
-            input_shape = tuple(int(d) for d in text.split(","))
-            num_classes = args.num_classes or 10
+        input_shape, num_classes = network_input(
+            args.dataset, args.input_shape, args.num_classes
+        )
         if args.network:
             model = _build(args.network, input_shape, num_classes)
             print("\n".join(_describe("network", args.network, model, args.all_layers)))

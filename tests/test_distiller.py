@@ -465,7 +465,8 @@ def test_mixed_precision_distillation(policy):
         distiller = make_distiller()
         compute = policy.split("_")[1]
         assert distiller.student.get_layer("conv").compute_dtype == compute
-        assert distiller.translator.compute_dtype == compute
+        # The connectors compute in float32 under any policy (layers.py).
+        assert distiller.translator.compute_dtype == "float32"
         distiller.compile(keras.optimizers.SGD(0.01))
         # Only float16 needs loss scaling.
         assert isinstance(distiller.optimizer,

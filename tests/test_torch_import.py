@@ -141,6 +141,14 @@ LAYOUTS = {
 }
 
 
+def _check_args(checkpoint, tmp_path):
+    """`python -m ft_keras.import_torch` arguments: a 5-class resnet20
+    checked against `x.npy` / `y.npy` in `tmp_path`."""
+    return [str(checkpoint), "--network", "resnet20", "--num_classes", "5",
+            "--check_inputs", str(tmp_path / "x.npy"),
+            "--check_logits", str(tmp_path / "y.npy")]
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_imported_weights_give_the_pytorch_logits(layout, tmp_path):
     name, make, size, saved_as = LAYOUTS[layout]
@@ -352,15 +360,7 @@ def test_the_cli_converts_checks_and_saves(tmp_path):
             sys.executable,
             "-m",
             "ft_keras.import_torch",
-            str(tmp_path / "resnet20_best.pth"),
-            "--network",
-            "resnet20",
-            "--num_classes",
-            "5",
-            "--check_inputs",
-            str(tmp_path / "x.npy"),
-            "--check_logits",
-            str(tmp_path / "y.npy"),
+            *_check_args(tmp_path / "resnet20_best.pth", tmp_path),
         ],
         cwd=REPO,
         env=env,
@@ -396,17 +396,7 @@ def test_the_cli_refuses_logits_that_differ_and_saves_nothing(tmp_path, capsys):
     x = images(32)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", torch_logits(net, x) + 1.0)
-    args = [
-        str(tmp_path / "r.pth"),
-        "--network",
-        "resnet20",
-        "--num_classes",
-        "5",
-        "--check_inputs",
-        str(tmp_path / "x.npy"),
-        "--check_logits",
-        str(tmp_path / "y.npy"),
-    ]
+    args = _check_args(tmp_path / "r.pth", tmp_path)
     assert import_torch.main(args) == 1
     assert "DIFFERENT logits" in capsys.readouterr().out
     assert not (tmp_path / "r.keras").exists()
