@@ -218,9 +218,11 @@ def machine():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", nargs="+",
-                        default=["resnet56:resnet20", "resnet50:resnet18"],
-                        help="teacher:student pairs")
+    parser.add_argument("--pairs", nargs="+", default=None,
+                        help="teacher:student pairs (default resnet56:resnet20 "
+                             "and resnet50:resnet18; with --vs_pytorch the "
+                             "first, default resnet56:resnet20, of the CIFAR "
+                             "ResNets both codes have)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per repeat (default: 10 for small "
@@ -254,7 +256,7 @@ def main():
         return
     print(f"batch {args.batch}, CIFAR shapes, median of {args.repeats} "
           f"repeats, xla={args.xla}, mixed_precision={args.mixed_precision}")
-    for pair in args.pairs:
+    for pair in args.pairs or ["resnet56:resnet20", "resnet50:resnet18"]:
         teacher, student = pair.split(":")
         steps = args.steps or (3 if "resnet50" in pair else 10)
         results = {}
@@ -304,7 +306,7 @@ def _spread(values):
 
 def vs_pytorch(args):
     """Alternating rounds of ft_keras's (d) and the PyTorch peer's step."""
-    teacher, student = "resnet56", "resnet20"
+    teacher, student = (args.pairs or ["resnet56:resnet20"])[0].split(":")
     steps = args.steps or 10
     here = os.path.dirname(os.path.abspath(__file__))
     precisions = {"float32": None, "bfloat16": "mixed_bfloat16"}

@@ -201,8 +201,10 @@ def test_throughput_vs_pytorch_prints_alternating_rounds_and_ratios():
     script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
     out = subprocess.run(
         [sys.executable, str(script), "--vs_pytorch", "--rounds", "1",
-         "--steps", "1", "--repeats", "1", "--batch", "4"],
+         "--steps", "1", "--repeats", "1", "--batch", "4",
+         "--pairs", "resnet20:resnet20"],
         check=True, capture_output=True, text=True, timeout=600).stdout
+    assert "FT step resnet20 -> resnet20" in out
     assert "round 1 float32" in out and "round 1 bfloat16" in out
     rows = [line for line in out.splitlines() if line.startswith("| FT step")]
     assert [row.split("|")[1].strip() for row in rows] == [
