@@ -64,9 +64,7 @@ class DataConfig:
             `'image_folder:<absolute path>'`.
         path: The folder of `name='image_folder'`, holding
             `train/<class>/*.jpg` and `test/<class>/*.jpg`
-            (`ft_keras.data.image_folder`). The `image_size` of an image
-            folder's `options` is that of its `eval_options` too, unless
-            they give their own.
+            (`ft_keras.data.image_folder`).
         data_dir: TFDS's data directory (None: TFDS's default).
         batch_size: Training examples per replica and step.
         eval_batch_size: Evaluation batch per replica (None: `batch_size`).
@@ -75,6 +73,8 @@ class DataConfig:
         options: `build_dataset` options of the training split (e.g.
             `{'recipe': 'cifar', 'augment': 'randaugment'}`).
         eval_options: Those of the test split (e.g. `{'mean': ..., 'std': ...}`).
+            An `image_size` in `options` is the test split's too (the
+            runner builds one network for it), unless given here.
     """
 
     name: str
@@ -99,10 +99,9 @@ class DataConfig:
         _set(self, "eval_batch_size", self.eval_batch_size or self.batch_size)
         _set(self, "options", dict(self.options or {}))
         _set(self, "eval_options", dict(self.eval_options or {}))
-        if image_folder.is_image_folder(self.name) and (
-            "image_size" in self.options
-        ):
-            # One network sees both splits.
+        if "image_size" in self.options:
+            # One network sees both splits (an image folder, a generic TFDS
+            # dataset or ImageNet: the sizes `image_size` may change).
             self.eval_options.setdefault(
                 "image_size", self.options["image_size"]
             )

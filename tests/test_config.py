@@ -136,3 +136,15 @@ def test_an_experiment_runs_from_python_settings_without_gin(tmp_path):
                        match=r"factor_transfer.beta = 500.0.*"
                              r"factor_transfer.beta = 100.0"):
         ft_experiment.Experiment(tmp_path / "w", settings=other, dry_run=True)
+
+
+def test_training_image_size_is_the_test_splits_unless_given():
+    """The runner builds one network for `options['image_size']`, so the
+    test split is read at that size too, for every dataset that resizes."""
+    for name in ("imagenet2012", "mnist"):
+        cfg = config.DataConfig(name=name, options={"image_size": 160})
+        assert cfg.eval_options == {"image_size": 160}
+    own = config.DataConfig(name="imagenet2012", options={"image_size": 160},
+                            eval_options={"image_size": 192})
+    assert own.eval_options == {"image_size": 192}
+    assert config.DataConfig(name="cifar10").eval_options == {}
