@@ -48,6 +48,8 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            # The README's test command runs the test files on two workers.
+            "pytest-xdist>=3.5",
             "matplotlib>=3.8",
             "jax[cpu]>=0.10.2,<0.11",
             "tf2onnx>=1.17",

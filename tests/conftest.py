@@ -6,8 +6,18 @@ replicas on a machine without GPUs.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+# Under pytest-xdist each worker gets its own temporary directory, so that a
+# test counting what the runner leaves in it sees only its own worker's.
+_worker = os.environ.get("PYTEST_XDIST_WORKER")
+if _worker:
+    _tmp = os.path.join(tempfile.gettempdir(), f"ft_keras_tests_{_worker}")
+    os.makedirs(_tmp, exist_ok=True)
+    os.environ["TMPDIR"] = _tmp
+    tempfile.tempdir = _tmp
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
