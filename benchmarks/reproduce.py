@@ -1,7 +1,8 @@
 """A measured results table: teacher, student alone, KD, AT, FT and FT+KD over seeds.
 
 For each seed, trains the teacher once (or, with `--shared_teacher`, one
-teacher for all seeds), then the student five ways from that same teacher
+teacher for all seeds; with `--teacher FILE`, none: every student distils
+from that trained `.keras` teacher), then the student five ways from it
 (alone, Hinton KD, attention transfer, Factor Transfer, FT+KD),
 each through the experiment runner in its own workdir
 (`<workdir>/seed<S>/<method>/`), and prints a markdown table of test top-1
@@ -30,9 +31,18 @@ when the config validates every epoch (`experiment.validate = True`),
         --name fashion_mnist
     python benchmarks/reproduce.py --gin_file=gin/quickstart.gin --methods AT \\
         --gin_bindings="distillation.at_weight = 62.5" --workdir runs/reproduce_at
+    # The Fashion-MNIST students in bfloat16, from the float32 table's teacher:
+    python benchmarks/reproduce.py --gin_file=gin/fashion_mnist/wrn16_2_wrn10_1.gin \\
+        --gin_bindings="experiment.precision = 'mixed_bfloat16'" --seeds 0 \\
+        --teacher benchmarks/results/fashion_mnist/shared_teacher.keras \\
+        --workdir runs/fmnist_bf16 --results_dir benchmarks/results/fashion_mnist_bf16
+
+The table's last row is the total training wall time of the runs in it
+(with `--teacher`, the given teacher's training is not among them).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -76,20 +86,37 @@ def run_dir(workdir, seed, method):
 
 
 def teacher_seed(args, seed):
-    """The seed whose teacher a run of `seed` distils from: its own, or
-    None for the shared teacher."""
+    """The teacher a run of `seed` distils from: the seed of its own, None
+    for the shared teacher, or the `--teacher` file."""
+    if getattr(args, "teacher", None):
+        return os.path.abspath(args.teacher)
     return None if args.shared_teacher else seed
 
 
+def given_teacher(results, directory):
+    """The teacher row of a `--teacher` table: the given teacher's test
+    top-1 as a student's run evaluated it; it was not trained here."""
+    return {"method": "teacher", "seed": None,
+            "top1": 100 * results["evaluation"]["teacher"]["top1"],
+            "wall_time_s": None, "curve": [], "workdir": directory}
+
+
+def teacher_model(workdir, teacher):
+    """The trained teacher a student distils from: `teacher` is a `.keras`
+    file (`--teacher`), the seed of the teacher, or None for the shared one."""
+    if isinstance(teacher, str):
+        return teacher
+    return os.path.join(run_dir(workdir, teacher, "teacher"), "teacher",
+                        "model.keras")
+
+
 def bindings_of(method, seed, workdir, extra, teacher=None):
-    """Runner bindings of one run; `teacher`: the seed of the teacher
-    (None: the shared teacher, trained with the first seed)."""
+    """Runner bindings of one run; `teacher`: see `teacher_model`."""
     bindings = list(extra) + [f"experiment.seed = {seed}"]
     bindings += METHODS[method][0] + [f"experiment.stages = {stages(method)}"]
     if method != "teacher":
-        model = os.path.join(run_dir(workdir, teacher, "teacher"), "teacher",
-                             "model.keras")
-        bindings.append(f"experiment.teacher_checkpoint = '{model}'")
+        bindings.append("experiment.teacher_checkpoint = "
+                        f"'{teacher_model(workdir, teacher)}'")
     return bindings
 
 
@@ -194,10 +221,17 @@ def table(summary):
         # One run has no spread to show.
         spread = (f" ± {row['top1_std']:.2f}" if len(row["runs"]) > 1
                   else "")
+        wall = row["wall_time_s_mean"]
+        wall = "not trained here" if wall is None else f"{wall:.0f}"
         lines.append(
             f"| {method} | {row['top1_mean']:.2f}{spread} | "
-            f"{len(row['runs'])} | {row['wall_time_s_mean']:.0f} |"
+            f"{len(row['runs'])} | {wall} |"
         )
+    timed = [r["wall_time_s"] for row in summary["methods"].values()
+             for r in row["runs"] if r["wall_time_s"] is not None]
+    if timed:
+        lines.append(f"| all {len(timed)} runs | | | total "
+                     f"{sum(timed):.0f} |")
     return "\n".join(lines)
 
 
@@ -247,6 +281,9 @@ def summarize(args, methods, runs, elapsed):
         "gin_bindings": args.gin_bindings,
         "seeds": args.seeds,
         "teachers": (
+            f"the trained teacher {args.teacher} (not trained here); the "
+            "students of every seed distil from it"
+            if getattr(args, "teacher", None) else
             f"one teacher, trained once with seed {args.seeds[0]}; the "
             "students of every seed distil from it" if args.shared_teacher
             else "one teacher per seed, trained once; every student of "
@@ -259,8 +296,10 @@ def summarize(args, methods, runs, elapsed):
         if runs[method]:
             top1 = [r["top1"] for r in runs[method]]
             row["top1_mean"], row["top1_std"] = mean_std(top1)
-            row["wall_time_s_mean"] = statistics.mean(
-                r["wall_time_s"] for r in runs[method])
+            walls = [r["wall_time_s"] for r in runs[method]
+                     if r["wall_time_s"] is not None]
+            row["wall_time_s_mean"] = (statistics.mean(walls) if walls
+                                       else None)
         summary["methods"][method] = row
     return summary
 
@@ -269,7 +308,10 @@ def key_of(args, seed, method):
     """What identifies a run across machines and sessions."""
     key = {"gin_files": args.gin_file, "gin_bindings": args.gin_bindings,
            "seed": seed, "method": method}
-    if args.shared_teacher and method != "teacher":
+    if getattr(args, "teacher", None):
+        # The file's content, not its path: the key holds on another machine.
+        key["teacher_sha256"] = args.teacher_sha256
+    elif args.shared_teacher and method != "teacher":
         key["teacher_seed"] = args.seeds[0]
     return json.dumps(key, sort_keys=True)
 
@@ -290,13 +332,17 @@ def load_records(path):
 def write(args, methods, runs, records, elapsed):
     """Writes summary.json, table.md and curves.png of `runs` and of the
     `records` not among them; returns the summary and the table."""
-    merged = {m: list(runs[m]) for m in methods}
-    seen = {r.get("key") for m in methods for r in runs[m]}
+    # The rows of this invocation's methods and of every method recorded
+    # before (`--methods AT` adds a row; it does not drop the others).
+    methods = [m for m in METHODS if m in methods
+               or any(r.get("method") == m for r in records.values())]
+    merged = {m: list(runs.get(m, [])) for m in methods}
+    seen = {r.get("key") for m in methods for r in merged[m]}
     for key, r in records.items():
         if key not in seen and r.get("method") in merged:
             merged[r["method"]].append(r)
     for m in methods:
-        merged[m].sort(key=lambda r: r["seed"])
+        merged[m].sort(key=lambda r: -1 if r["seed"] is None else r["seed"])
     summary = summarize(args, methods, merged, elapsed)
     out = args.results_dir or args.workdir
     os.makedirs(out, exist_ok=True)
@@ -326,6 +372,10 @@ def main(argv=None):
     parser.add_argument("--shared_teacher", action="store_true",
                         help="train one teacher (with the first seed) and "
                         "distil every seed's students from it")
+    parser.add_argument("--teacher", default=None, metavar="FILE",
+                        help="a trained teacher (.keras) every student "
+                        "distils from; no teacher is trained, and its row "
+                        "is its test top-1")
     parser.add_argument("--report_only", action="store_true",
                         help="write the table of the runs finished so far; "
                         "train nothing")
@@ -339,6 +389,15 @@ def main(argv=None):
                         "summary.json are not trained again")
     args = parser.parse_args(argv)
     args.workdir = os.path.abspath(args.workdir)
+    if args.teacher:
+        if args.shared_teacher:
+            parser.error("--teacher FILE and --shared_teacher both say where "
+                         "the teacher comes from: pass one of them")
+        if not os.path.isfile(args.teacher):
+            parser.error(f"--teacher {args.teacher}: no such file; pass a "
+                         "trained teacher's .keras file")
+        with open(args.teacher, "rb") as f:
+            args.teacher_sha256 = hashlib.sha256(f.read()).hexdigest()
 
     start = time.perf_counter()
     methods = ["teacher"] + [m for m in args.methods if m != "teacher"]
@@ -351,6 +410,8 @@ def main(argv=None):
     for seed in args.seeds:
         for method in methods:
             if method == "teacher":
+                if args.teacher:
+                    continue  # given; its row comes from a student's run
                 if args.shared_teacher and seed != args.seeds[0]:
                     continue
                 directory = run_dir(args.workdir,
@@ -391,6 +452,9 @@ def main(argv=None):
             results = train(args.gin_file, bindings, directory)
         runs[method].append(dict(record(method, seed, directory, results),
                                  key=key))
+        if args.teacher and not runs["teacher"]:
+            runs["teacher"].append(dict(given_teacher(results, directory),
+                                        key=key_of(args, None, "teacher")))
         if method == "teacher" and args.shared_teacher:
             keep_teacher(directory, out)
         print(f"seed {seed} {method}: top-1 {runs[method][-1]['top1']:.2f}",

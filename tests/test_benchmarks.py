@@ -137,6 +137,50 @@ def test_reproduce_writes_table_summary_curves_and_readme_block(tmp_path):
         reproduce.write_readme(str(readme), "y", text)
 
 
+def test_reproduce_from_a_given_teacher_trains_none_and_totals_the_runs(
+        tmp_path, capsys):
+    import argparse
+
+    import reproduce
+
+    teacher = tmp_path / "t.keras"
+    teacher.write_bytes(b"weights")
+    args = argparse.Namespace(gin_file=["gin/x.gin"], gin_bindings=[],
+                              seeds=[0], workdir=str(tmp_path),
+                              results_dir=None, shared_teacher=False,
+                              teacher=str(teacher),
+                              teacher_sha256="ab" * 32)
+    assert reproduce.teacher_seed(args, 3) == str(teacher)
+    bindings = reproduce.bindings_of("FT", 3, str(tmp_path), [],
+                                     reproduce.teacher_seed(args, 3))
+    assert f"experiment.teacher_checkpoint = '{teacher}'" in bindings
+    assert '"teacher_sha256": "' + "ab" * 32 in reproduce.key_of(args, 3, "FT")
+    results = {"evaluation": {"teacher": {"top1": 0.9},
+                              "student": {"top1": 0.8}}}
+    row = reproduce.given_teacher(results, "/run")
+    assert row["top1"] == 90.0 and row["wall_time_s"] is None
+    runs = {"teacher": [dict(row, key="t")],
+            "FT": [_run("FT", 0, 80.0, [], wall=20.0),
+                   _run("FT", 1, 82.0, [], wall=30.0)]}
+    _, text = reproduce.write(args, ["teacher", "FT"], runs, {}, 1.0)
+    assert "| teacher | 90.00 | 1 | not trained here |" in text
+    assert text.endswith("| all 2 runs | | | total 50 |")
+    # A later invocation for one more method keeps the rows recorded.
+    records = reproduce.load_records(str(tmp_path / "summary.json"))
+    summary, text = reproduce.write(
+        args, ["teacher", "KD"], {"teacher": [], "KD": [
+            _run("KD", 0, 81.0, [], wall=5.0)]}, records, 1.0)
+    assert list(summary["methods"]) == ["teacher", "KD", "FT"]
+    assert text.endswith("| all 3 runs | | | total 55 |")
+
+    for argv, message in [
+            ([f"--teacher={tmp_path / 'none.keras'}"], "no such file"),
+            ([f"--teacher={teacher}", "--shared_teacher"], "pass one of them")]:
+        with pytest.raises(SystemExit):
+            reproduce.main(["--gin_file=gin/x.gin"] + argv)
+        assert message in capsys.readouterr().err
+
+
 def test_reproduce_curve_keeps_the_last_row_of_a_resumed_epoch(tmp_path):
     import reproduce
 
