@@ -1,7 +1,9 @@
 """What Factor Transfer costs: images/second of each step, and the overhead.
 
 For CIFAR shapes (32x32x3, 10 classes) and a batch of 128, measures
-(a) the student's plain train step, (b) the teacher's inference step,
+(a) the student's plain train step, (b) the teacher's inference step (its
+batch normalization folded into its convolutions, as the distillers run a
+frozen teacher: `ft_keras.models.fold_batch_norm`),
 (c) the paraphraser pre-training step and (d) the Factor Transfer
 distillation step, then prints the overhead ratio
 
@@ -109,7 +111,9 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
 
             forward = lambda images: connector_step(t_map, s_map)  # noqa: E731
         else:
-            network = teacher if kind == "b" else to_tap
+            # The frozen teacher as the distillers run it: each BN folded
+            # into the conv before it.
+            network = models.fold_batch_norm(teacher if kind == "b" else to_tap)
             forward = tf.function(
                 lambda images: network(images, training=False), jit_compile=xla)
 

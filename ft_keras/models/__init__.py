@@ -20,9 +20,15 @@ output of the last conv of the last block); `feature_taps(model)` lists them.
 - Teachers trained in PyTorch: `load_torch_weights(model, "x.pth")` and
   `from_torch(name, "x.pth", ...)` import the `state_dict` of torchvision's
   ResNets and RepDistiller's CIFAR networks (`torch_import`).
+- Inference: `fold_batch_norm(model)` folds each BatchNormalization into the
+  Conv2D before it (`FoldedConv2D`); the distillers run their frozen
+  teacher that way.
 """
 
 from ft_keras.models.blocks import ZeroPadShortcut
+from ft_keras.models.folding import FoldedAway
+from ft_keras.models.folding import FoldedConv2D
+from ft_keras.models.folding import fold_batch_norm
 from ft_keras.models.he_resnet import cifar_resnet
 from ft_keras.models.he_resnet import resnet20
 from ft_keras.models.he_resnet import resnet32
@@ -50,9 +56,12 @@ from ft_keras.models.torch_import import torch_layout
 from ft_keras.models.wide_resnet import wrn
 
 __all__ = [
+    "FoldedAway",
+    "FoldedConv2D",
     "ZeroPadShortcut",
     "available",
     "cifar_resnet",
+    "fold_batch_norm",
     "feature_maps",
     "feature_taps",
     "from_torch",
