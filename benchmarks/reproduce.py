@@ -95,7 +95,8 @@ def teacher_seed(args, seed):
 
 def given_teacher(results, directory):
     """The teacher row of a `--teacher` table: the given teacher's test
-    top-1 as a student's run evaluated it; it was not trained here."""
+    top-1 as a distilled student's run evaluated it (the student alone's
+    run does not load the teacher); it was not trained here."""
     return {"method": "teacher", "seed": None,
             "top1": 100 * results["evaluation"]["teacher"]["top1"],
             "wall_time_s": None, "curve": [], "workdir": directory}
@@ -452,7 +453,8 @@ def main(argv=None):
             results = train(args.gin_file, bindings, directory)
         runs[method].append(dict(record(method, seed, directory, results),
                                  key=key))
-        if args.teacher and not runs["teacher"]:
+        if (args.teacher and not runs["teacher"]
+                and "teacher" in results["evaluation"]):
             runs["teacher"].append(dict(given_teacher(results, directory),
                                         key=key_of(args, None, "teacher")))
         if method == "teacher" and args.shared_teacher:
