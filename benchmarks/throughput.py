@@ -20,6 +20,7 @@ steps. Train steps are timed between batch ends inside one `fit` call
     python benchmarks/throughput.py --pairs resnet56:resnet20 --steps 10
     python benchmarks/throughput.py --mixed_precision     # float16 compute
     python benchmarks/throughput.py --mixed_precision mixed_bfloat16
+    python benchmarks/throughput.py --mixed_precision onednn_bfloat16  # grappler's
     python benchmarks/throughput.py --xla                 # jit_compile=True
     python benchmarks/throughput.py --profile /tmp/prof   # TF profile of (d),
                                                           # time per part
@@ -48,6 +49,7 @@ import _timing
 import profile_summary
 
 PROFILED_STEPS = 3
+ONEDNN_BF16 = "onednn_bfloat16"
 KINDS = {
     "a": "student train step",
     "b": "teacher inference step",
@@ -72,7 +74,12 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
     import ft_keras
     from ft_keras import models
 
-    if mixed_precision:
+    if mixed_precision == ONEDNN_BF16:
+        # TensorFlow's own alternative to a Keras policy: the float32 graph,
+        # rewritten by grappler to run the ops oneDNN has in bfloat16.
+        tf.config.optimizer.set_experimental_options(
+            {"auto_mixed_precision_onednn_bfloat16": True})
+    elif mixed_precision:
         keras.mixed_precision.set_global_policy(mixed_precision)
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -235,9 +242,12 @@ def main():
     parser.add_argument("--xla", action="store_true")
     parser.add_argument(
         "--mixed_precision", nargs="?", const="mixed_float16", default=None,
-        choices=["mixed_float16", "mixed_bfloat16"],
+        choices=["mixed_float16", "mixed_bfloat16", ONEDNN_BF16],
         help="Keras dtype policy (mixed_float16 if given without a value); "
-             "bfloat16 is the one CPUs with AVX512-BF16 or AMX compute fast")
+             "bfloat16 is the one CPUs with AVX512-BF16 or AMX compute fast. "
+             f"{ONEDNN_BF16}: no policy (float32 variables and graph), but "
+             "TensorFlow's grappler rewrites the graph to bfloat16 for oneDNN "
+             "(auto_mixed_precision_onednn_bfloat16)")
     parser.add_argument("--profile", default=None)
     parser.add_argument("--vs_pytorch", action="store_true",
                         help="time (d) beside the PyTorch peer, float32 and "

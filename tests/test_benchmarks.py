@@ -76,6 +76,26 @@ def test_part_of_op_names(name, part):
     assert profile_summary.part_of(name) == part
 
 
+def test_throughput_onednn_bfloat16_is_grapplers_rewrite_of_float32():
+    """`--mixed_precision onednn_bfloat16` keeps the float32 policy and
+    variables and turns on grappler's oneDNN bfloat16 rewrite, for that
+    child process only."""
+    import throughput
+
+    try:
+        result = throughput.measure("b", "resnet20", "resnet20", batch=4,
+                                    steps=1, repeats=1, xla=False,
+                                    mixed_precision=throughput.ONEDNN_BF16,
+                                    profile=None)
+        options = tf.config.optimizer.get_experimental_options()
+        assert options["auto_mixed_precision_onednn_bfloat16"]
+        assert keras.mixed_precision.global_policy().name == "float32"
+        assert result["images_per_second"] > 0
+    finally:
+        tf.config.optimizer.set_experimental_options(
+            {"auto_mixed_precision_onednn_bfloat16": False})
+
+
 def test_iterator_stall_measures_a_deletion():
     assert 0 <= iterator_stall.stall(False, 0.05) < 5
 
