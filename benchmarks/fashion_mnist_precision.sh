@@ -1,31 +1,35 @@
 #!/usr/bin/env bash
-# Fashion-MNIST, WRN-16-2 -> WRN-10-1, seed 0: the student alone and Factor
-# Transfer, each in float32 and in bfloat16 (experiment.precision), from the
-# committed float32 teacher (benchmarks/results/fashion_mnist/shared_teacher.keras),
-# then the report of the four runs (issue 14: what bfloat16 does to a real
-# run's wall time and accuracy). Resumable: run it again after a kill.
+# The Fashion-MNIST table's students (alone, KD, AT, FT, FT+KD; WRN-16-2 ->
+# WRN-10-1) in float32 and in bfloat16 (experiment.precision), all from the
+# float32 table's teacher (benchmarks/results/fashion_mnist/shared_teacher.keras),
+# so that the two precisions differ in nothing else (issue 14: what bfloat16
+# does to a real table's wall time and accuracy). The precisions alternate run
+# by run, so that both see the same machine. Each precision's table, with its
+# total wall time, goes to benchmarks/results/fashion_mnist_precision/<precision>/
+# and to README.md's reproduce:fashion_mnist_<precision> block. Resumable: run
+# it again after a kill; finished runs are kept in the results' summary.json.
 #
-#   bash benchmarks/fashion_mnist_precision.sh [WORKDIR]   # default runs/fmnist_precision
+#   bash benchmarks/fashion_mnist_precision.sh [SEED ...]   # default: seed 0
+#   WORKDIR=runs/fmnist_precision (default) holds the runs' workdirs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=${1:-runs/fmnist_precision}
-teacher=benchmarks/results/fashion_mnist/shared_teacher.keras
-for method in alone ft; do
+seeds=("${@:-0}")
+root=${WORKDIR:-runs/fmnist_precision}
+results=benchmarks/results/fashion_mnist_precision
+for method in "student alone" KD AT FT FT+KD; do
   for precision in mixed_bfloat16 float32; do
-    if [ "$method" = alone ]; then
-      stages="['teacher', 'baseline', 'evaluate']"
-    else
-      stages="['teacher', 'paraphraser', 'student', 'evaluate']"
-    fi
-    python -m ft_keras.train --gin_file=gin/fashion_mnist/wrn16_2_wrn10_1.gin \
-      --workdir="$root/$precision/$method" \
-      --gin_bindings="experiment.seed = 0" \
-      --gin_bindings="distillation.method = 'ft'" \
-      --gin_bindings="experiment.stages = $stages" \
-      --gin_bindings="experiment.teacher_checkpoint = '$teacher'" \
-      --gin_bindings="experiment.precision = '$precision'"
+    python benchmarks/reproduce.py --gin_file=gin/fashion_mnist/wrn16_2_wrn10_1.gin \
+      --gin_bindings="experiment.precision = '$precision'" \
+      --teacher benchmarks/results/fashion_mnist/shared_teacher.keras \
+      --seeds "${seeds[@]}" --methods "$method" \
+      --workdir "$root/$precision" --results_dir "$results/$precision"
   done
 done
-python -m ft_keras.report "$root/float32/alone" "$root/mixed_bfloat16/alone" \
-  "$root/float32/ft" "$root/mixed_bfloat16/ft" \
-  --out benchmarks/results/fashion_mnist_precision
+for precision in float32 mixed_bfloat16; do
+  python benchmarks/reproduce.py --gin_file=gin/fashion_mnist/wrn16_2_wrn10_1.gin \
+    --gin_bindings="experiment.precision = '$precision'" \
+    --teacher benchmarks/results/fashion_mnist/shared_teacher.keras \
+    --seeds "${seeds[@]}" --report_only \
+    --workdir "$root/$precision" --results_dir "$results/$precision" \
+    --readme README.md --name "fashion_mnist_$precision"
+done
