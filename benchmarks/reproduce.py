@@ -88,7 +88,7 @@ def run_dir(workdir, seed, method):
 def teacher_seed(args, seed):
     """The teacher a run of `seed` distils from: the seed of its own, None
     for the shared teacher, or the `--teacher` file."""
-    if getattr(args, "teacher", None):
+    if args.teacher:
         return os.path.abspath(args.teacher)
     return None if args.shared_teacher else seed
 
@@ -284,7 +284,7 @@ def summarize(args, methods, runs, elapsed):
         "teachers": (
             f"the trained teacher {args.teacher} (not trained here); the "
             "students of every seed distil from it"
-            if getattr(args, "teacher", None) else
+            if args.teacher else
             f"one teacher, trained once with seed {args.seeds[0]}; the "
             "students of every seed distil from it" if args.shared_teacher
             else "one teacher per seed, trained once; every student of "
@@ -309,7 +309,7 @@ def key_of(args, seed, method):
     """What identifies a run across machines and sessions."""
     key = {"gin_files": args.gin_file, "gin_bindings": args.gin_bindings,
            "seed": seed, "method": method}
-    if getattr(args, "teacher", None):
+    if args.teacher:
         # The file's content, not its path: the key holds on another machine.
         key["teacher_sha256"] = args.teacher_sha256
     elif args.shared_teacher and method != "teacher":

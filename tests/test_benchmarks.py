@@ -127,7 +127,7 @@ def test_reproduce_writes_table_summary_curves_and_readme_block(tmp_path):
     args = argparse.Namespace(gin_file=["gin/x.gin"], gin_bindings=[],
                               seeds=[0, 1], workdir=str(tmp_path),
                               results_dir=str(tmp_path / "out"),
-                              shared_teacher=False)
+                              shared_teacher=False, teacher=None)
     methods = ["teacher", "FT"]
     runs = {"teacher": [_run("teacher", 0, 90.0, [80.0, 90.0])], "FT": []}
     # A run recorded by an earlier invocation (its workdir is gone).
