@@ -18,6 +18,8 @@ steps. Train steps are timed between batch ends inside one `fit` call
 
     python benchmarks/throughput.py                       # both pairs
     python benchmarks/throughput.py --pairs resnet56:resnet20 --steps 10
+    python benchmarks/throughput.py --pairs resnet56:resnet20 --rounds 3
+                                    # kinds alternate; median of the rounds
     python benchmarks/throughput.py --mixed_precision     # float16 compute
     python benchmarks/throughput.py --mixed_precision mixed_bfloat16
     python benchmarks/throughput.py --mixed_precision onednn_bfloat16  # grappler's
@@ -252,10 +254,14 @@ def main():
     parser.add_argument("--vs_pytorch", action="store_true",
                         help="time (d) beside the PyTorch peer, float32 and "
                              "bfloat16, in alternating rounds")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of --vs_pytorch")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="alternating rounds, each step kind in a fresh "
+                             "process per round (default: 1, and 3 with "
+                             "--vs_pytorch)")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}.")
 
     if args._child:
         kind, teacher, student, steps = args._child.split(",")
@@ -270,10 +276,21 @@ def main():
         return
     print(f"batch {args.batch}, CIFAR shapes, median of {args.repeats} "
           f"repeats, xla={args.xla}, mixed_precision={args.mixed_precision}")
+    rounds = args.rounds or 1
     for pair in args.pairs or ["resnet56:resnet20", "resnet50:resnet18"]:
-        teacher, student = pair.split(":")
-        steps = args.steps or (3 if "resnet50" in pair else 10)
-        results = {}
+        overhead(args, pair, rounds)
+
+
+def overhead(args, pair, rounds):
+    """Each step kind of one pair, in fresh subprocesses; with `rounds` > 1
+    the kinds alternate round by round, and the overhead ratio is the median
+    of the rounds' ratios (a process's speed varies by a few percent from
+    one start to the next, so one process per kind is a noisy ratio)."""
+    teacher, student = pair.split(":")
+    steps = args.steps or (3 if "resnet50" in pair else 10)
+    results = {kind: [] for kind in KINDS}
+    ratios = []
+    for round_ in range(1, rounds + 1):
         for kind in KINDS:
             command = [sys.executable, __file__, "--batch", str(args.batch),
                        "--repeats", str(args.repeats),
@@ -281,30 +298,44 @@ def main():
             command += ["--xla"] * args.xla
             if args.mixed_precision:
                 command += ["--mixed_precision", args.mixed_precision]
-            if args.profile:
+            if args.profile and round_ == 1:
                 command += ["--profile", _profile_dir(args.profile, pair)]
             out = subprocess.run(command, check=True, capture_output=True,
                                  text=True).stdout
-            results[kind] = json.loads(out.strip().splitlines()[-1])
-        print(f"\n{teacher} -> {student} ({steps} steps x {args.repeats})")
-        for kind, name in KINDS.items():
-            r = results[kind]
-            print(f"  ({kind}) {name:<34} {r['images_per_second']:8.1f} img/s"
-                  f"  {1000 * r['seconds_per_step']:8.1f} ms/step"
-                  f"  peak RSS {r['peak_rss_mib']:7.0f} MiB")
-        t = {k: r["seconds_per_step"] for k, r in results.items()}
-        ratio = t["d"] / (t["a"] + t["b"])
-        print(f"  overhead ratio time(d) / (time(a) + time(b)) = {ratio:.3f}"
-              f"  (ideal 1.0, target <= 1.10)")
-        parts = t["a"] + t["b_tap"] + t["e"]
-        print(f"  (d) explained by its parts: (a) + (b_tap) + (e) = "
-              f"{1000 * parts:.1f} ms of {1000 * t['d']:.1f} ms "
-              f"({100 * parts / t['d']:.0f}%)")
-        print(f"  multiply-accumulates per image: {connector_macs(teacher, student)}")
-        if args.profile:
-            print(f"  where the time of (d) goes ({PROFILED_STEPS} profiled steps):")
-            profile_summary.summarize(_profile_dir(args.profile, pair),
-                                      steps=PROFILED_STEPS)
+            results[kind].append(json.loads(out.strip().splitlines()[-1]))
+        t = {k: r[-1]["seconds_per_step"] for k, r in results.items()}
+        ratios.append(t["d"] / (t["a"] + t["b"]))
+        if rounds > 1:
+            print(f"  round {round_}: " + ", ".join(
+                f"({k}) {args.batch / s:.1f}" for k, s in t.items())
+                + f" img/s, overhead ratio {ratios[-1]:.3f}", flush=True)
+    print(f"\n{teacher} -> {student} ({steps} steps x {args.repeats}"
+          + (f", median of {rounds} rounds" if rounds > 1 else "") + ")")
+    t = {}
+    for kind, name in KINDS.items():
+        seconds = [r["seconds_per_step"] for r in results[kind]]
+        t[kind] = statistics.median(seconds)
+        spread = (f" [{args.batch / max(seconds):.1f} - "
+                  f"{args.batch / min(seconds):.1f}]" if rounds > 1 else "")
+        print(f"  ({kind}) {name:<34} {args.batch / t[kind]:8.1f} img/s"
+              f"{spread}  {1000 * t[kind]:8.1f} ms/step  peak RSS "
+              f"{max(r['peak_rss_mib'] for r in results[kind]):7.0f} MiB")
+    per_round = (f"  (rounds: {' / '.join(f'{r:.3f}' for r in ratios)})"
+                 if rounds > 1 else "")
+    print(f"  overhead ratio time(d) / (time(a) + time(b)) = "
+          f"{statistics.median(ratios):.3f}  (ideal 1.0, target <= 1.10)"
+          f"{per_round}")
+    parts = t["a"] + t["b_tap"] + t["e"]
+    print(f"  (d) explained by its parts: (a) + (b_tap) + (e) = "
+          f"{1000 * parts:.1f} ms of {1000 * t['d']:.1f} ms "
+          f"({100 * parts / t['d']:.0f}%); the floor of the ratio, "
+          f"((a) + (b_tap) + (e)) / ((a) + (b)) = "
+          f"{parts / (t['a'] + t['b']):.3f}")
+    print(f"  multiply-accumulates per image: {connector_macs(teacher, student)}")
+    if args.profile:
+        print(f"  where the time of (d) goes ({PROFILED_STEPS} profiled steps):")
+        profile_summary.summarize(_profile_dir(args.profile, pair),
+                                  steps=PROFILED_STEPS)
 
 
 def _child_images_per_second(command):
@@ -326,10 +357,11 @@ def vs_pytorch(args):
     precisions = {"float32": None, "bfloat16": "mixed_bfloat16"}
     ours = {p: [] for p in precisions}
     peer = {p: [] for p in precisions}
+    rounds = args.rounds or 3
     print(f"FT step {teacher} -> {student}, batch {args.batch}, {steps} steps "
           f"x {args.repeats} blocks per measurement (median), "
-          f"{args.rounds} alternating rounds")
-    for round_ in range(1, args.rounds + 1):
+          f"{rounds} alternating rounds")
+    for round_ in range(1, rounds + 1):
         for precision, policy in precisions.items():
             command = [sys.executable, __file__, "--batch", str(args.batch),
                        "--repeats", str(args.repeats),

@@ -274,3 +274,30 @@ def test_throughput_vs_pytorch_prints_alternating_rounds_and_ratios():
     assert [row.split("|")[1].strip() for row in rows] == [
         "FT step, float32", "FT step, bfloat16"]
     assert "bfloat16 / float32, same round: ft_keras" in out
+
+
+def test_throughput_overhead_rounds_alternate_kinds_and_take_the_median():
+    import re
+    import subprocess
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--pairs", "resnet20:resnet20",
+         "--rounds", "2", "--steps", "1", "--repeats", "1", "--batch", "4"],
+        check=True, capture_output=True, text=True, timeout=900).stdout
+    rounds = [float(m) for m in re.findall(
+        r"round \d: .* img/s, overhead ratio ([\d.]+)", out)]
+    assert len(rounds) == 2
+    assert "resnet20 -> resnet20 (1 steps x 1, median of 2 rounds)" in out
+    for kind in ("(a)", "(b)", "(c)", "(d)", "(b_tap)", "(e)"):
+        assert re.search(re.escape(kind) + r" .* img/s \[[\d.]+ - [\d.]+\]", out)
+    median = re.search(r"= ([\d.]+)  \(ideal 1.0, target <= 1.10\)  "
+                       r"\(rounds: ([\d.]+) / ([\d.]+)\)", out)
+    assert [float(median.group(2)), float(median.group(3))] == rounds
+    assert float(median.group(1)) == pytest.approx(statistics.median(rounds),
+                                                   abs=1e-3)
+    assert "the floor of the ratio" in out
+
+    bad = subprocess.run([sys.executable, str(script), "--rounds", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--rounds must be at least 1, got 0" in bad.stderr
