@@ -328,8 +328,8 @@ def overhead(args, pair, rounds):
     parts = t["a"] + t["b_tap"] + t["e"]
     print(f"  (d) explained by its parts: (a) + (b_tap) + (e) = "
           f"{1000 * parts:.1f} ms of {1000 * t['d']:.1f} ms "
-          f"({100 * parts / t['d']:.0f}%); the floor of the ratio, "
-          f"((a) + (b_tap) + (e)) / ((a) + (b)) = "
+          f"({100 * parts / t['d']:.0f}%); the ratio if (d) cost just its "
+          f"parts: ((a) + (b_tap) + (e)) / ((a) + (b)) = "
           f"{parts / (t['a'] + t['b']):.3f}")
     print(f"  multiply-accumulates per image: {connector_macs(teacher, student)}")
     if args.profile:

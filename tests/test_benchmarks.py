@@ -296,7 +296,7 @@ def test_throughput_overhead_rounds_alternate_kinds_and_take_the_median():
     assert [float(median.group(2)), float(median.group(3))] == rounds
     assert float(median.group(1)) == pytest.approx(statistics.median(rounds),
                                                    abs=1e-3)
-    assert "the floor of the ratio" in out
+    assert "the ratio if (d) cost just its parts" in out
 
     bad = subprocess.run([sys.executable, str(script), "--rounds", "0"],
                          capture_output=True, text=True, timeout=300)
