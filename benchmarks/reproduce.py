@@ -48,6 +48,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -150,8 +151,23 @@ def train(gin_files, bindings, directory):
     with open(log, "a") as out:
         out.write(f"\n$ {shlex.join(command)}\n")
         out.flush()
-        code = subprocess.call(command, cwd=REPO, env=env, stdout=out,
+        run = subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
                                stderr=subprocess.STDOUT)
+        try:
+            code = run.wait()
+        except BaseException:
+            # This driver is being stopped (SIGTERM, Ctrl-C): stop the run
+            # with it. Left running, it would finish beside whatever runs
+            # next, and the next invocation would record it as a finished
+            # run with a wall time measured under contention. It resumes
+            # from its last checkpoint instead.
+            run.terminate()
+            try:
+                run.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait()
+            raise
     if code:
         with open(log) as f:
             tail = f.read()[-3000:]
@@ -360,6 +376,12 @@ def write(args, methods, runs, records, elapsed):
     return summary, text
 
 
+def _exit_on_sigterm(signum, frame):
+    # SIGTERM (`kill`, a job scheduler, the end of a session) unwinds like
+    # Ctrl-C, so that `train` stops the run it started.
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gin_file", action="append", required=True)
@@ -471,4 +493,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     main()

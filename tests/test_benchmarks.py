@@ -301,3 +301,44 @@ def test_throughput_overhead_rounds_alternate_kinds_and_take_the_median():
     bad = subprocess.run([sys.executable, str(script), "--rounds", "0"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--rounds must be at least 1, got 0" in bad.stderr
+
+
+def _processes_with(text):
+    """PIDs of the live processes whose command line contains `text`."""
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            state = (entry / "stat").read_text().split()[2]
+        except (OSError, IndexError):
+            continue
+        if text.encode() in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/cmdline").exists(),
+                    reason="reads the process table from /proc")
+def test_reproduce_stopped_by_sigterm_stops_the_run_it_started(tmp_path):
+    """A run left training after its driver was killed would finish beside
+    the next jobs, and be recorded with a wall time measured under
+    contention."""
+    import signal
+    import subprocess
+    import time
+
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    workdir = tmp_path / "runs"
+    driver = subprocess.Popen(
+        [sys.executable, str(repo / "benchmarks" / "reproduce.py"),
+         "--gin_file=gin/quickstart.gin", "--seeds", "0", "--methods", "FT",
+         "--workdir", str(workdir)],
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not _processes_with(f"--workdir={workdir}"):
+        assert driver.poll() is None, driver.stderr.read().decode()
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=120) == 128 + signal.SIGTERM
+    assert _processes_with(f"--workdir={workdir}") == []
