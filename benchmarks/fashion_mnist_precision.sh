@@ -16,20 +16,21 @@ cd "$(dirname "$0")/.."
 seeds=("${@:-0}")
 root=${WORKDIR:-runs/fmnist_precision}
 results=benchmarks/results/fashion_mnist_precision
-for method in "student alone" KD AT FT FT+KD; do
-  for precision in mixed_bfloat16 float32; do
-    python benchmarks/reproduce.py --gin_file=gin/fashion_mnist/wrn16_2_wrn10_1.gin \
-      --gin_bindings="experiment.precision = '$precision'" \
-      --teacher benchmarks/results/fashion_mnist/shared_teacher.keras \
-      --seeds "${seeds[@]}" --methods "$method" \
-      --workdir "$root/$precision" --results_dir "$results/$precision"
-  done
-done
-for precision in float32 mixed_bfloat16; do
+reproduce() {  # PRECISION [reproduce.py flags ...]
+  local precision=$1
+  shift
   python benchmarks/reproduce.py --gin_file=gin/fashion_mnist/wrn16_2_wrn10_1.gin \
     --gin_bindings="experiment.precision = '$precision'" \
     --teacher benchmarks/results/fashion_mnist/shared_teacher.keras \
-    --seeds "${seeds[@]}" --report_only \
-    --workdir "$root/$precision" --results_dir "$results/$precision" \
-    --readme README.md --name "fashion_mnist_$precision"
+    --seeds "${seeds[@]}" \
+    --workdir "$root/$precision" --results_dir "$results/$precision" "$@"
+}
+for method in "student alone" KD AT FT FT+KD; do
+  for precision in mixed_bfloat16 float32; do
+    reproduce "$precision" --methods "$method"
+  done
+done
+for precision in float32 mixed_bfloat16; do
+  reproduce "$precision" --report_only --readme README.md \
+    --name "fashion_mnist_$precision"
 done

@@ -276,18 +276,18 @@ def main():
         return
     print(f"batch {args.batch}, CIFAR shapes, median of {args.repeats} "
           f"repeats, xla={args.xla}, mixed_precision={args.mixed_precision}")
-    rounds = args.rounds or 1
     for pair in args.pairs or ["resnet56:resnet20", "resnet50:resnet18"]:
-        overhead(args, pair, rounds)
+        overhead(args, pair)
 
 
-def overhead(args, pair, rounds):
-    """Each step kind of one pair, in fresh subprocesses; with `rounds` > 1
+def overhead(args, pair):
+    """Each step kind of one pair, in fresh subprocesses; with `--rounds` > 1
     the kinds alternate round by round, and the overhead ratio is the median
     of the rounds' ratios (a process's speed varies by a few percent from
     one start to the next, so one process per kind is a noisy ratio)."""
     teacher, student = pair.split(":")
     steps = args.steps or (3 if "resnet50" in pair else 10)
+    rounds = args.rounds or 1
     results = {kind: [] for kind in KINDS}
     ratios = []
     for round_ in range(1, rounds + 1):
@@ -300,9 +300,7 @@ def overhead(args, pair, rounds):
                 command += ["--mixed_precision", args.mixed_precision]
             if args.profile and round_ == 1:
                 command += ["--profile", _profile_dir(args.profile, pair)]
-            out = subprocess.run(command, check=True, capture_output=True,
-                                 text=True).stdout
-            results[kind].append(json.loads(out.strip().splitlines()[-1]))
+            results[kind].append(_child_result(command))
         t = {k: r[-1]["seconds_per_step"] for k, r in results.items()}
         ratios.append(t["d"] / (t["a"] + t["b"]))
         if rounds > 1:
@@ -338,10 +336,11 @@ def overhead(args, pair, rounds):
                                   steps=PROFILED_STEPS)
 
 
-def _child_images_per_second(command):
+def _child_result(command):
+    """Runs a measuring subprocess; returns the dict it printed last."""
     out = subprocess.run(command, check=True, capture_output=True,
                          text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["images_per_second"]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _spread(values):
@@ -368,12 +367,12 @@ def vs_pytorch(args):
                        "--_child", f"d,{teacher},{student},{steps}"]
             if policy:
                 command += ["--mixed_precision", policy]
-            ours[precision].append(_child_images_per_second(command))
-            peer[precision].append(_child_images_per_second([
+            ours[precision].append(_child_result(command)["images_per_second"])
+            peer[precision].append(_child_result([
                 sys.executable, os.path.join(here, "torch_peer.py"),
                 "--precision", precision, "--batch", str(args.batch),
                 "--steps", str(steps), "--repeats", str(args.repeats),
-                "--teacher", teacher, "--student", student]))
+                "--teacher", teacher, "--student", student])["images_per_second"])
             print(f"  round {round_} {precision:<8} ft_keras "
                   f"{ours[precision][-1]:7.1f} img/s, PyTorch "
                   f"{peer[precision][-1]:7.1f} img/s, ratio "
