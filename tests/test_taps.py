@@ -1,6 +1,7 @@
 """Any Keras network as teacher or student (keras.applications, a .keras
 file, your own factory), its feature taps, and `python -m ft_keras.taps`."""
 
+import argparse
 import pathlib
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from ft_keras import config
 from ft_keras import experiment as ft_experiment
+from ft_keras import layers
 from ft_keras import models
 from ft_keras import taps
 
@@ -160,3 +162,117 @@ def test_the_command_refuses_an_unknown_network_in_one_line():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(
         "ft_keras: error: Unknown network name: 'resnet21'.")
+
+
+def listed_shapes(out, role):
+    """`{tap: "HxWxC"}` of `role`'s list in the command's output."""
+    block = out.split(f"{role} ", 1)[1].split("\n")[1:]
+    rows = [line.split() for line in block if line.startswith("  ")
+            and not line.startswith("  factor_transfer")]
+    shapes = {}
+    for row in rows:
+        if len(row) != 2:
+            break
+        shapes[row[0]] = row[1]
+    return shapes
+
+
+def application_shapes(name, **kwargs):
+    model = getattr(keras.applications, name)(weights=None, input_shape=CIFAR,
+                                              **kwargs)
+    return {tap: "x".join(str(d) for d in model.get_layer(tap).output.shape[1:])
+            for tap in ("block_2_add", "block_12_add", "out_relu")}
+
+
+def test_network_args_reach_the_network(capsys):
+    assert taps.main(["--network", "keras.applications.MobileNetV2",
+                      "--network_args", "alpha=0.35"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("network keras.applications.MobileNetV2(alpha=0.35) "
+                          "(input 32x32x3): feature taps")
+    listed = listed_shapes(out, "network")
+    narrow = application_shapes("MobileNetV2", alpha=0.35)
+    # The last map (`out_relu`) keeps 1280 channels at any alpha <= 1; the
+    # last inverted-residual stage's (`block_12_add`) narrows with alpha.
+    assert narrow["block_12_add"] != application_shapes(
+        "MobileNetV2")["block_12_add"]
+    assert {tap: listed[tap] for tap in narrow} == narrow
+
+
+def test_a_gin_config_gives_the_networks_and_the_configured_pair(
+        tmp_path, capsys):
+    path = tmp_path / "mine.gin"
+    path.write_text(
+        "include 'gin/data/cifar10.gin'\n"
+        "teacher/network.name = 'resnet20'\n"
+        "student/network.name = 'keras.applications.MobileNetV2'\n"
+        "student/network.alpha = 0.35\n"
+        "factor_transfer.teacher_layer = 'stage3'\n"
+        "factor_transfer.student_layer = 'block_2_add'\n"
+        "factor_transfer.rate = 0.25\n")
+    assert taps.main([f"--gin_file={path}"]) == 0
+    out = capsys.readouterr().out
+    narrow = application_shapes("MobileNetV2", alpha=0.35)
+    assert ("student keras.applications.MobileNetV2(alpha=0.35) "
+            "(input 32x32x3)") in out
+    assert listed_shapes(out, "student")["block_12_add"] == narrow["block_12_add"]
+    student_channels = narrow["block_2_add"].split("x")[-1]
+    assert ("factor_transfer.teacher_layer = 'stage3', student_layer = "
+            f"'block_2_add': 8x8, teacher 64 ch -> factor "
+            f"{layers.factor_channels(64, 0.25)}, student {student_channels} "
+            "ch   <- the configured pair") in out
+    assert "factor channels at rate 0.25:" in out
+    assert ("(the paper's pair, 'stage3' and 'out_relu', differ in height x "
+            "width)") in out
+    # Flags win: --student_args over student/network.alpha, --rate over
+    # factor_transfer.rate.
+    gin.clear_config()
+    assert taps.main([f"--gin_file={path}", "--student_args", "alpha=0.5",
+                      "--rate", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "student keras.applications.MobileNetV2(alpha=0.5) " in out
+    assert listed_shapes(out, "student")["block_12_add"] == application_shapes(
+        "MobileNetV2", alpha=0.5)["block_12_add"]
+    assert "factor channels at rate 0.5:" in out
+
+
+def test_a_gin_binding_sets_the_dataset_and_its_image_size(capsys):
+    assert taps.main([
+        "--gin_bindings=dataset.name = 'cifar100'",
+        "--gin_bindings=dataset.options = {'image_size': 48}",
+        "--teacher", "resnet20", "--student", "wrn10_1"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher resnet20 (input 48x48x3): feature taps" in out
+    assert "  stage3     12x12x64" in out
+    assert "<- the configured pair" not in out
+
+
+def test_a_bad_network_argument_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exited:
+        taps.main(["--network", "resnet20", "--network_args", "alpha"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "python -m ft_keras.taps: error: argument --network_args: a network "
+        "argument must be key=value with a Python name as the key, e.g. "
+        "alpha=0.35 or weights=imagenet (repeat the flag for several). "
+        "Received: 'alpha'")
+    with pytest.raises(SystemExit):
+        taps.main(["--network", "resnet20", "--student_args", "alpha=1"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "python -m ft_keras.taps: error: --student_args needs --student (or "
+        "student/network.name in the gin config)")
+    assert taps.main(["--network", "keras.applications.MobileNetV2",
+                      "--network_args", "alph=0.35"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("ft_keras: error: ") and "alph=0.35" in last
+
+
+def test_a_network_argument_is_a_python_literal_or_the_text():
+    assert taps.key_value("alpha=0.35") == ("alpha", 0.35)
+    assert taps.key_value("input_shape = (64, 64, 3)") == (
+        "input_shape", (64, 64, 3))
+    assert taps.key_value("weights=imagenet") == ("weights", "imagenet")
+    assert taps.key_value("shortcut='zero_pad'") == ("shortcut", "zero_pad")
+    for bad in ("alpha", "=0.35", "alpha=", "1x=2"):
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
+            taps.key_value(bad)
