@@ -3,8 +3,10 @@
     python -m ft_keras.report runs/quickstart [runs/other ...] --out report/
 
 For each workdir: the config (dataset, teacher -> student, method), the
-test top-1 / top-5 of every network it evaluated, and each training stage's
-wall time and images per second, in `report.md`; and the PNG plots
+test top-1 / top-5 of every network it evaluated, and the wall time and
+images per second of the stage that trained it (an FT student's
+paraphraser stage has a column of its own), in `report.md`, with notes
+under the table for cells it leaves out; and the PNG plots
 `<run>_<stage>.png` (training loss and accuracy per epoch, and test
 accuracy where the config validated every epoch), plus `students.png`
 (the test top-1 per epoch of every student and student trained alone,
@@ -38,6 +40,8 @@ from ft_keras import workdir as ft_workdir
 # trains ("paraphraser" trains none).
 STAGES = ("teacher", "paraphraser", "student", "baseline")
 _ROLE_NAMES = {"teacher": "teacher", "baseline": "student alone"}
+# `config.FT_METHODS`, the methods with a paraphraser stage (config imports Keras).
+_FT_METHODS = ("ft", "ft+kd")
 _BINDING = re.compile(r"^([\w/.]+) = (.+)$")
 NO_PLOTS = "(No plots: they need matplotlib, `pip install 'ft_keras[report]'`.)"
 
@@ -135,44 +139,125 @@ def role_name(run, role):
     return _ROLE_NAMES.get(role, f"{run['method'].upper()} student")
 
 
+TOP5_NOTE = (
+    "top-5 is not computed for datasets of 5 classes or fewer "
+    "(it would always be 100%)."
+)
+OWN_STAGE_NOTE = (
+    "own stage: the stage that trained the network. An FT student's is the "
+    "student stage alone; its paraphraser stage, trained before it, is timed "
+    "in the paraphraser column, and the teacher's stage in the teacher's row."
+)
+
+
 def _percent(value):
     return "" if value is None else f"{100 * value:.2f}"
 
 
-def markdown_table(runs):
-    """One row per evaluated network of each run: its config, test top-1 and
-    top-5 (%), and the wall time and images/second of the stage that
-    trained it (for a distilled student, with its paraphraser's time)."""
-    lines = [
-        "| run | dataset | teacher -> student | network | test top-1 (%) | "
-        "test top-5 (%) | training wall time (s) | images/s |",
-        "|---|---|---|---|---|---|---|---|",
+def stage_timing(stage):
+    """`(wall time, images/s)` cells of one stage's `stage.json` dict.
+
+    The wall time is of the stage's last `fit` call: for a resumed stage,
+    the cell says how many of its epochs that call ran. A stage that
+    recorded artifacts but no timing (a teacher loaded from
+    `experiment.teacher_checkpoint`) was not trained in the run.
+    """
+    if not stage:
+        return "not recorded", "-"
+    wall = stage.get("wall_time_s")
+    if wall is None:
+        return "loaded, not trained here", "-"
+    wall_cell = f"{wall:.0f}"
+    ran, epochs = stage.get("epochs_run"), stage.get("epochs")
+    if ran is not None and epochs is not None and ran < epochs:
+        wall_cell += f" (last {ran} of {epochs} epochs: resumed)"
+    speed = stage.get("images_per_second")
+    return wall_cell, "-" if speed is None else f"{speed:,.0f}"
+
+
+def _rows(runs):
+    """`(run, role)` of every network a table shows, in table order."""
+    return [
+        (run, role)
+        for run in runs
+        for role in ("teacher", "baseline", "student")
+        if role in run["evaluation"] or role in run["stages"]
     ]
-    for run in runs:
-        pair = f"{run['teacher']} -> {run['student']}"
-        roles = [
-            r
-            for r in ("teacher", "baseline", "student")
-            if r in run["evaluation"] or r in run["stages"]
+
+
+def _has_paraphraser(run, role):
+    return role == "student" and (
+        run["method"] in _FT_METHODS or "paraphraser" in run["stages"]
+    )
+
+
+def _top5_cell(scores):
+    if not scores:
+        return "not evaluated"
+    return "n/a" if scores.get("top5") is None else _percent(scores["top5"])
+
+
+def table_notes(runs):
+    """The lines under `markdown_table`'s table that explain its cells: why
+    top-5 is hidden or "n/a", and what an FT student's times cover."""
+    scores = [run["evaluation"].get(role) for run, role in _rows(runs)]
+    scores = [s for s in scores if s]
+    notes = []
+    if scores and all(s.get("top5") is None for s in scores):
+        notes.append(f"No test top-5 column: {TOP5_NOTE}")
+    elif any(s.get("top5") is None for s in scores):
+        notes.append(f"n/a in test top-5 (%): {TOP5_NOTE}")
+    if any(_has_paraphraser(run, role) for run, role in _rows(runs)):
+        notes.append(OWN_STAGE_NOTE)
+    return notes
+
+
+def markdown_table(runs):
+    """One row per evaluated network of each run, and the notes under it.
+
+    Each row has the run's config, the network's test top-1 and top-5 (%),
+    and the wall time and images/second of its own stage, the stage that
+    trained it. An FT student's own stage is the student stage alone: its
+    paraphraser stage's wall time has a column of its own (shown when any
+    run has one). The top-5 column is left out when no network has a top-5
+    (datasets of 5 classes or fewer); "n/a" marks one without, when others
+    have it. `table_notes` lines, after a blank line, say so.
+    """
+    rows = _rows(runs)
+    top5 = any(
+        run["evaluation"].get(role, {}).get("top5") is not None
+        for run, role in rows
+    )
+    paraphraser = any(_has_paraphraser(run, role) for run, role in rows)
+    header = ["run", "dataset", "teacher -> student", "network", "test top-1 (%)"]
+    header += ["test top-5 (%)"] if top5 else []
+    header += ["own stage wall time (s)", "own stage images/s"]
+    header += ["paraphraser stage wall time (s)"] if paraphraser else []
+    lines = [_markdown_row(header), _markdown_row(["---"] * len(header))]
+    for run, role in rows:
+        scores = run["evaluation"].get(role, {})
+        cells = [
+            run["name"],
+            run["dataset"],
+            f"{run['teacher']} -> {run['student']}",
+            role_name(run, role),
+            _percent(scores.get("top1")) or "not evaluated",
         ]
-        for role in roles:
-            scores = run["evaluation"].get(role, {})
-            stage = run["stages"].get(role, {})
-            wall = stage.get("wall_time_s")
-            if role == "student" and "paraphraser" in run["stages"]:
-                wall = (wall or 0.0) + run["stages"]["paraphraser"].get(
-                    "wall_time_s", 0.0
-                )
-            speed = stage.get("images_per_second")
-            lines.append(
-                f"| {run['name']} | {run['dataset']} | {pair} | "
-                f"{role_name(run, role)} | "
-                f"{_percent(scores.get('top1')) or 'not evaluated'} | "
-                f"{_percent(scores.get('top5'))} | "
-                f"{'' if wall is None else f'{wall:.0f}'} | "
-                f"{'' if speed is None else f'{speed:,.0f}'} |"
+        cells += [_top5_cell(scores)] if top5 else []
+        cells += stage_timing(run["stages"].get(role))
+        if paraphraser:
+            cells.append(
+                stage_timing(run["stages"].get("paraphraser"))[0]
+                if _has_paraphraser(run, role)
+                else "-"
             )
-    return "\n".join(lines)
+        lines.append(_markdown_row(cells))
+    notes = table_notes(runs)
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _markdown_row(cells):
+    return "| " + " | ".join(cells) + " |"
 
 
 def plot_curves(series, path, title, ylabel, ylim=None):
