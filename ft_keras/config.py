@@ -29,6 +29,7 @@ from ft_keras import layers
 from ft_keras import losses
 from ft_keras import optim
 from ft_keras.data import image_folder
+from ft_keras.models import batch_norm
 from ft_keras.distribute import AUTO_SHARD_POLICIES
 from ft_keras.distribute import COMMUNICATIONS
 from ft_keras.distribute import RESOLVERS
@@ -145,15 +146,37 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
+    """A network of `ft_keras.models.get` and its keyword arguments.
+
+    Attributes:
+        name: The network's name.
+        kwargs: Its keyword arguments; `bn_momentum` (None: capped to suit
+            the stage's steps, `ft_keras.models.batch_norm`) applies to
+            every network.
+        inherited: The keys of `kwargs` bound for every network
+            (`network.weight_decay`) rather than under this network's scope
+            (`student/network.weight_decay`): what an error about them names.
+    """
+
     name: str
     kwargs: dict
+    inherited: tuple = dataclasses.field(default=(), compare=False)
+
+    def __post_init__(self):
+        if self.kwargs.get("bn_momentum") is not None:
+            batch_norm.check_bn_momentum(
+                self.kwargs["bn_momentum"], "network.bn_momentum"
+            )
 
 
 @gin.configurable("network")
 def network(name=gin.REQUIRED, **kwargs):
     """A network of `ft_keras.models.get` and its keyword arguments
     (`weight_decay`, `shortcut`, `dropout`, ...: declared by the network's
-    own factory). Bind it under a scope: `teacher/network.name = 'resnet56'`."""
+    own factory; `bn_momentum` for every network). Bind it under a scope:
+    `teacher/network.name = 'resnet56'`. An argument bound for every network
+    (`network.weight_decay`) that one of them does not take is refused;
+    `student/network.weight_decay = None` clears it for that one."""
     return NetworkConfig(name=name, kwargs=dict(kwargs))
 
 
@@ -551,10 +574,22 @@ def from_gin():
             for scope in ("teacher", "paraphraser", "student")
         },
         network={
-            scope: _read(network, "network", scope)
+            scope: _with_inherited(_read(network, "network", scope), scope)
             for scope in ("teacher", "student")
         },
     )
+
+
+def _with_inherited(network_config, scope):
+    """`network_config` with the keys bound for every network, not under
+    `scope`, as its `inherited`."""
+    inherited = []
+    for key in network_config.kwargs:
+        try:
+            gin.query_parameter(f"{scope}/network.{key}")
+        except ValueError:
+            inherited.append(key)
+    return dataclasses.replace(network_config, inherited=tuple(inherited))
 
 
 def parse(gin_files, gin_bindings):

@@ -42,7 +42,7 @@ from ft_keras import config
 from ft_keras import data
 from ft_keras import distiller as ft_distiller
 from ft_keras import distribute
-from ft_keras import export as ft_export
+from ft_keras.export import dataset as export_dataset
 from ft_keras import models
 from ft_keras import workdir as ft_workdir
 
@@ -152,15 +152,20 @@ class Experiment:
         # Where this process writes: the workdir, or a worker's temp dir.
         self.output_dir = distribute.worker_dir(self.workdir, self.strategy)
         self._lock = ft_workdir.WorkdirLock(self.workdir)
+        # A refused run leaves the workdir as it was: nothing is written or
+        # deleted until the whole config is checked.
+        self._created = not os.path.exists(self.workdir)
+        self._fresh = overwrite  # its artifacts are to be deleted: none counts
         try:
-            self._prepare_workdir(overwrite)
+            self._open_workdir(overwrite)
             with self._precision():
                 self._build()
+            self._commit_workdir(overwrite)
         except ft_workdir.WorkdirError as e:
-            self.close()
+            self._abandon()
             raise ConfigurationError(str(e)) from None
         except BaseException:
-            self.close()
+            self._abandon()
             raise
 
     @contextlib.contextmanager
@@ -201,6 +206,7 @@ class Experiment:
                 f"The train split of {self.settings.dataset.name!r} gives no full "
                 f"batch of {self.global_batch}: lower `dataset.batch_size`."
             )
+        self._bn_noted = set()
         with distribute.scope(self.strategy):
             self.teacher = self._network("teacher")
             self.student = self._network("student")
@@ -208,12 +214,6 @@ class Experiment:
         self._whole = set()  # artifacts `_done` has checked whole
         self._check_taps()
         self._check_stage_plan()
-        with open(self._out("operative_config.gin"), "w") as f:
-            f.write(
-                self.settings.to_gin()
-                if self._given_settings
-                else gin.operative_config_str()
-            )
 
     # What each training stage leaves in its directory of the workdir.
     ARTIFACTS = {
@@ -226,9 +226,12 @@ class Experiment:
     # ------------------------------------------------------------------
     # Set-up.
 
-    def _prepare_workdir(self, overwrite):
-        requested = self.settings.to_gin() if self._given_settings else gin.config_str()
-        path = os.path.join(self.workdir, "config.gin")
+    def _requested_config(self):
+        return self.settings.to_gin() if self._given_settings else gin.config_str()
+
+    def _open_workdir(self, overwrite):
+        """Locks the workdir and checks that it holds this config (unless
+        `overwrite`); writes nothing else."""
         if not self.is_chief:
             distribute.remove_worker_dir(self.output_dir, self.workdir)
             os.makedirs(self.output_dir)
@@ -236,6 +239,37 @@ class Experiment:
             # Before anything is read or deleted: a second run on a workdir
             # in use stops here, and --overwrite cannot delete a live run.
             self._lock.acquire()
+        path = os.path.join(self.workdir, "config.gin")
+        if overwrite or not os.path.exists(path):
+            return
+        with open(path) as f:
+            saved = _comparable_config(f.read())
+        requested = _comparable_config(self._requested_config())
+        if saved == requested:
+            return
+        diff = [
+            line
+            for line in difflib.unified_diff(
+                saved.splitlines(), requested.splitlines(), lineterm="", n=0
+            )
+            if line[:1] in "+-" and line[:3] not in ("+++", "---")
+        ]
+        if set(self.stages) <= {"evaluate", "export"}:
+            fix = (
+                "Give the config it was trained with, saved in the workdir: "
+                f"--gin_file={path}"
+            )
+        else:
+            fix = "Use another --workdir, or --overwrite to delete it and start over."
+        raise ConfigurationError(
+            f"The workdir {self.workdir} holds an experiment with a "
+            f"different config, so it cannot be resumed. Differences "
+            f"(- saved, + now): {'; '.join(diff[:6])}. {fix}"
+        )
+
+    def _commit_workdir(self, overwrite):
+        """After every check passed: `--overwrite` deletes the old run, and
+        the config files are written."""
         if overwrite and self.is_chief:
             for name in os.listdir(self.workdir):
                 if name != ft_workdir.LOCK_FILE:
@@ -244,31 +278,30 @@ class Experiment:
                         shutil.rmtree(target)
                     else:
                         os.remove(target)
-        if os.path.exists(path) and not (overwrite and not self.is_chief):
-            with open(path) as f:
-                saved = f.read()
-            if _comparable_config(saved) != _comparable_config(requested):
-                diff = [
-                    line
-                    for line in difflib.unified_diff(
-                        _comparable_config(saved).splitlines(),
-                        _comparable_config(requested).splitlines(),
-                        lineterm="",
-                        n=0,
-                    )
-                    if line[:1] in "+-" and line[:3] not in ("+++", "---")
-                ]
-                raise ConfigurationError(
-                    f"The workdir {self.workdir} holds an experiment with a "
-                    f"different config, so it cannot be resumed. Differences "
-                    f"(- saved, + now): {'; '.join(diff[:6])}. Use another "
-                    "--workdir, or --overwrite to delete it and start over."
-                )
+        self._fresh = False
+        self._whole.clear()
         if self.is_chief:
+            path = os.path.join(self.workdir, "config.gin")
             tmp = f"{path}.tmp"
             with open(tmp, "w") as f:
-                f.write(requested)
+                f.write(self._requested_config())
             os.replace(tmp, path)
+        with open(self._out("operative_config.gin"), "w") as f:
+            f.write(
+                self.settings.to_gin()
+                if self._given_settings
+                else gin.operative_config_str()
+            )
+        # Other workers read the workdir after the chief has cleared it.
+        distribute.barrier(self.strategy)
+
+    def _abandon(self):
+        """A refused start: releases the workdir, and removes it if this
+        run created it (it holds only the lock file then)."""
+        self.close()
+        if self.is_chief and self._created and os.path.isdir(self.workdir):
+            if set(os.listdir(self.workdir)) <= {ft_workdir.LOCK_FILE}:
+                shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _dataset(self, training, split=None, **overrides):
         cfg = self.settings.dataset
@@ -331,13 +364,60 @@ class Experiment:
 
     def _network(self, role):
         net = self.settings.network[role]
-        return models.get(
-            net.name,
-            model_name=role,
-            num_classes=self.num_classes,
-            input_shape=self.input_shape,
-            **net.kwargs,
-        )
+        kwargs = dict(net.kwargs)
+        momentum = kwargs.pop("bn_momentum", None)
+        self._check_inherited_arguments(role)
+        try:
+            model = models.get(
+                net.name,
+                model_name=role,
+                num_classes=self.num_classes,
+                input_shape=self.input_shape,
+                bn_momentum=momentum,
+                **kwargs,
+            )
+        except ValueError as e:
+            raise ConfigurationError(f"`{role}/network`: {e}") from None
+        if momentum is None:
+            self._suit_bn_momentum(role, model)
+        return model
+
+    def _check_inherited_arguments(self, role):
+        """Refuses an argument bound for every network (`network.x`) that
+        this role's network does not take, with the binding that clears it."""
+        net = self.settings.network[role]
+        set_kwargs = {k: v for k, v in net.kwargs.items() if k in net.inherited}
+        for key in models.unsupported_arguments(net.name, set_kwargs):
+            hint = (
+                f", and decay it with `{role}/training.weight_decay`"
+                if key == "weight_decay"
+                else ""
+            )
+            raise ConfigurationError(
+                f"`network.{key} = {net.kwargs[key]!r}` is bound for every "
+                f"network, but the {role} {net.name!r} takes no `{key}`: "
+                f"clear it for this network with `{role}/network.{key} = "
+                f"None`{hint}."
+            )
+
+    def _suit_bn_momentum(self, role, model):
+        """Caps the BatchNormalization momentum of a network this run trains
+        so that its moving statistics follow the stage
+        (`ft_keras.models.batch_norm`); says so once when it changes any."""
+        steps = self.settings.training[role].epochs * self.steps_per_epoch
+        cap = models.suited_bn_momentum(steps)
+        changed = models.set_bn_momentum(model, cap, at_most=True)
+        if changed and role not in self._bn_noted:
+            self._bn_noted.add(role)
+            was = ", ".join(
+                f"{count} at {momentum:g}" for momentum, count in changed.items()
+            )
+            print(
+                f"[ft_keras] {role}: BatchNormalization momentum {cap:.4g} "
+                f"({was} before), so that its moving statistics follow a "
+                f"{steps:,}-step stage; `{role}/network.bn_momentum` sets it.",
+                flush=True,
+            )
 
     def _tap_shape(self, model, role, layer):
         names = [l.name for l in model.layers]
@@ -459,6 +539,12 @@ class Experiment:
         callbacks = stage_callbacks(
             stage, stage_dir, self.settings.experiment.checkpoint_every
         ) + [throughput]
+        if validation_data is not None and not self.dry_run:
+            callbacks.append(
+                ft_callbacks.ChanceAccuracyWarning(
+                    self.num_classes, metric="top1", name=f"{stage} stage's network"
+                )
+            )
         if self.dry_run:
             # Random images and a two-step teacher (its BatchNorm statistics
             # barely moved) can overflow: the dry run checks the wiring, not
@@ -561,6 +647,8 @@ class Experiment:
         check at start and each stage that uses it ask again); one not
         there yet is looked for again, since a stage may write it."""
         path = self._path(stage, artifact)
+        if self._fresh:  # --overwrite: the workdir's artifacts do not count
+            return False
         if path in self._whole:
             return True
         try:
@@ -618,11 +706,7 @@ class Experiment:
         teacher's activations grow layer after layer and overflow the
         stages that use it. Setting them to one synthetic batch's statistics
         keeps the dry run's numbers finite; the real run never does this."""
-        norms = [
-            layer
-            for layer in model._flatten_layers()
-            if isinstance(layer, keras.layers.BatchNormalization)
-        ]
+        norms = models.batch_norm.batch_norm_layers(model)
         momenta = [layer.momentum for layer in norms]
         for layer in norms:
             layer.momentum = 0.0
@@ -832,66 +916,79 @@ class Experiment:
 
     def run_evaluate(self):
         results = self.evaluate()
-        self._update_results(evaluation=results)
         method = self.settings.distillation.method.upper()
         names = {
             "teacher": "teacher",
             "baseline": "student alone",
             "student": f"{method} student",
         }
+        warnings = {} if self.dry_run else self._chance_warnings(results, names)
+        self._update_results(evaluation=results, warnings=warnings)
         prefix = (
             "[ft_keras] dry run (synthetic data):" if self.dry_run else "[ft_keras]"
         )
         for role, scores in results.items():
             line = ", ".join(f"{k} {100 * v:.2f}%" for k, v in scores.items())
-            print(f"{prefix} {names[role]:>13}: {line}", flush=True)
+            flag = "   <- at chance: see the warning" if role in warnings else ""
+            print(f"{prefix} {names[role]:>13}: {line}{flag}", flush=True)
+        for line in warnings.values():
+            print(line, flush=True)
 
-    def normalization(self):
-        """`(pixel_max, mean, std)` of the evaluation pipeline, with any
-        `mean`/`std` of `dataset.eval_options`: what the exported serving
-        graph must apply to raw images."""
-        pixel_max, mean, std = data.pixel_normalization(self.settings.dataset.name)
-        options = self.settings.dataset.eval_options
-        return pixel_max, options.get("mean", mean), options.get("std", std)
+    def _chance_warnings(self, results, names):
+        """`{role: line}` for each network that tests at chance while its
+        stage's last training epoch scored high (`chance_warning`)."""
+        warnings = {}
+        for role, scores in results.items():
+            line = ft_callbacks.chance_warning(
+                names[role],
+                scores["top1"],
+                ft_workdir.last_logged(self._path(role, "log.csv"), "top1"),
+                self.num_classes,
+            )
+            if line:
+                warnings[role] = line
+        return warnings
 
     def representative_images(self):
         """Raw training images (uint8 at the dataset's pixel scale) for int8
         calibration: the test-time pipeline's output, un-normalised."""
-        pixel_max, mean, std = self.normalization()
-        count = (
-            self.settings.experiment.representative_batches
-            * self.settings.dataset.eval_batch_size
-        )
+        cfg = self.settings.dataset
+        batches = self.settings.experiment.representative_batches
         # Not cached: a cache read in part warns and is thrown away.
-        batches = self._dataset(
-            training=False, split=self.settings.dataset.train_split, cache=False
+        pipeline = self._dataset(training=False, split=cfg.train_split, cache=False)
+        return export_dataset.raw_images(
+            pipeline.take(batches),
+            *export_dataset.normalization(cfg.name, cfg.eval_options),
+            count=batches * cfg.eval_batch_size,
         )
-        images = np.concatenate(
-            [
-                np.asarray(x)
-                for x, _ in batches.take(
-                    self.settings.experiment.representative_batches
-                )
-            ]
-        )[:count]
-        raw = (images * np.asarray(std) + np.asarray(mean)) * pixel_max
-        return np.clip(np.round(raw), 0, pixel_max).astype(np.uint8)
 
     def run_export(self):
         if not self.is_chief:
             return
         student = self._load(self._require("student", "model.keras"), compile=False)
-        pixel_max, mean, std = self.normalization()
-        paths = ft_export.export_student(
+        paths = export_dataset.export_for_dataset(
             student,
+            self.settings.dataset.name,
             self._path("export"),
-            pixel_max,
-            mean,
-            std,
-            representative_images=self.representative_images(),
+            representative=self.representative_images(),
+            eval_options=self.settings.dataset.eval_options,
         )
         self._update_results(export=paths)
-        print(f"[ft_keras] exported to {self._path('export')}", flush=True)
+        if self.dry_run:
+            names = ", ".join(sorted(os.path.basename(p) for p in paths.values()))
+            print(
+                f"[ft_keras] dry run: stage export: wrote {names} (in the "
+                "temporary workdir, removed at the end)",
+                flush=True,
+            )
+            return
+        results = ft_workdir.read_json(self._out("results.json"))
+        suspect = (
+            " (the student tests at chance: see the warning of the evaluate stage)"
+            if "student" in results.get("warnings", {})
+            else ""
+        )
+        print(f"[ft_keras] exported to {self._path('export')}{suspect}", flush=True)
 
     # ------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ with WorkdirLock(workdir):
 ```
 """
 
+import csv
 import datetime
 import fcntl
 import hashlib
@@ -147,6 +148,16 @@ def write_json(path, value):
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def last_logged(path, key):
+    """The last epoch's `key` in a stage's `log.csv` (`CSVLogger`), as a
+    float; None if the file or the column is missing or empty."""
+    if not os.path.exists(path):
+        return None
+    with open(path, newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row.get(key)]
+    return float(rows[-1][key]) if rows else None
 
 
 def fingerprint(path):

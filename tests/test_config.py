@@ -148,3 +148,52 @@ def test_training_image_size_is_the_test_splits_unless_given():
                             eval_options={"image_size": 192})
     assert own.eval_options == {"image_size": 192}
     assert config.DataConfig(name="cifar10").eval_options == {}
+
+
+APPLICATION_STUDENT = (
+    "student/network.name = 'keras.applications.MobileNetV2'",
+    "student/network.alpha = 0.35",
+    "dataset.options = {'image_size': 32}",
+    "factor_transfer.student_layer = 'out_relu'",
+)
+
+
+def test_an_inherited_argument_a_network_does_not_take_names_the_fix(tmp_path):
+    # gin/quickstart.gin binds `network.weight_decay` for every network.
+    read(*APPLICATION_STUDENT)
+    with pytest.raises(
+            ft_experiment.ConfigurationError,
+            match=r"^`network.weight_decay = 0.0005` is bound for every "
+                  r"network, but the student 'keras.applications.MobileNetV2' "
+                  r"takes no `weight_decay`: clear it for this network with "
+                  r"`student/network.weight_decay = None`, and decay it with "
+                  r"`student/training.weight_decay`\.$"):
+        ft_experiment.Experiment(tmp_path / "w", dry_run=True)
+
+
+def test_the_binding_the_error_names_clears_it(tmp_path):
+    read(*APPLICATION_STUDENT, "student/network.weight_decay = None")
+    experiment = ft_experiment.Experiment(tmp_path / "w", dry_run=True)
+    assert experiment.student.count_params() < 700_000
+    # The teacher keeps the inherited value.
+    assert experiment.settings.network["teacher"].kwargs["weight_decay"] == 5e-4
+    experiment.close()
+
+
+def test_an_argument_bound_for_one_network_it_does_not_take_is_refused(tmp_path):
+    read(*APPLICATION_STUDENT, "student/network.weight_decay = None",
+         "student/network.dropout = 0.2")
+    with pytest.raises(
+            ft_experiment.ConfigurationError,
+            match=r"^`student/network`: The network "
+                  r"'keras.applications.MobileNetV2' takes no 'dropout'; it "
+                  r"takes 'alpha', 'weights' \(and `bn_momentum`\)\. "
+                  r"Received: dropout=0.2$"):
+        ft_experiment.Experiment(tmp_path / "w", dry_run=True)
+
+
+def test_a_bad_bn_momentum_is_refused_when_read():
+    with pytest.raises(ValueError, match=r"`network.bn_momentum` must be a "
+                                         r"number in \[0, 1\).*0.9.*"
+                                         r"Received: network.bn_momentum=1"):
+        read("student/network.bn_momentum = 1")

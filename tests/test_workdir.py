@@ -1,6 +1,7 @@
 """ft_keras.workdir: one run per workdir, and artifacts that prove they are
 whole, through the library and through the command line."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -260,3 +261,57 @@ def test_writes_are_whole_or_absent(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "m.keras"]
     assert ft_workdir.check_artifact(tmp_path / "m.keras")  # unrecorded: as is
     assert not ft_workdir.check_artifact(tmp_path / "absent.keras")
+
+
+def test_a_refused_config_leaves_a_new_workdir_unmade(tmp_path):
+    workdir = tmp_path / "new"
+    bad = settings(stages=("teacher",))
+    bad = dataclasses.replace(bad, network={
+        **bad.network, "student": config.NetworkConfig("wrn10_1", {"alpha": 1})})
+    with pytest.raises(ft_experiment.ConfigurationError, match="'alpha'"):
+        ft_experiment.Experiment(workdir, settings=bad, dry_run=True)
+    assert not workdir.exists()
+
+
+def test_a_refused_config_leaves_a_workdir_as_it_was_and_the_fixed_rerun_resumes(
+        finished, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    def files():
+        return {p: state(p) for p in workdir.rglob("*")
+                if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    # A tap that does not exist, with --overwrite too: nothing is written
+    # or deleted.
+    bad = settings(stages=("teacher", "paraphraser", "student"))
+    bad = dataclasses.replace(
+        bad, factor_transfer=config.FactorTransferConfig("stage3", "stage9"))
+    for overwrite in (False, True):
+        with pytest.raises(ft_experiment.ConfigurationError, match="'stage9'"):
+            ft_experiment.Experiment(workdir, settings=bad, dry_run=True,
+                                     overwrite=overwrite)
+        assert files() == before
+    # The corrected command is the original one: it finds its workdir.
+    again = ft_experiment.Experiment(
+        workdir, dry_run=True,
+        settings=settings(stages=("teacher", "paraphraser", "student")))
+    assert again._done("student", "model.keras")
+    again.close()
+
+
+def test_a_read_only_command_on_another_config_names_the_saved_one(
+        finished, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    other = settings(stages=("evaluate",), representative_batches=3)
+    with pytest.raises(ft_experiment.ConfigurationError) as error:
+        ft_experiment.Experiment(workdir, settings=other, dry_run=True)
+    message = str(error.value)
+    assert message.endswith(
+        f"Give the config it was trained with, saved in the workdir: "
+        f"--gin_file={workdir}/config.gin")
+    assert "overwrite" not in message and "delete" not in message
+    # A training command on it may start over.
+    with pytest.raises(ft_experiment.ConfigurationError, match="--overwrite"):
+        ft_experiment.Experiment(
+            workdir, settings=settings(stages=("teacher",), representative_batches=3),
+            dry_run=True)

@@ -23,7 +23,11 @@ without TensorFlow's Flex delegate; Keras' own `export(format="litert")`
 adds the Flex ops and writes a second SavedModel, and it is used here for
 neither reason.
 
-Run as a stage of an experiment: `python -m ft_keras.export --gin_file=...
+From Python, `export_for_dataset(student, "image_folder:<root>", "export")`
+writes these files for a student trained on a dataset of
+`ft_keras.data.build_dataset`: its normalisation, and int8 calibration on
+its training images (`ft_keras.export.dataset`). Run as a stage of an
+experiment, the same call: `python -m ft_keras.export --gin_file=...
 --workdir=...` (`ft_keras/export/__main__.py`).
 """
 
@@ -217,3 +221,9 @@ def onnx_predict(path, images):
     )
     (logits,) = session.run(["logits"], {"images": np.asarray(images, np.uint8)})
     return logits
+
+
+# The export stage as one call from a student and its dataset; below the
+# functions it uses (`ft_keras.export.dataset` calls `export_student`).
+from ft_keras.export.dataset import export_for_dataset  # noqa: E402
+from ft_keras.export.dataset import representative_images  # noqa: E402

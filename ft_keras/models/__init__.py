@@ -20,11 +20,17 @@ output of the last conv of the last block); `feature_taps(model)` lists them.
 - Teachers trained in PyTorch: `load_torch_weights(model, "x.pth")` and
   `from_torch(name, "x.pth", ...)` import the `state_dict` of torchvision's
   ResNets and RepDistiller's CIFAR networks (`torch_import`).
+- BatchNormalization momentum: `get(name, bn_momentum=m)`,
+  `set_bn_momentum(model, m)`, and `suited_bn_momentum(steps)`, the cap the
+  runner applies to suit a stage's length (`batch_norm`).
 - Inference: `fold_batch_norm(model)` folds each BatchNormalization into the
   Conv2D before it (`FoldedConv2D`); the distillers run their frozen
   teacher that way.
 """
 
+from ft_keras.models import batch_norm
+from ft_keras.models.batch_norm import set_bn_momentum
+from ft_keras.models.batch_norm import suited_bn_momentum
 from ft_keras.models.blocks import ZeroPadShortcut
 from ft_keras.models.folding import FoldedAway
 from ft_keras.models.folding import FoldedConv2D
@@ -41,7 +47,9 @@ from ft_keras.models.registry import available
 from ft_keras.models.registry import feature_maps
 from ft_keras.models.registry import feature_taps
 from ft_keras.models.registry import get
+from ft_keras.models.registry import network_arguments
 from ft_keras.models.registry import register
+from ft_keras.models.registry import unsupported_arguments
 from ft_keras.models.registry import with_dtype_policy
 from ft_keras.models.resnet import imagenet_resnet18
 from ft_keras.models.resnet import imagenet_resnet34
@@ -72,6 +80,7 @@ __all__ = [
     "load_torch_weights",
     "mobilenetv2_cifar",
     "mobilenetv2_half",
+    "network_arguments",
     "read_state_dict",
     "register",
     "resnet110",
@@ -82,7 +91,10 @@ __all__ = [
     "resnet44",
     "resnet50",
     "resnet56",
+    "set_bn_momentum",
+    "suited_bn_momentum",
     "torch_layout",
+    "unsupported_arguments",
     "with_dtype_policy",
     "wrn",
 ]

@@ -1,11 +1,13 @@
 """Networks by name (`get`, `available`, `register`) and their feature taps
 (`feature_taps`)."""
 
+import inspect
 import os
 import re
 
 import keras
 
+from ft_keras.models import batch_norm
 from ft_keras.models import he_resnet
 from ft_keras.models import mobilenet
 from ft_keras.models import resnet
@@ -104,11 +106,9 @@ def _application(
             f"Unknown network name: {name!r}: keras.applications has no "
             f"{attr!r}. It has: {', '.join(names)}."
         )
-    if kwargs.pop("weight_decay", None):
-        raise ValueError(
-            f"{name} takes no `weight_decay` (a kernel L2 penalty of our own "
-            "networks): use `training.weight_decay` instead."
-        )
+    # Unset (None or 0) in a config that binds it for every network.
+    if not kwargs.get("weight_decay", 1):
+        kwargs.pop("weight_decay")
     model = builder(
         include_top=True,
         weights=weights,
@@ -122,6 +122,8 @@ def _application(
 
 def _from_file(path, model_name, num_classes=None, input_shape=None, **kwargs):
     """The architecture of a `.keras` file, with new weights."""
+    if not kwargs.get("weight_decay", 1):  # unset, as in `_application`
+        kwargs.pop("weight_decay")
     if kwargs:
         raise ValueError(
             f"A network from a .keras file takes no other arguments. "
@@ -152,6 +154,79 @@ def _from_file(path, model_name, num_classes=None, input_shape=None, **kwargs):
     return model
 
 
+# Keyword arguments `get` gives every network itself (and `name`, which it
+# calls `model_name`), and those `_application` sets for keras.applications.
+_GIVEN = {"name", "num_classes", "input_shape"}
+_APPLICATION_SET = {"include_top", "classes", "classifier_activation",
+                    "input_tensor", "pooling"}
+
+
+def _factory(name):
+    """The callable whose signature says what network `name` takes, and the
+    arguments of it that `get` sets; None for a name `get` does not know."""
+    if name in _BUILDERS:
+        return _BUILDERS[name], _GIVEN
+    if name in _REGISTERED:
+        return _REGISTERED[name], _GIVEN
+    if _WRN_PATTERN.fullmatch(name):
+        return wide_resnet.wrn, _GIVEN | {"depth", "width"}
+    if name.startswith(APPLICATIONS_PREFIX):
+        builder = getattr(keras.applications, name[len(APPLICATIONS_PREFIX):],
+                          None)
+        if callable(builder):
+            return builder, _GIVEN | _APPLICATION_SET
+    return None
+
+
+def network_arguments(name):
+    """The keyword arguments network `name` takes besides `num_classes`,
+    `input_shape` and `model_name`, as a sorted tuple; None when it takes
+    any (a registered factory with `**kwargs`) or `name` is unknown.
+    `bn_momentum` (`get`) applies to every network and is not listed.
+
+    Example:
+
+    ```python
+    assert network_arguments("resnet20") == ("shortcut", "weight_decay")
+    assert "alpha" in network_arguments("keras.applications.MobileNetV2")
+    assert network_arguments("net.keras") == ()
+    ```
+    """
+    if not isinstance(name, str):
+        return None
+    if name.endswith(".keras") and name not in _REGISTERED:
+        return ()
+    found = _factory(name)
+    if found is None:
+        return None
+    factory, given = found
+    parameters = inspect.signature(factory).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return tuple(sorted(p.name for p in parameters if p.name not in given))
+
+
+def unsupported_arguments(name, kwargs):
+    """The keys of `kwargs` that network `name` does not take (see
+    `network_arguments`), sorted; unset ones (None, a zero `weight_decay`)
+    are not counted.
+
+    Example:
+
+    ```python
+    unsupported_arguments("keras.applications.MobileNetV2",
+                          {"alpha": 0.35, "weight_decay": 5e-4})
+    # ['weight_decay']
+    ```
+    """
+    accepted = network_arguments(name)
+    if accepted is None:
+        return []
+    return sorted(
+        k for k in _set_arguments(kwargs) if k not in accepted and k not in _GIVEN
+    )
+
+
 def available():
     """Returns the names `get` accepts, as a sorted tuple: ours and those
     `register`ed.
@@ -169,7 +244,7 @@ def available():
     return tuple(sorted(_BUILDERS) + sorted(_WRN_PRESETS) + sorted(_REGISTERED))
 
 
-def get(name, model_name=None, **kwargs):
+def get(name, model_name=None, bn_momentum=None, **kwargs):
     """Builds a network by name.
 
     A plain factory: the runner calls it with `teacher/network.name` and
@@ -187,6 +262,10 @@ def get(name, model_name=None, **kwargs):
         model_name: Name of the returned `keras.Model` (the builder's `name`
             argument, which `name` here already means the network).
             Defaults to the network's name, e.g. `"resnet56"`.
+        bn_momentum: None (the network's own), or the momentum of every
+            BatchNormalization layer, in `[0, 1)`. `keras.applications`
+            networks use 0.999, too slow for a run of a few thousand steps
+            (`ft_keras.models.batch_norm`); ours use 0.9.
         **kwargs: Passed to the builder: `num_classes`, `input_shape`,
             `weight_decay`, and `shortcut` (He et al. CIFAR ResNets) or
             `dropout` (WRNs).
@@ -204,7 +283,53 @@ def get(name, model_name=None, **kwargs):
     assert feature_taps(model) == ["stage1", "stage2", "stage3", "last_conv"]
     ```
     """
+    if bn_momentum is not None:
+        batch_norm.check_bn_momentum(bn_momentum)
+    model = _build(name, model_name, **kwargs)
+    if bn_momentum is not None:
+        batch_norm.set_bn_momentum(model, bn_momentum)
+    return model
+
+
+def _check_arguments(name, kwargs):
+    """A `ValueError` naming the arguments `name` does not take, and those
+    it takes."""
+    bad = unsupported_arguments(name, kwargs)
+    if not bad:
+        return
+    takes = network_arguments(name)
+    hint = (
+        " `weight_decay` is a kernel L2 penalty of our own networks: decay "
+        "this one with `training.weight_decay` instead."
+        if "weight_decay" in bad
+        else ""
+    )
+    raise ValueError(
+        f"The network {name!r} takes no {', '.join(map(repr, bad))}; it "
+        f"takes {', '.join(map(repr, takes)) if takes else 'no arguments'} "
+        f"(and `bn_momentum`).{hint} Received: {bad[0]}={kwargs[bad[0]]!r}"
+    )
+
+
+def _set_arguments(kwargs):
+    """`kwargs` without the unset ones: None, and a zero `weight_decay`."""
+    return {
+        k: v
+        for k, v in kwargs.items()
+        if v is not None and not (k == "weight_decay" and not v)
+    }
+
+
+def _build(name, model_name, **kwargs):
     if isinstance(name, str):
+        _check_arguments(name, kwargs)
+        # None clears an argument a config binds for every network, where
+        # this network does not take it.
+        accepted = network_arguments(name)
+        if accepted is not None:
+            kwargs = {
+                k: v for k, v in kwargs.items() if v is not None or k in accepted
+            }
         if name in _BUILDERS:
             return _BUILDERS[name](name=model_name, **kwargs)
         # Not ours: under a mixed global policy their outputs (the logits,
