@@ -17,23 +17,32 @@ Which parts run on which Keras backend (`KERAS_BACKEND`):
   `ft_keras.experiment`, `ft_keras.train`, `ft_keras.evaluate`,
   `ft_keras.cli` and `ft_keras.export` (tf.data pipelines, `tf.distribute`
   strategies, SavedModel / TFLite export).
+
+The console: `import ft_keras` (first, before TensorFlow) quiets it as the
+command-line tools do: TensorFlow's C++ log lines (`TF_CPP_MIN_LOG_LEVEL`
+3 unless the environment sets a level, which wins), its start-up lines
+and the TFLite converter's printout are hidden; ft_keras' lines, Keras'
+progress and Python warnings show. `FT_KERAS_VERBOSE=1` in the environment
+keeps TensorFlow's own console; `ft_keras.quiet_console(False)` turns the
+quiet console off later (`ft_keras._console` says what each part does).
 """
 
 __version__ = "0.1.0"
 
 import sys as _sys
 
-if _sys.argv[:1] == ["-m"]:
-    # `python -m ft_keras.<tool>`, while Python imports this package: quiet
-    # TensorFlow's C++ logging before TensorFlow loads (ft_keras._console).
-    from ft_keras import _console
+from ft_keras import _console
 
-    _console.quiet_before_tensorflow(_sys.argv[1:])
-    with _console.tensorflow_import_quieted():
-        import keras  # noqa: F401  (loads the backend, TensorFlow)
+# Before TensorFlow loads: the quiet console (ft_keras._console), also for
+# the tools (`python -m ft_keras.<tool>`, while Python imports this package,
+# whose absl `--verbosity` flag asks for TensorFlow's logs).
+_console.quiet_on_import(_sys.argv[1:] if _sys.argv[:1] == ["-m"] else ())
+with _console.tensorflow_import_quieted():
+    import keras  # noqa: F401  (loads the backend, TensorFlow)
 
 from ft_keras import losses  # noqa: E402
 from ft_keras import optim  # registers EpochSchedule, used by saved models
+from ft_keras._console import quiet_console
 from ft_keras.distiller import BaselineDistiller
 from ft_keras.distiller import Distiller
 from ft_keras.distiller import ParaphraserTrainer
@@ -50,4 +59,5 @@ __all__ = [
     "Translator",
     "losses",
     "optim",
+    "quiet_console",
 ]
