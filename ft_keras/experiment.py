@@ -42,7 +42,7 @@ from ft_keras import config
 from ft_keras import data
 from ft_keras import distiller as ft_distiller
 from ft_keras import distribute
-from ft_keras.export import dataset as export_dataset
+from ft_keras import export as ft_export
 from ft_keras import models
 from ft_keras import workdir as ft_workdir
 
@@ -880,6 +880,7 @@ class Experiment:
             p_form=ft.p_form,
             kd_weight=method.kd_weight if method.method == "ft+kd" else 0.0,
             temperature=method.temperature,
+            ce_weight=method.ce_weight,
         )
         return distiller, translator
 
@@ -956,9 +957,9 @@ class Experiment:
         batches = self.settings.experiment.representative_batches
         # Not cached: a cache read in part warns and is thrown away.
         pipeline = self._dataset(training=False, split=cfg.train_split, cache=False)
-        return export_dataset.raw_images(
+        return ft_export.raw_images(
             pipeline.take(batches),
-            *export_dataset.normalization(cfg.name, cfg.eval_options),
+            *ft_export.normalization(cfg.name, cfg.eval_options),
             count=batches * cfg.eval_batch_size,
         )
 
@@ -966,7 +967,7 @@ class Experiment:
         if not self.is_chief:
             return
         student = self._load(self._require("student", "model.keras"), compile=False)
-        paths = export_dataset.export_for_dataset(
+        paths = ft_export.export_for_dataset(
             student,
             self.settings.dataset.name,
             self._path("export"),

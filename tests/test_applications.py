@@ -149,9 +149,9 @@ def test_an_application_student_distils_well_above_chance_and_exports(
     assert results["warnings"] == {}
     # The shipped files agree with the Keras student on raw test images.
     student = keras.models.load_model(workdir / "student" / "model.keras")
-    raw = export.dataset.representative_images(digits_png, count=40,
+    raw = export.representative_images(digits_png, count=40,
                                                split="test", **SIZE)
-    pixel_max, mean, std = export.dataset.normalization(digits_png)
+    pixel_max, mean, std = export.normalization(digits_png)
     x = (raw / np.float32(pixel_max) - np.float32(mean)) / np.float32(std)
     expected = student.predict(x.astype(np.float32), verbose=0)
     served = tf.saved_model.load(str(workdir / "export" / "saved_model"))

@@ -16,6 +16,7 @@ from ft_keras import cli
 from ft_keras import config
 from ft_keras import data
 from ft_keras import experiment as ft_experiment
+from ft_keras import export as ft_export
 from ft_keras.data import image_folder
 from ft_keras.data import transforms
 
@@ -426,9 +427,10 @@ def test_every_stage_runs_on_a_folder(folder, in_repo, tmp_path):
     assert (export / "student_float.tflite").exists()
     assert (export / "saved_model" / "saved_model.pb").exists()
     # The serving graph normalises with the folder's training statistics.
-    assert experiment.normalization() == data.pixel_normalization(
-        f"image_folder:{root}"
-    )
+    name = experiment.settings.dataset.name
+    assert ft_export.normalization(
+        name, experiment.settings.dataset.eval_options
+    ) == data.pixel_normalization(f"image_folder:{root}")
 
 
 def test_image_size_option_sizes_the_networks(folder, in_repo, capsys):

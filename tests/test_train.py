@@ -23,7 +23,6 @@ from ft_keras import callbacks as ft_callbacks
 from ft_keras import cli
 from ft_keras import data
 from ft_keras import export as ft_export
-from ft_keras.export import dataset as export_dataset
 from ft_keras import experiment as ft_experiment
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -463,7 +462,7 @@ def test_export_normalization_follows_configured_mean_and_std(tmp_path, in_repo)
     experiment = quickstart_experiment(
         tmp_path / "w", "dataset.eval_options = {'mean': 0.25, 'std': 0.5}")
     eval_options = experiment.settings.dataset.eval_options
-    assert export_dataset.normalization("digits", eval_options) == (16, 0.25, 0.5)
+    assert ft_export.normalization("digits", eval_options) == (16, 0.25, 0.5)
     images = experiment.representative_images()
     assert images.dtype == np.uint8 and images.max() <= 16
     # Un-normalising with the configured statistics recovers the raw digits
@@ -472,7 +471,7 @@ def test_export_normalization_follows_configured_mean_and_std(tmp_path, in_repo)
     np.testing.assert_array_equal(images, x[:len(images)].reshape(images.shape))
     # The Python call calibrates on the same images as the runner.
     np.testing.assert_array_equal(
-        export_dataset.representative_images(
+        ft_export.representative_images(
             "digits", count=len(images), batch_size=7, **eval_options),
         images)
 
