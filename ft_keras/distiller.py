@@ -3,7 +3,7 @@
 - `ParaphraserTrainer`: unsupervised pre-training of the paraphraser on the
   frozen teacher's feature map.
 - `Distiller`: training of student and translator on
-  `CE(y, student_logits) + beta * FactorTransferLoss(F_T, F_S)`.
+  `ce_weight * CE(y, student_logits) + beta * FactorTransferLoss(F_T, F_S)`.
 - `BaselineDistiller`: Hinton KD and attention transfer, the baselines FT
   is compared with, trained the same way.
 
@@ -30,11 +30,7 @@ across replicas, and keeps the `loss` tracker.
 import keras
 from keras import ops
 
-# Keras' trainer reports its `loss` tracker through this function (the
-# number of replicas times a replica's loss under `tf.distribute`, the loss
-# itself on other backends); it has no public alias.
-from keras.src.losses.loss import unscale_loss_for_distribution
-
+from ft_keras import _keras_private
 from ft_keras import _validation
 from ft_keras import layers as ft_layers
 from ft_keras import losses as ft_losses
@@ -201,7 +197,7 @@ class _DistillationModel(keras.Model):
         batch_size = ops.shape(y_pred[self._PREDICTION])[0]
         for tracker in self.loss_term_trackers:
             tracker.update_state(
-                unscale_loss_for_distribution(terms[tracker.name]),
+                _keras_private.unscale_loss_for_distribution(terms[tracker.name]),
                 sample_weight=batch_size,
             )
         # Keras' `compute_loss` refuses to run with nothing to add.
@@ -469,12 +465,14 @@ class Distiller(_TeacherStudentModel):
     forward pass, the translator turns that map into the student factor
     `F_S`. Student and translator are trained on
 
-        loss = CE(y, logits) + beta * FactorTransferLoss(p, factor)(F_T, F_S)
+        loss = ce_weight * CE(y, logits)
+               + beta * FactorTransferLoss(p, factor)(F_T, F_S)
                [+ kd_weight * KnowledgeDistillationLoss(T)(teacher, logits)]
                + the student's and translator's regularization losses
 
-    `fit` reports `loss`, `ce_loss`, `ft_loss` (before `beta`), `kd_loss`
-    when `kd_weight > 0`, and the compiled metrics, all for the global batch.
+    `fit` reports `loss`, `ce_loss` (before `ce_weight`), `ft_loss` (before
+    `beta`), `kd_loss` when `kd_weight > 0`, and the compiled metrics, all for
+    the global batch.
     `call` returns the dict `{"logits", "student_factor", "teacher_factor"}`
     (and `"teacher_logits"` when `kd_weight > 0`); `predict` and the metrics
     use the logits. `distiller.student` is the plain student model to save or
@@ -498,6 +496,7 @@ class Distiller(_TeacherStudentModel):
         kd_weight: Weight of an added Hinton KD term on the logits (FT+KD);
             0 (the paper) leaves it out.
         temperature: Temperature of the KD term.
+        ce_weight: Weight of the classification loss; 1 (the paper).
         **kwargs: `keras.Model` keyword arguments such as `name`.
 
     Example:
@@ -530,6 +529,7 @@ class Distiller(_TeacherStudentModel):
         kd_weight=0.0,
         temperature=4.0,
         p_form="norm",
+        ce_weight=1.0,
         **kwargs,
     ):
         kwargs.setdefault("name", "distiller")
@@ -549,6 +549,7 @@ class Distiller(_TeacherStudentModel):
         check = _validation.non_negative
         beta = check("beta", beta, "500 in the paper's code")
         kd_weight = check("kd_weight", kd_weight, "0 for plain FT")
+        ce_weight = check("ce_weight", ce_weight, "1 in the paper")
         terms = ["ce_loss", "ft_loss"] + (["kd_loss"] if kd_weight else [])
         super().__init__(
             teacher,
@@ -560,6 +561,7 @@ class Distiller(_TeacherStudentModel):
             temperature=temperature,
             **kwargs,
         )
+        self.ce_weight = ce_weight
         self.beta = beta
         self.p = p
         self.factor = factor
@@ -611,8 +613,8 @@ class Distiller(_TeacherStudentModel):
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        """`CE + beta * FT [+ kd_weight * KD]`, plus the student's and
-        translator's regularization when training."""
+        """`ce_weight * CE + beta * FT [+ kd_weight * KD]`, plus the
+        student's and translator's regularization when training."""
         y_pred = self._outputs(x, y_pred, training)
         terms = {
             "ce_loss": self._ce(y, y_pred, sample_weight),
@@ -620,7 +622,7 @@ class Distiller(_TeacherStudentModel):
                 y_pred["teacher_factor"], y_pred["student_factor"]
             ),
         }
-        loss = terms["ce_loss"] + self.beta * terms["ft_loss"]
+        loss = self.ce_weight * terms["ce_loss"] + self.beta * terms["ft_loss"]
         if self.kd_weight:
             terms["kd_loss"] = self._kd(y_pred)
             loss = loss + self.kd_weight * terms["kd_loss"]
@@ -636,6 +638,7 @@ class Distiller(_TeacherStudentModel):
                 "translator": _serialize(self.translator),
                 "teacher_layer": self.teacher_layer,
                 "student_layer": self.student_layer,
+                "ce_weight": self.ce_weight,
                 "beta": self.beta,
                 "p": self.p,
                 "factor": self.factor,

@@ -137,40 +137,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
             training, (bool, type(None))
         ):
             return super().call(inputs, training=training, mask=mask)
-        import tensorflow as tf
+        from ft_keras import _tf_kernels  # only on the TensorFlow backend
 
-        x = tf.convert_to_tensor(inputs)
-        if x.dtype not in (tf.float32, tf.bfloat16, tf.float16):
+        outputs = _tf_kernels.fused_batch_norm(self, inputs, training)
+        if outputs is None:
             return super().call(inputs, training=training, mask=mask)
-        ones = tf.ones(x.shape[-1:], tf.float32)
-        scale = tf.cast(self.gamma, tf.float32) if self.scale else ones
-        offset = tf.cast(self.beta, tf.float32) if self.center else 0.0 * ones
-        if training and self.trainable:
-            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                x, scale, offset, epsilon=self.epsilon, is_training=True
-            )[:3]
-            # The kernel returns the unbiased (Bessel-corrected) variance;
-            # Keras averages the biased one.
-            count = tf.cast(tf.size(x, out_type=tf.int64) // x.shape[-1], tf.float32)
-            variance = variance * ((count - 1.0) / tf.maximum(count, 1.0))
-            momentum = self.momentum
-            self.moving_mean.assign(
-                self.moving_mean * momentum + mean * (1.0 - momentum)
-            )
-            self.moving_variance.assign(
-                self.moving_variance * momentum + variance * (1.0 - momentum)
-            )
-        else:
-            outputs = tf.compat.v1.nn.fused_batch_norm(
-                x,
-                scale,
-                offset,
-                mean=tf.cast(self.moving_mean, tf.float32),
-                variance=tf.cast(self.moving_variance, tf.float32),
-                epsilon=self.epsilon,
-                is_training=False,
-            )[0]
-        return tf.cast(outputs, self.compute_dtype)
+        return outputs
 
 
 class _ConvStack(keras.layers.Layer):

@@ -23,6 +23,7 @@ import math
 import keras
 from keras import ops
 
+from ft_keras import _keras_private
 from ft_keras import _validation
 
 _PACKAGE = "ft_keras"
@@ -189,11 +190,15 @@ class TorchSGD(keras.optimizers.SGD):
     def update_step(self, gradient, variable, learning_rate):
         learning_rate = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
-        if self.coupled_weight_decay and self._use_weight_decay(variable):
+        if self.coupled_weight_decay and _keras_private.optimizer_uses_weight_decay(
+            self, variable
+        ):
             decay = ops.cast(self.coupled_weight_decay, variable.dtype)
             gradient = ops.add(gradient, ops.multiply(decay, variable))
         if self.momentum != 0:
-            buffer = self.momentums[self._get_variable_index(variable)]
+            buffer = self.momentums[
+                _keras_private.optimizer_variable_index(self, variable)
+            ]
             momentum = ops.cast(self.momentum, variable.dtype)
             self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
             if self.nesterov:

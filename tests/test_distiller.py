@@ -87,7 +87,8 @@ def trained_teacher():
 
 
 def make_distiller(teacher=None, student=None, beta=500.0, p=1,
-                   factor="full", student_layer="tap", use_bn=True):
+                   factor="full", student_layer="tap", use_bn=True,
+                   ce_weight=1.0):
     teacher = teacher or trained_teacher()
     paraphraser = ft_keras.Paraphraser(rate=0.5, use_bn=use_bn)
     paraphraser.build((None, 8, 8, 16))
@@ -98,7 +99,8 @@ def make_distiller(teacher=None, student=None, beta=500.0, p=1,
     translator = ft_keras.Translator(8, use_bn=use_bn)
     return ft_keras.Distiller(
         teacher, student, paraphraser, translator, teacher_layer="tap",
-        student_layer=student_layer, beta=beta, p=p, factor=factor)
+        student_layer=student_layer, beta=beta, p=p, factor=factor,
+        ce_weight=ce_weight)
 
 
 def test_paraphraser_trainer_trains_only_the_paraphraser():
@@ -271,6 +273,38 @@ def test_reported_loss_is_ce_plus_beta_ft_plus_regularization():
     np.testing.assert_allclose(history["ce_loss"][0], ce, rtol=1e-4)
     np.testing.assert_allclose(history["ft_loss"][0], ft, rtol=1e-4)
     np.testing.assert_allclose(history["loss"][0], ce + beta * ft + reg, rtol=1e-4)
+
+
+def test_ce_weight_scales_the_reported_cross_entropy_in_the_loss():
+    ce_weight, beta = 0.3, 37.0
+    distiller = make_distiller(beta=beta, ce_weight=ce_weight)
+    x, y = data(16, seed=5)
+    # The cross-entropy of the step's forward pass (training mode), before
+    # the step.
+    logits = np.asarray(distiller.student(x, training=True), np.float64)
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    ce = -log_softmax[np.arange(16), y].mean()
+    distiller.compile(keras.optimizers.SGD(0.1))
+    history = distiller.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    # `ce_loss` is reported before its weight; `loss` weighs it.
+    np.testing.assert_allclose(history["ce_loss"][0], ce, rtol=1e-4)
+    assert history["ft_loss"][0] > 0
+    np.testing.assert_allclose(
+        history["loss"][0],
+        ce_weight * history["ce_loss"][0] + beta * history["ft_loss"][0],
+        rtol=1e-5)
+    assert not np.isclose(
+        history["loss"][0],
+        history["ce_loss"][0] + beta * history["ft_loss"][0], rtol=1e-3)
+
+
+def test_ce_weight_round_trips_and_is_validated():
+    assert make_distiller().ce_weight == 1.0
+    config = make_distiller(ce_weight=0.3).get_config()
+    assert config["ce_weight"] == 0.3
+    assert ft_keras.Distiller.from_config(config).ce_weight == 0.3
+    with pytest.raises(ValueError, match="Received: ce_weight=-1"):
+        make_distiller(ce_weight=-1)
 
 
 def test_fit_reports_loss_terms_and_compiled_metrics():

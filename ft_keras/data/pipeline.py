@@ -1,15 +1,32 @@
 """The `tf.data` pipeline: `build_dataset`, and `synthetic_dataset`.
 
-`build_dataset` reads top to bottom in five steps, a function each:
+`build_dataset` reads top to bottom in four steps, a function each:
 
-1. `_read`: decoded uint8 examples (encoded JPEG bytes for ImageNet) and
+1. `_options`: the arguments checked, the dataset's spec and the resolved
+   `PipelineOptions`;
+2. `_source`: decoded uint8 examples (encoded JPEG bytes for ImageNet) and
    int32 labels, from TFDS (`availability.ensure_prepared` first; an image
-   folder through TFDS's `ImageFolder` builder) or digits;
-2. `_cache`: in memory, before any randomness, where the data fit;
-3. `_shuffle_and_repeat`;
-4. `_crop_and_flip`, seeded per example, then the per-image Keras layers
-   of `augment` (RandAugment);
-5. `_batch_normalize_and_mix`: batch, normalise, CutMix / MixUp, prefetch.
+   folder through TFDS's `ImageFolder` builder) or digits (`_read`), cached
+   in memory before any randomness where the data fit (`_cache`), then
+   shuffled and repeated (`_shuffle_and_repeat`);
+3. `_transform_examples`: the recipe's crop and flip (`_crop_and_flip`),
+   seeded per example, then the per-image Keras layers of `augment`
+   (RandAugment);
+4. `_batch_normalize_and_mix`: batch, normalise, CutMix / MixUp, prefetch.
+
+The recipes of training pipelines (`training=True`, step 3):
+
+- CIFAR-10/100, Fashion-MNIST: 4-pixel zero pad, random crop back to the
+  image size, random horizontal flip.
+- ImageNet: torchvision `RandomResizedCrop(224, scale=(0.08, 1),
+  ratio=(3/4, 4/3))` (decoding only the crop) and horizontal flip.
+- digits: 1-pixel zero pad and random 8x8 crop (no flip: digits are not
+  mirror-invariant).
+- other TFDS datasets and image folders: no geometric augmentation, unless
+  `recipe="cifar"` asks for CIFAR's.
+
+Evaluation pipelines normalise only (ImageNet: resize the shorter side to
+256, center crop 224).
 """
 
 import functools
@@ -48,25 +65,17 @@ def build_dataset(
     the training *and* the evaluation dataset so one loss
     (`keras.losses.CategoricalCrossentropy`) fits both.
 
-    Training pipelines (`training=True`):
-
-    - CIFAR-10/100, Fashion-MNIST: 4-pixel zero pad, random crop back to
-      the image size, random horizontal flip.
-    - ImageNet: torchvision `RandomResizedCrop(224, scale=(0.08, 1),
-      ratio=(3/4, 4/3))` (decoding only the crop) and horizontal flip.
-    - digits: 1-pixel zero pad and random 8x8 crop (no flip: digits are not
-      mirror-invariant).
-    - other TFDS datasets and image folders: no geometric augmentation,
-      unless `recipe="cifar"` asks for CIFAR's.
-    Evaluation pipelines normalise only (ImageNet: resize the shorter side to
-    256, center crop 224). Random ops are stateless, seeded per example from
-    `seed`, so `deterministic=True, seed=s` yields the same batches every
-    time a dataset is built; each new iteration (epoch) draws new
-    augmentations and a new shuffle order.
-
-    Decoded uint8 data are cached in memory before augmentation where they
-    fit (CIFAR, digits; not ImageNet), then shuffled, augmented in parallel,
-    batched and prefetched.
+    Training pipelines (`training=True`) are shuffled, then augmented by
+    the dataset's recipe (CIFAR's pad, crop and flip; ImageNet's
+    `RandomResizedCrop(224)` and flip; none for other datasets unless
+    `recipe="cifar"`: the module docstring lists them) and by `augment`.
+    Evaluation pipelines normalise only (ImageNet: resize the shorter side
+    to 256, center crop 224). Random ops are stateless, seeded per example
+    from `seed`, so `deterministic=True, seed=s` yields the same batches
+    every time a dataset is built; each new iteration (epoch) draws new
+    augmentations and a new shuffle order. Decoded uint8 data are cached in
+    memory before augmentation where they fit (CIFAR, digits; not
+    ImageNet).
 
     An image folder (`name="image_folder:<root>"`, see
     `ft_keras.data.image_folder`) is read by TFDS's `ImageFolder` builder;
@@ -113,22 +122,23 @@ def build_dataset(
     >>> images.shape, images.dtype.name, labels.dtype.name
     (TensorShape([32, 8, 8, 1]), 'float32', 'int32')
     """
+    spec, opts = _options(name, split, batch_size, training, options)
+    ds = _source(name, split, spec, opts, data_dir, training)
+    ds, per_batch = _transform_examples(ds, spec, opts, training)
+    ds = _batch_normalize_and_mix(ds, spec, opts, batch_size, per_batch)
+    return ds.with_options(_tf_data_options(opts))
+
+
+# --------------------------------------------------------------------------
+# 1. Options.
+
+
+def _options(name, split, batch_size, training, options):
+    """Checks the arguments; returns `(spec, resolved PipelineOptions)`."""
     _check_arguments(name, split, batch_size, training)
     spec = specs.get(name)
     opts = PipelineOptions.from_kwargs(options).resolve(name, training)
-
-    ds, size = _read(name, split, spec, opts, data_dir, training)
-    ds = _cache(ds, spec, opts, size)
-    ds = _shuffle_and_repeat(ds, opts, training)
-    ds = _crop_and_flip(ds, spec, opts, training)
-    per_example, per_batch = _augmentation_layers(spec, opts, training)
-    for _, layer in per_example:
-        ds = ds.map(
-            lambda image, label, layer=layer: (layer(image), label),
-            num_parallel_calls=_layer_calls(opts),
-        )
-    ds = _batch_normalize_and_mix(ds, spec, opts, batch_size, per_batch)
-    return ds.with_options(_tf_data_options(opts))
+    return spec, opts
 
 
 def _check_arguments(name, split, batch_size, training):
@@ -150,7 +160,16 @@ def _check_arguments(name, split, batch_size, training):
 
 
 # --------------------------------------------------------------------------
-# 1. Read decoded uint8 examples (encoded JPEG bytes for ImageNet).
+# 2. Source: read decoded uint8 examples (encoded JPEG bytes for ImageNet),
+# cache them before any randomness, shuffle, repeat.
+
+
+def _source(name, split, spec, opts, data_dir, training):
+    """The dataset's `(uint8 image, int32 label)` examples, cached where
+    they fit, shuffled when training, repeated if asked."""
+    ds, size = _read(name, split, spec, opts, data_dir, training)
+    ds = _cache(ds, spec, opts, size)
+    return _shuffle_and_repeat(ds, opts, training)
 
 
 def _read(name, split, spec, opts, data_dir, training):
@@ -206,10 +225,14 @@ def _digits_dataset(split):
 
 def _tfds_dataset(name, split, data_dir, opts, training, decode):
     """Reads `(image, label)` examples of a TFDS dataset, prepared first
-    if needed (`availability.ensure_prepared`)."""
+    if needed (`availability.ensure_prepared`); an image folder's files are
+    read where they are."""
     builder = specs.tfds_builder(name, data_dir)
     specs.supervised_features(builder, name)
-    builder = availability.ensure_prepared(builder, name, opts.download)
+    if not image_folder.is_image_folder(name):
+        # Not for a folder: TFDS' "prepared?" check would warn that its root
+        # is not a version folder.
+        builder = availability.ensure_prepared(builder, name, opts.download)
     read_config = tfds.ReadConfig(
         shuffle_seed=opts.seed,
         try_autocache=False,  # `build_dataset` caches after decoding itself
@@ -231,10 +254,6 @@ def _tfds_dataset(name, split, data_dir, opts, training, decode):
     except (KeyError, ValueError, TypeError):
         size = None
     return ds, size
-
-
-# --------------------------------------------------------------------------
-# 2. Cache before any randomness. 3. Shuffle, repeat.
 
 
 def _cache(ds, spec, opts, size):
@@ -262,7 +281,20 @@ def _shuffle_and_repeat(ds, opts, training):
 
 
 # --------------------------------------------------------------------------
-# 4. Per-example transforms, seeded per example.
+# 3. Per-example transforms, seeded per example.
+
+
+def _transform_examples(ds, spec, opts, training):
+    """Applies the recipe's crop and flip, then the per-image layers of
+    `augment`; returns `(dataset, per-batch layers of augment)`."""
+    ds = _crop_and_flip(ds, spec, opts, training)
+    per_example, per_batch = _augmentation_layers(spec, opts, training)
+    for _, layer in per_example:
+        ds = ds.map(
+            lambda image, label, layer=layer: (layer(image), label),
+            num_parallel_calls=_layer_calls(opts),
+        )
+    return ds, per_batch
 
 
 def _crop_and_flip(ds, spec, opts, training):
@@ -314,7 +346,7 @@ def _layer_calls(opts):
 
 
 # --------------------------------------------------------------------------
-# 5. Batch, normalise, mix.
+# 4. Batch, normalise, mix.
 
 
 def _batch_normalize_and_mix(ds, spec, opts, batch_size, per_batch):

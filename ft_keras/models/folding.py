@@ -15,6 +15,8 @@ import collections
 import keras
 from keras import ops
 
+from ft_keras import _keras_private
+
 
 @keras.saving.register_keras_serializable(package="ft_keras")
 class FoldedConv2D(keras.layers.Layer):
@@ -101,15 +103,11 @@ class FoldedConv2D(keras.layers.Layer):
         )
         bias = ops.cast(bias, dtype)
         if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
+            from ft_keras import _tf_kernels
 
             # BiasAdd, which TensorFlow's graph optimizer fuses into the
             # conv (and the ReLU after it) in every precision.
-            return tf.nn.bias_add(
-                outputs,
-                bias,
-                data_format="NCHW" if conv.data_format == "channels_first" else None,
-            )
+            return _tf_kernels.bias_add(outputs, bias, conv.data_format)
         shape = (1, -1, 1, 1) if conv.data_format == "channels_first" else (-1,)
         return outputs + ops.reshape(bias, shape)
 
@@ -179,7 +177,7 @@ def _why_not_foldable(conv, batch_norm):
 def _foldable_pairs(model):
     """`{id(conv): batch_norm}` for each `Conv2D -> BatchNormalization` edge
     of `model`'s graph where the conv's output goes nowhere else."""
-    nodes = [n for depth in model._nodes_by_depth.values() for n in depth]
+    nodes = _keras_private.graph_nodes(model)
     consumers = collections.Counter()
     for node in nodes:
         for tensor in node.arguments.keras_tensors:
@@ -195,7 +193,7 @@ def _foldable_pairs(model):
         tensors = node.arguments.keras_tensors
         if len(tensors) != 1 or node.arguments.kwargs.get("training"):
             continue
-        conv = tensors[0]._keras_history.operation
+        conv = _keras_private.producer(tensors[0])
         if (
             conv is None
             or calls[id(bn)] != 1
@@ -235,7 +233,7 @@ def fold_batch_norm(model):
                                atol=1e-4)
     ```
     """
-    if not getattr(model, "_nodes_by_depth", None):
+    if not _keras_private.is_graph_network(model):
         return model
     pairs = _foldable_pairs(model)
     if not pairs:

@@ -66,6 +66,27 @@ def cifar_resnet(
     assert model.get_layer("stage3").output.shape == (None, 8, 8, 64)
     ```
     """
+    _check_arguments(depth, shortcut)
+    blocks.validate_common(num_classes, input_shape, weight_decay)
+    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    x = _stem(inputs, weight_decay)
+    n = (depth - 2) // 6
+    x = blocks.residual_stages(
+        x,
+        blocks.basic_block,
+        stage_filters=(16, 32, 64),
+        stage_blocks=(n, n, n),
+        stage_strides=(1, 2, 2),
+        weight_decay=weight_decay,
+        shortcut=shortcut,
+    )
+    outputs = blocks.classifier(x, num_classes, weight_decay)
+    return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
+
+
+def _check_arguments(depth, shortcut):
+    """Raises `ValueError` for a `depth` or `shortcut` that no CIFAR ResNet
+    has."""
     if (
         isinstance(depth, bool)
         or not isinstance(depth, int)
@@ -82,24 +103,13 @@ def cifar_resnet(
             f"`shortcut` must be one of {SHORTCUTS}. "
             f"Received: shortcut={shortcut!r}"
         )
-    blocks.validate_common(num_classes, input_shape, weight_decay)
-    n = (depth - 2) // 6
 
-    inputs = keras.Input(shape=tuple(input_shape), name="input")
+
+def _stem(inputs, weight_decay):
+    """`stem_conv (3x3, 16) -> stem_bn -> stem_relu`."""
     x = blocks.conv2d(inputs, 16, 3, 1, "stem_conv", weight_decay)
     x = blocks.batch_norm(x, "stem_bn")
-    x = blocks.relu(x, "stem_relu")
-    x = blocks.residual_stages(
-        x,
-        blocks.basic_block,
-        stage_filters=(16, 32, 64),
-        stage_blocks=(n, n, n),
-        stage_strides=(1, 2, 2),
-        weight_decay=weight_decay,
-        shortcut=shortcut,
-    )
-    outputs = blocks.classifier(x, num_classes, weight_decay)
-    return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
+    return blocks.relu(x, "stem_relu")
 
 
 def resnet20(num_classes=10, input_shape=(32, 32, 3), shortcut="projection",

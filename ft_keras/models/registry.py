@@ -7,6 +7,7 @@ import re
 
 import keras
 
+from ft_keras import _keras_private
 from ft_keras.models import batch_norm
 from ft_keras.models import he_resnet
 from ft_keras.models import mobilenet
@@ -509,7 +510,7 @@ def with_dtype_policy(model, policy):
     mixed = keras.DTypePolicy(policy).compute_dtype != "float32"
     if not mixed and all(
         layer.dtype_policy.name == policy
-        for layer in model._flatten_layers(include_self=False)
+        for layer in _keras_private.nested_layers(model)
         if not isinstance(layer, keras.layers.InputLayer)
     ):
         return model
@@ -529,7 +530,7 @@ def with_dtype_policy(model, policy):
                 layer["config"] = _set_policies(layer["config"], "float32")
     if all(
         layer.dtype_policy.name == ("float32" if layer.name in outputs else policy)
-        for layer in model._flatten_layers(include_self=False)
+        for layer in _keras_private.nested_layers(model)
         if not isinstance(layer, keras.layers.InputLayer)
     ):
         return model

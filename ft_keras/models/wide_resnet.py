@@ -103,6 +103,18 @@ def wrn(
     assert model.get_layer("stage3").output.shape == (None, 8, 8, 128)
     ```
     """
+    _check_arguments(depth, width, dropout)
+    blocks.validate_common(num_classes, input_shape, weight_decay)
+    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    x = blocks.conv2d(inputs, 16, 3, 1, "stem_conv", weight_decay)
+    x = _stages(x, (depth - 4) // 6, width, weight_decay, dropout)
+    outputs = blocks.classifier(x, num_classes, weight_decay)
+    return keras.Model(inputs, outputs, name=name or f"wrn{depth}_{width}")
+
+
+def _check_arguments(depth, width, dropout):
+    """Raises `ValueError` for a `depth`, `width` or `dropout` that no WRN
+    has."""
     if (
         isinstance(depth, bool)
         or not isinstance(depth, int)
@@ -127,13 +139,20 @@ def wrn(
             "`dropout` must be a number in [0, 1). "
             f"Received: dropout={dropout!r}"
         )
-    blocks.validate_common(num_classes, input_shape, weight_decay)
-    n = (depth - 4) // 6
+
+
+def _stages(x, blocks_per_stage, width, weight_decay, dropout=0.0):
+    """The three stages of a WRN and its final `final_bn -> final_relu`.
+
+    Stage `i` is `blocks_per_stage` `wide_block`s named `stage{i}_block{j}`
+    with 16*width, 32*width and 64*width filters (stride 2 in the first
+    block of stages 2 and 3), followed by its `stage{i}` tap; the final BN +
+    ReLU come before the `stage3` tap, and the last block carries the
+    `last_conv` tap. Returns the `stage3` tap's output.
+    """
     stage_filters = (16 * width, 32 * width, 64 * width)
     stage_strides = (1, 2, 2)
-
-    inputs = keras.Input(shape=tuple(input_shape), name="input")
-    x = blocks.conv2d(inputs, 16, 3, 1, "stem_conv", weight_decay)
+    n = blocks_per_stage
     for i, (filters, strides) in enumerate(
         zip(stage_filters, stage_strides), start=1
     ):
@@ -151,5 +170,4 @@ def wrn(
             x = blocks.batch_norm(x, "final_bn")
             x = blocks.relu(x, "final_relu")
         x = blocks.tap(x, f"stage{i}")
-    outputs = blocks.classifier(x, num_classes, weight_decay)
-    return keras.Model(inputs, outputs, name=name or f"wrn{depth}_{width}")
+    return x
