@@ -176,28 +176,13 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
     }
 
 
-def _conv_macs(model):
-    """Multiply-accumulates per image of a model's (transposed) convolutions
-    and dense layers, from their output shapes."""
-    import keras
-
-    total = 0
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
-            k = layer.kernel.shape
-            h, w = layer.output.shape[1:3] if hasattr(layer, "output") else (0, 0)
-            total += h * w * k[0] * k[1] * k[2] * k[3]
-        elif isinstance(layer, keras.layers.Dense):
-            total += layer.kernel.shape[0] * layer.kernel.shape[1]
-    return total
-
-
 def connector_macs(teacher_name, student_name):
     """Analytic MACs: networks, and the connectors on their taps."""
     import keras
 
     import ft_keras
     from ft_keras import models
+    from ft_keras.export import count_macs
 
     teacher = models.get(teacher_name)
     student = models.get(student_name)
@@ -212,8 +197,8 @@ def connector_macs(teacher_name, student_name):
     translator = convs(s_map[1], s_map[2], [s_map[-1], s_map[-1], m, m])
     g = lambda v: f"{v / 1e9:.3f}G"  # noqa: E731
     del keras
-    return (f"teacher fwd {g(_conv_macs(teacher))}, student fwd "
-            f"{g(_conv_macs(student))}, paraphraser encoder fwd {g(encoder)} "
+    return (f"teacher fwd {g(count_macs(teacher))}, student fwd "
+            f"{g(count_macs(student))}, paraphraser encoder fwd {g(encoder)} "
             f"on {tuple(t_map[1:])}, translator fwd {g(translator)} on "
             f"{tuple(s_map[1:])}")
 

@@ -97,7 +97,15 @@ def _write_saved_model(served, path):
     archive.write_out(path, verbose=False)
 
 
-def _tflite(saved_model_dir, representative_images=None):
+def _tflite(saved_model_dir, representative_images=None, full_integer=False):
+    """The LiteRT file: float; int8 with float fallback when given
+    `representative_images`; int8 kernels only (`TFLITE_BUILTINS_INT8`)
+    when also `full_integer`. The full-integer file takes the raw uint8
+    images and returns int8 `logits` and `probabilities`, to dequantize with
+    each output's `(scale, zero_point)` (`tflite_predict` does): int8, not
+    uint8, because the tensors inside are int8, so no requantize op is
+    added at the end. The one float op left is the cast of the uint8 input
+    before it is quantized."""
     converter = tf.lite.TFLiteConverter.from_saved_model(
         saved_model_dir, signature_keys=[SERVING]
     )
@@ -109,8 +117,24 @@ def _tflite(saved_model_dir, representative_images=None):
                 yield [image[None]]
 
         converter.representative_dataset = representative_dataset
-    with _console.native_output_silenced():
-        return converter.convert()
+    if full_integer:
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+        ]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.int8
+    try:
+        with _console.native_output_silenced():
+            return converter.convert()
+    except Exception as error:  # The converter's errors are many lines.
+        if not full_integer:
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            "The student has ops without an int8 LiteRT kernel, so it cannot "
+            f"be fully integer-quantized ({type(error).__name__}: {first}); "
+            "export with full_integer=False."
+        ) from None
 
 
 def onnx_available():
@@ -126,6 +150,7 @@ def export_student(
     std,
     representative_images=None,
     onnx=None,
+    full_integer=False,
 ):
     """Writes the student's SavedModel, LiteRT, ONNX and `.keras` files.
 
@@ -138,9 +163,16 @@ def export_student(
             to calibrate the int8 LiteRT model; no int8 model without it.
         onnx: Write `student.onnx`: True, False, or None (the default) for
             "if `tf2onnx` is installed".
+        full_integer: Also write `student_int8_full.tflite`, int8 kernels
+            only, calibrated on `representative_images`: raw uint8 images
+            in, int8 `logits` and `probabilities` out (`_tflite` says why).
 
     Returns:
         A dict of the written paths.
+
+    Raises:
+        ValueError: `full_integer` without `representative_images`, or a
+            student with an op that has no int8 kernel (one line each).
 
     Example:
 
@@ -150,6 +182,11 @@ def export_student(
                            representative_images=uint8_train_images[:256])
     ```
     """
+    if full_integer and representative_images is None:
+        raise ValueError(
+            "full_integer=True calibrates on representative_images: pass "
+            "uint8 training images (export_for_dataset: representative > 0)."
+        )
     if onnx is None:
         onnx = onnx_available()
     elif onnx and not onnx_available():
@@ -162,19 +199,14 @@ def export_student(
     os.makedirs(tmp_dir)
     paths = {
         "saved_model": os.path.join(tmp_dir, "saved_model"),
-        "tflite_float": os.path.join(tmp_dir, "student_float.tflite"),
         "keras": os.path.join(tmp_dir, "student.keras"),
     }
     student.save(paths["keras"])
     served = serving_model(student, pixel_max, mean, std)
     _write_saved_model(served, paths["saved_model"])
-    with open(paths["tflite_float"], "wb") as f:
-        f.write(_tflite(paths["saved_model"]))
-    if representative_images is not None:
-        paths["tflite_int8"] = os.path.join(tmp_dir, "student_int8.tflite")
-        images = np.asarray(representative_images, np.uint8)
-        with open(paths["tflite_int8"], "wb") as f:
-            f.write(_tflite(paths["saved_model"], images))
+    paths.update(_write_litert(
+        tmp_dir, paths["saved_model"], representative_images, full_integer
+    ))
     if onnx:
         paths["onnx"] = os.path.join(tmp_dir, "student.onnx")
         # Keras traces a model that has run once.
@@ -191,6 +223,47 @@ def export_student(
     }
 
 
+def _write_litert(directory, saved_model_dir, representative_images,
+                  full_integer):
+    """Writes the LiteRT files into `directory`; returns their paths."""
+    paths = {"tflite_float": os.path.join(directory, "student_float.tflite")}
+    with open(paths["tflite_float"], "wb") as f:
+        f.write(_tflite(saved_model_dir))
+    if representative_images is None:
+        return paths
+    images = np.asarray(representative_images, np.uint8)
+    paths["tflite_int8"] = os.path.join(directory, "student_int8.tflite")
+    with open(paths["tflite_int8"], "wb") as f:
+        f.write(_tflite(saved_model_dir, images))
+    if full_integer:
+        paths["tflite_int8_full"] = os.path.join(
+            directory, "student_int8_full.tflite"
+        )
+        with open(paths["tflite_int8_full"], "wb") as f:
+            f.write(_tflite(saved_model_dir, images, full_integer=True))
+        _check_integer_only(paths["tflite_int8_full"])
+    return paths
+
+
+def _check_integer_only(path):
+    """Raises if the full-integer LiteRT file computes anything in float
+    but the cast of its uint8 input: the converter keeps an op without an
+    int8 kernel in float, between a DEQUANTIZE and a QUANTIZE, even with
+    `TFLITE_BUILTINS_INT8` only."""
+    floats = [
+        detail["name"].split(";")[0].rsplit("/", 1)[-1]
+        for detail in _litert_interpreter(path).get_tensor_details()
+        if np.issubdtype(detail["dtype"], np.floating)
+    ]
+    kept = sorted(set(floats) - {"Cast", "tfl.dequantize"})
+    if len(floats) > 1:
+        raise ValueError(
+            f"The student has ops without an int8 LiteRT kernel ("
+            f"{', '.join(kept) or 'dequantized tensors'}), which would run "
+            "in float; export with full_integer=False."
+        )
+
+
 def _litert_interpreter(path):
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -205,11 +278,17 @@ def _litert_interpreter(path):
 def tflite_predict(path, images):
     """Runs a LiteRT (`.tflite`) file's serving signature on uint8 images,
     one at a time, with the LiteRT runtime (`ai-edge-litert`); returns the
-    logits as a float array."""
+    logits as a float array (a quantized output, as in
+    `student_int8_full.tflite`, dequantized with its scale and zero
+    point)."""
     runner = _litert_interpreter(path).get_signature_runner(SERVING)
-    return np.concatenate(
+    logits = np.concatenate(
         [runner(images=image[None])["logits"] for image in np.asarray(images)]
     )
+    scale, zero_point = runner.get_output_details()["logits"]["quantization"]
+    if scale:
+        return (logits.astype(np.float32) - zero_point) * scale
+    return logits
 
 
 def onnx_predict(path, images):
@@ -304,6 +383,7 @@ def export_for_dataset(
     data_dir=None,
     eval_options=None,
     onnx=None,
+    full_integer=False,
 ):
     """Writes what the runner's export stage writes, for `student` trained on
     `dataset`: `saved_model/` (raw uint8 images in, `logits` and
@@ -323,10 +403,12 @@ def export_for_dataset(
             (`image_size`, `mean`, `std`).
         onnx: Write `student.onnx`: True, False, or None for "if `tf2onnx`
             is installed".
+        full_integer: Also write `student_int8_full.tflite`, int8 kernels
+            only, calibrated on the same images (`export_student`).
 
     Returns:
-        `{"saved_model", "tflite_float", "tflite_int8", "onnx", "keras"}`:
-        the written paths.
+        `{"saved_model", "tflite_float", "tflite_int8", "onnx", "keras"}`
+        (and `"tflite_int8_full"`): the written paths.
 
     Example:
 
@@ -354,4 +436,14 @@ def export_for_dataset(
         std,
         representative_images=representative,
         onnx=onnx,
+        full_integer=full_integer,
     )
+
+
+from ft_keras.export.measure import FILES  # noqa: E402
+from ft_keras.export.measure import count_macs  # noqa: E402
+from ft_keras.export.measure import machine  # noqa: E402
+from ft_keras.export.measure import measure_export  # noqa: E402
+from ft_keras.export.measure import read_test_split  # noqa: E402
+from ft_keras.export.measure import runtime_versions  # noqa: E402
+from ft_keras.export.measure import size_bytes  # noqa: E402
