@@ -1,0 +1,163 @@
+"""The deployment report (`ft_keras.deployment`): a real digits workdir
+(teacher, FT student and student alone, one epoch each, evaluated and
+exported by the runner), each network exported and measured in every
+format."""
+
+import json
+import os
+
+import gin
+import pytest
+
+from ft_keras import config
+from ft_keras import deployment as ft_deployment
+from ft_keras import experiment as ft_experiment
+from ft_keras import export as ft_export
+
+STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export")
+# The float files run the float32 graph of model.keras on the same images:
+# the same top-1 but for a rare near-tie image.
+FLOAT_TOLERANCE = 0.01
+
+
+def settings():
+    return config.Settings(
+        experiment=config.ExperimentConfig(
+            seed=0, stages=STAGES, representative_batches=1
+        ),
+        cluster=config.ClusterConfig(),
+        dataset=config.DataConfig("digits", batch_size=64),
+        factor_transfer=config.FactorTransferConfig("stage3", "stage3"),
+        distillation=config.DistillationConfig(),
+        training={s: config.TrainingConfig(epochs=1)
+                  for s in ("teacher", "paraphraser", "student")},
+        network={"teacher": config.NetworkConfig("wrn10_1", {}),
+                 "student": config.NetworkConfig("wrn10_1", {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """`(workdir, report)`: the runner's workdir, then `deployment()` on it
+    with the settings read back from its config.gin."""
+    gin.clear_config()
+    workdir = tmp_path_factory.mktemp("deployment") / "run"
+    ft_experiment.Experiment(workdir, settings=settings()).run()
+    report = ft_deployment.deployment(workdir, latency_runs=5, threads=1)
+    return workdir, report
+
+
+def test_rows_cover_every_network_and_every_file_it_exported(deployed):
+    workdir, report = deployed
+    assert set(report["models"]) == {"teacher", "student", "baseline"}
+    for role, model in report["models"].items():
+        export_dir = workdir / model["export_dir"]
+        present = [key for key, name in ft_export.FILES.items()
+                   if (export_dir / name).exists()]
+        assert {"saved_model", "tflite_float", "tflite_int8"} <= set(present)
+        assert [r["file_key"] for r in report["rows"] if r["role"] == role] \
+            == present
+    assert [r["model"] for r in report["rows"]][0] == "teacher"
+    assert {r["model"] for r in report["rows"]} == {
+        "teacher", "FT student", "student alone"}
+
+
+def test_student_reuses_the_export_stage_and_the_others_get_their_own(
+        deployed):
+    workdir, report = deployed
+    assert report["models"]["student"]["export_dir"] == "export"
+    assert report["models"]["teacher"]["export_dir"] == os.path.join(
+        "deployment", "teacher")
+    assert (workdir / "deployment" / "baseline" / "student.keras").exists()
+
+
+def test_sizes_are_the_exported_files_sizes(deployed):
+    workdir, report = deployed
+    for row in report["rows"]:
+        path = workdir / report["models"][row["role"]]["export_dir"] / row["file"]
+        assert row["size_bytes"] == ft_export.size_bytes(path) > 0
+
+
+def test_teacher_speedup_is_one_in_every_format(deployed):
+    _, report = deployed
+    teacher = [r for r in report["rows"] if r["role"] == "teacher"]
+    assert teacher and all(r["speedup_vs_teacher"] == 1.0 for r in teacher)
+    assert all(r["speedup_vs_teacher"] > 0 for r in report["rows"])
+
+
+def test_float_files_score_the_evaluate_stage_top1(deployed):
+    workdir, report = deployed
+    evaluation = json.loads((workdir / "results.json").read_text())["evaluation"]
+    floats = [r for r in report["rows"]
+              if r["file_key"] in ("saved_model", "tflite_float", "onnx")]
+    assert {r["role"] for r in floats} == {"teacher", "student", "baseline"}
+    for row in floats:
+        keras_top1 = evaluation[row["role"]]["top1"]
+        assert abs(row["top1"] - keras_top1) <= FLOAT_TOLERANCE, row
+        assert abs(row["top1_change"]) <= FLOAT_TOLERANCE
+        assert report["models"][row["role"]]["reference"] == "keras"
+
+
+def test_markdown_has_the_machine_and_one_line_per_row(deployed):
+    workdir, report = deployed
+    text = (workdir / "deployment" / "deployment.md").read_text()
+    lines = text.splitlines()
+    assert report["machine"]["cpu"] in lines[0]
+    assert "on 1 thread," in lines[0] and "tensorflow " in lines[0]
+    table = [line for line in lines if line.startswith("| ")]
+    assert len(table) == 2 + len(report["rows"])  # header, rule, rows
+    assert table[2].startswith("| teacher | SavedModel |")
+
+
+def test_results_json_and_deployment_json_hold_the_report(deployed):
+    workdir, report = deployed
+    results = json.loads((workdir / "results.json").read_text())
+    written = json.loads(
+        (workdir / "deployment" / "deployment.json").read_text())
+    assert results["deployment"] == written == json.loads(json.dumps(report))
+    assert "evaluation" in results and "export" in results  # kept
+
+
+def test_plot_is_written(deployed):
+    pytest.importorskip("matplotlib")
+    workdir, _ = deployed
+    assert (workdir / "deployment" / "deployment.png").stat().st_size > 0
+
+
+def _measured(files, student=None):
+    return {
+        "files": {
+            key: {"file": ft_export.FILES[key], "size_bytes": 10, "threads": 1,
+                  "top1": top1, "latency_ms": {"median": ms, "p90": ms},
+                  "images_per_second": 1.0}
+            for key, (top1, ms) in files.items()
+        },
+        "student": student,
+    }
+
+
+def test_change_is_against_the_saved_model_without_an_evaluate_stage():
+    measured = {
+        "teacher": _measured({"saved_model": (0.9, 4.0),
+                              "tflite_int8": (0.85, 2.0)}),
+        "student": _measured({"saved_model": (0.8, 1.0),
+                              "tflite_int8": (0.7, 0.5)}),
+    }
+    names = {"teacher": "teacher", "student": "FT student"}
+    rows = ft_deployment.build_rows(measured, names, {"teacher": 0.95})
+    changes = [(r["role"], r["file_key"], r["top1_change"]) for r in rows]
+    assert changes == [
+        ("teacher", "saved_model", -0.05), ("teacher", "tflite_int8", -0.1),
+        ("student", "saved_model", 0.0), ("student", "tflite_int8", -0.1),
+    ]
+    assert [r["speedup_vs_teacher"] for r in rows] == [1.0, 1.0, 4.0, 4.0]
+
+
+def test_cli_fails_in_one_line_on_a_workdir_without_a_student(
+        tmp_path, capsys):
+    assert ft_deployment.main(["--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("ft_keras: error: ")
+    assert "no trained student" in err[0] and "ft_keras.train" in err[0]
+    assert not (tmp_path / "deployment").exists()
