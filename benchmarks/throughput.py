@@ -204,14 +204,20 @@ def connector_macs(teacher_name, student_name):
 
 
 def machine():
+    """A summary line, then `machine_info:` and the JSON of what decides the
+    speeds (`ft_keras.precision.machine_info`: CPU model and AMX /
+    AVX512-BF16 / AVX2 flags, cores, threads, oneDNN settings, versions)."""
     import keras
     import tensorflow as tf
+
+    from ft_keras import precision
 
     gpus = tf.config.list_physical_devices("GPU")
     return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {len(gpus)} "
             f"GPUs, Python {platform.python_version()}, TensorFlow "
             f"{tf.__version__}, Keras {keras.__version__}, load average "
-            f"{os.getloadavg()[0]:.2f}")
+            f"{os.getloadavg()[0]:.2f}\n"
+            f"machine_info: {json.dumps(precision.machine_info())}")
 
 
 def main():

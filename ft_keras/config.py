@@ -34,6 +34,7 @@ from ft_keras.distribute import AUTO_SHARD_POLICIES
 from ft_keras.distribute import COMMUNICATIONS
 from ft_keras.distribute import RESOLVERS
 from ft_keras.distribute import STRATEGIES
+from ft_keras.precision import CHECKS as PRECISION_CHECKS
 
 STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export")
 # The gin scope whose `training` (and `network`) each training stage uses.
@@ -340,6 +341,13 @@ class ExperimentConfig:
             building the models in Python; the runner restores the previous
             policy when it ends. The exported student computes in float32
             either way.
+        precision_check: What the runner does when `precision` is a mixed
+            policy that trains slower than float32 on this machine, measured
+            in about a second before the run (`ft_keras.precision.check`; on a
+            CPU without fast bf16 units bf16 trains slower): `"warn"` (default)
+            prints one line with the measured ratio, `"fallback"` trains in
+            float32 instead (and says so), `"off"` measures nothing. Dry runs
+            never measure.
     """
 
     stages: tuple = ("teacher", "paraphraser", "student", "evaluate", "export")
@@ -350,6 +358,7 @@ class ExperimentConfig:
     representative_batches: int = 8
     validate: bool = False
     precision: str = "float32"
+    precision_check: str = "warn"
 
     def __post_init__(self):
         stages = tuple(self.stages)
@@ -368,6 +377,10 @@ class ExperimentConfig:
         _set(self, "stages", stages)
         _validation.one_of("experiment.strategy", self.strategy, STRATEGIES)
         _validation.one_of("experiment.precision", self.precision, PRECISIONS)
+        _validation.one_of(
+            "experiment.precision_check", self.precision_check,
+            PRECISION_CHECKS,
+        )
         if self.checkpoint_every != "epoch" and (
             isinstance(self.checkpoint_every, bool)
             or not isinstance(self.checkpoint_every, int)

@@ -44,6 +44,7 @@ from ft_keras import distiller as ft_distiller
 from ft_keras import distribute
 from ft_keras import export as ft_export
 from ft_keras import models
+from ft_keras import precision
 from ft_keras import workdir as ft_workdir
 
 
@@ -170,9 +171,16 @@ class Experiment:
 
     @contextlib.contextmanager
     def _precision(self):
-        """Keras's global dtype policy is `experiment.precision` inside."""
+        """Keras's global dtype policy is `experiment.precision` inside, or
+        float32 where `experiment.precision_check` falls back: measured once
+        per run, never in a dry run (`ft_keras.precision.check`)."""
+        if not hasattr(self, "_policy"):
+            self._policy = precision.check(
+                self.settings.experiment.precision,
+                "off" if self.dry_run else self.settings.experiment.precision_check,
+            )
         previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy(self.settings.experiment.precision)
+        keras.mixed_precision.set_global_policy(self._policy)
         try:
             yield
         finally:
@@ -727,11 +735,11 @@ class Experiment:
         try:
             if checkpoint.endswith(".keras"):
                 # A teacher saved under another precision computes in this
-                # run's (`experiment.precision`).
+                # run's (`experiment.precision`, or float32 on a fallback).
                 teacher = self._load(checkpoint)
                 with distribute.scope(self.strategy):
                     teacher = models.with_dtype_policy(
-                        teacher, self.settings.experiment.precision
+                        teacher, keras.mixed_precision.global_policy().name
                     )
             elif checkpoint.endswith(models.torch_import.SUFFIXES):
                 # Trained in PyTorch: `teacher/network` built here, its
