@@ -331,10 +331,23 @@ def _row(cells):
     return "| " + " | ".join(cells) + " |"
 
 
+def _scatter(axis, report, x_of, xlabel, colours):
+    """One panel: top-1 (%) against `x_of(row)` on a log axis."""
+    for row in report["rows"]:
+        axis.scatter(x_of(row), 100 * row["top1"], s=40,
+                     color=colours[row["model"]],
+                     marker=_MARKERS[row["file_key"]])
+    axis.set_xscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("top-1 (%)")
+    axis.grid(alpha=0.3, which="both")
+
+
 def plot(report, path):
-    """Draws top-1 (%) against batch-1 median latency (ms, log axis) into
-    the PNG `path`: one colour per network, one marker per format. Returns
-    False, writing nothing, without matplotlib."""
+    """Draws top-1 (%) against batch-1 median latency (ms) and against file
+    size (bytes), both on log axes, into the PNG `path`: one colour per
+    network, one marker per format. Returns False, writing nothing, without
+    matplotlib."""
     if importlib.util.find_spec("matplotlib") is None:
         return False
     import matplotlib
@@ -343,25 +356,22 @@ def plot(report, path):
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
+    figure, (by_latency, by_size) = plt.subplots(1, 2, figsize=(11, 4.5),
+                                                 dpi=110)
     models = list(dict.fromkeys(row["model"] for row in report["rows"]))
     colours = {name: f"C{i}" for i, name in enumerate(models)}
-    for row in report["rows"]:
-        axis.scatter(row["latency_ms"]["median"], 100 * row["top1"], s=40,
-                     color=colours[row["model"]],
-                     marker=_MARKERS[row["file_key"]])
+    _scatter(by_latency, report, lambda row: row["latency_ms"]["median"],
+             "batch-1 latency, median (ms, log scale)", colours)
+    _scatter(by_size, report, lambda row: row["size_bytes"],
+             "file size (bytes, log scale)", colours)
     formats = list(dict.fromkeys(row["file_key"] for row in report["rows"]))
     handles = [Line2D([], [], color=colours[m], marker="o", ls="", label=m)
                for m in models] + [
         Line2D([], [], color="grey", marker=_MARKERS[k], ls="",
                label=FORMATS[k]) for k in formats]
-    axis.legend(handles=handles, fontsize=8)
-    axis.set_xscale("log")
-    axis.set_xlabel("batch-1 latency, median (ms, log scale)")
-    axis.set_ylabel("top-1 (%)")
-    axis.set_title(f"{report['dataset']}: {report['machine']['cpu']}, "
-                   f"{report['threads']} threads", fontsize=9)
-    axis.grid(alpha=0.3, which="both")
+    by_size.legend(handles=handles, fontsize=8)
+    figure.suptitle(f"{report['dataset']}: {report['machine']['cpu']}, "
+                    f"{report['threads']} threads", fontsize=9)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -738,9 +738,7 @@ class Experiment:
                 # run's (`experiment.precision`, or float32 on a fallback).
                 teacher = self._load(checkpoint)
                 with distribute.scope(self.strategy):
-                    teacher = models.with_dtype_policy(
-                        teacher, keras.mixed_precision.global_policy().name
-                    )
+                    teacher = models.with_dtype_policy(teacher, self._policy)
             elif checkpoint.endswith(models.torch_import.SUFFIXES):
                 # Trained in PyTorch: `teacher/network` built here, its
                 # weights read from the state_dict (ft_keras.models.torch_import).
