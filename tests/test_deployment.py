@@ -9,10 +9,10 @@ import os
 import gin
 import pytest
 
-from ft_keras import config
 from ft_keras import deployment as ft_deployment
 from ft_keras import experiment as ft_experiment
 from ft_keras import export as ft_export
+from _settings import digits_settings
 
 STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export")
 # The float files run the float32 graph of model.keras on the same images:
@@ -21,19 +21,7 @@ FLOAT_TOLERANCE = 0.01
 
 
 def settings():
-    return config.Settings(
-        experiment=config.ExperimentConfig(
-            seed=0, stages=STAGES, representative_batches=1
-        ),
-        cluster=config.ClusterConfig(),
-        dataset=config.DataConfig("digits", batch_size=64),
-        factor_transfer=config.FactorTransferConfig("stage3", "stage3"),
-        distillation=config.DistillationConfig(),
-        training={s: config.TrainingConfig(epochs=1)
-                  for s in ("teacher", "paraphraser", "student")},
-        network={"teacher": config.NetworkConfig("wrn10_1", {}),
-                 "student": config.NetworkConfig("wrn10_1", {})},
-    )
+    return digits_settings(batch_size=64, stages=STAGES, representative_batches=1)
 
 
 @pytest.fixture(scope="module")

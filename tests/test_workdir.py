@@ -18,6 +18,7 @@ import pytest
 from ft_keras import config
 from ft_keras import experiment as ft_experiment
 from ft_keras import workdir as ft_workdir
+from _settings import digits_settings
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -103,17 +104,7 @@ def test_a_second_run_on_a_workdir_in_use_exits_2_and_the_first_finishes(
 
 
 def settings(**experiment):
-    return config.Settings(
-        experiment=config.ExperimentConfig(seed=0, **experiment),
-        cluster=config.ClusterConfig(),
-        dataset=config.DataConfig("digits", batch_size=32),
-        factor_transfer=config.FactorTransferConfig("stage3", "stage3"),
-        distillation=config.DistillationConfig(),
-        training={s: config.TrainingConfig(epochs=1)
-                  for s in ("teacher", "paraphraser", "student")},
-        network={"teacher": config.NetworkConfig("wrn10_1", {}),
-                 "student": config.NetworkConfig("wrn10_1", {})},
-    )
+    return digits_settings(**experiment)
 
 
 @pytest.fixture(scope="module")
