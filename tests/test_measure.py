@@ -180,7 +180,11 @@ def test_full_integer_needs_representative_images(tmp_path):
                                  onnx=False, full_integer=True)
 
 
-def test_an_op_without_an_int8_kernel_is_one_clear_line(tmp_path):
+def test_an_op_without_an_int8_kernel_is_one_clear_line_and_changes_nothing(
+        tmp_path):
+    previous = tmp_path / "e"
+    previous.mkdir()
+    (previous / "student.keras").write_text("the last export")
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 3)(inputs)
     x = keras.layers.Lambda(keras.ops.floor)(x)  # no int8 FLOOR kernel
@@ -191,6 +195,9 @@ def test_an_op_without_an_int8_kernel_is_one_clear_line(tmp_path):
         ft_export.export_student(model, tmp_path / "e", 16, (0.3,), (0.4,),
                                  representative_images=raw, onnx=False,
                                  full_integer=True)
+    # The last export is kept, and no half-written one is left.
+    assert (previous / "student.keras").read_text() == "the last export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
 
 
 def test_a_missing_runtime_names_the_extra_to_install(measured, tmp_path,

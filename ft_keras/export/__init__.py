@@ -197,30 +197,43 @@ def export_student(
     tmp_dir = f"{os.fspath(export_dir).rstrip(os.sep)}.tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
-    paths = {
-        "saved_model": os.path.join(tmp_dir, "saved_model"),
-        "keras": os.path.join(tmp_dir, "student.keras"),
-    }
-    student.save(paths["keras"])
-    served = serving_model(student, pixel_max, mean, std)
-    _write_saved_model(served, paths["saved_model"])
-    paths.update(_write_litert(
-        tmp_dir, paths["saved_model"], representative_images, full_integer
-    ))
-    if onnx:
-        paths["onnx"] = os.path.join(tmp_dir, "student.onnx")
-        # Keras traces a model that has run once.
-        served(np.zeros((1,) + tuple(served.input_shape[1:]), np.uint8))
-        with _console.native_output_silenced(), warnings.catch_warnings():
-            # Keras' tf2onnx patch probes `np.object`, which NumPy 2 warns of.
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            served.export(paths["onnx"], format="onnx", verbose=False)
+    try:
+        served = serving_model(student, pixel_max, mean, std)
+        paths = _write_files(student, served, tmp_dir, representative_images,
+                             full_integer, onnx)
+    except BaseException:
+        # A refused or failed export leaves the old one as it was.
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     shutil.rmtree(export_dir, ignore_errors=True)
     os.replace(tmp_dir, export_dir)
     return {
         key: os.path.join(export_dir, os.path.basename(path))
         for key, path in paths.items()
     }
+
+
+def _write_files(student, served, directory, representative_images,
+                 full_integer, onnx):
+    """Writes every exported file into `directory`; returns their paths."""
+    paths = {
+        "saved_model": os.path.join(directory, "saved_model"),
+        "keras": os.path.join(directory, "student.keras"),
+    }
+    student.save(paths["keras"])
+    _write_saved_model(served, paths["saved_model"])
+    paths.update(_write_litert(
+        directory, paths["saved_model"], representative_images, full_integer
+    ))
+    if onnx:
+        paths["onnx"] = os.path.join(directory, "student.onnx")
+        # Keras traces a model that has run once.
+        served(np.zeros((1,) + tuple(served.input_shape[1:]), np.uint8))
+        with _console.native_output_silenced(), warnings.catch_warnings():
+            # Keras' tf2onnx patch probes `np.object`, which NumPy 2 warns of.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            served.export(paths["onnx"], format="onnx", verbose=False)
+    return paths
 
 
 def _write_litert(directory, saved_model_dir, representative_images,
