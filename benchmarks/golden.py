@@ -98,18 +98,10 @@ def bindings_of(run, workdir):
 
 def _cpuinfo():
     """`(model name, flags)` of the first CPU in /proc/cpuinfo."""
-    model, flags = None, set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model is None:
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return model, flags
+    from ft_keras import precision
+
+    model, flags = precision.read_cpuinfo()
+    return model, flags or set()
 
 
 def machine():

@@ -54,6 +54,25 @@ THREAD_ENV = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
               "TF_NUM_INTEROP_THREADS")
 
 
+def read_cpuinfo(path="/proc/cpuinfo"):
+    """`(model name, set of flags)` of the first CPU listed in `path`; None
+    for what cannot be read (not Linux)."""
+    model, flags = None, None
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model is None:
+                    model = value.strip()
+                elif key.strip() == "flags" and flags is None:
+                    flags = set(value.split())
+                if model is not None and flags is not None:
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
 def cpu_info(path="/proc/cpuinfo"):
     """The CPU's model name and its `CPU_FLAGS`, from `/proc/cpuinfo`.
 
@@ -69,19 +88,7 @@ def cpu_info(path="/proc/cpuinfo"):
     info["flags"]["amx_bf16"]  # True on a Xeon with AMX, None off Linux
     ```
     """
-    model, flags = None, None
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model is None:
-                    model = value.strip()
-                elif key.strip() == "flags" and flags is None:
-                    flags = set(value.split())
-                if model is not None and flags is not None:
-                    break
-    except OSError:
-        pass
+    model, flags = read_cpuinfo(path)
     return {
         "model": model or platform.processor() or "unknown",
         "flags": {

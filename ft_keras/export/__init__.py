@@ -321,22 +321,6 @@ def onnx_predict(path, images):
 DEFAULT_CALIBRATION_IMAGES = 256
 
 
-def normalization(dataset, options=None):
-    """`(pixel_max, mean, std)`: the test pipeline's `(x / pixel_max - mean)
-    / std` for `dataset`, with any `mean`/`std` of `options` (the
-    `build_dataset` options of its test split).
-
-    Example:
-
-    ```python
-    normalization("cifar10")   # (255, (0.4914, 0.4822, 0.4465), (0.247, ...))
-    ```
-    """
-    pixel_max, mean, std = data.pixel_normalization(dataset)
-    options = options or {}
-    return pixel_max, options.get("mean", mean), options.get("std", std)
-
-
 def representative_images(
     dataset, count=DEFAULT_CALIBRATION_IMAGES, split="train", batch_size=None,
     data_dir=None, **options
@@ -384,8 +368,7 @@ def raw_images(batches, pixel_max, mean, std, count=None):
     normalised them, back at the raw pixel scale as uint8 (at most
     `count`)."""
     images = np.concatenate([np.asarray(x) for x, _ in batches])[:count]
-    raw = (images * np.asarray(std) + np.asarray(mean)) * pixel_max
-    return np.clip(np.round(raw), 0, pixel_max).astype(np.uint8)
+    return to_raw(images, pixel_max, mean, std)
 
 
 def export_for_dataset(
@@ -457,6 +440,8 @@ from ft_keras.export.measure import FILES  # noqa: E402
 from ft_keras.export.measure import count_macs  # noqa: E402
 from ft_keras.export.measure import machine  # noqa: E402
 from ft_keras.export.measure import measure_export  # noqa: E402
+from ft_keras.export.measure import normalization  # noqa: E402
 from ft_keras.export.measure import read_test_split  # noqa: E402
 from ft_keras.export.measure import runtime_versions  # noqa: E402
 from ft_keras.export.measure import size_bytes  # noqa: E402
+from ft_keras.export.measure import to_raw  # noqa: E402

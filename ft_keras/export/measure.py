@@ -27,6 +27,7 @@ import numpy as np
 from ft_keras import _keras_private
 from ft_keras import data
 from ft_keras import models
+from ft_keras import precision
 
 # The serving signature of the exported files (`ft_keras.export.SERVING`).
 _SERVING = "serving_default"
@@ -112,6 +113,29 @@ def count_macs(model):
     return total
 
 
+def normalization(dataset, options=None):
+    """`(pixel_max, mean, std)`: the test pipeline's `(x / pixel_max - mean)
+    / std` for `dataset`, with any `mean`/`std` of `options` (the
+    `build_dataset` options of its test split).
+
+    Example:
+
+    ```python
+    normalization("cifar10")   # (255, (0.4914, 0.4822, 0.4465), (0.247, ...))
+    ```
+    """
+    pixel_max, mean, std = data.pixel_normalization(dataset)
+    options = options or {}
+    return pixel_max, options.get("mean", mean), options.get("std", std)
+
+
+def to_raw(images, pixel_max, mean, std):
+    """Images a pipeline normalised as `(x / pixel_max - mean) / std`, back
+    at the raw pixel scale as uint8."""
+    raw = (np.asarray(images) * np.asarray(std) + np.asarray(mean)) * pixel_max
+    return np.clip(np.round(raw), 0, pixel_max).astype(np.uint8)
+
+
 def read_test_split(dataset, eval_options=None, data_dir=None, batch_size=256):
     """`(images, labels)`: the whole test split of `dataset` as the test
     pipeline yields it, its images back at the raw pixel scale as uint8
@@ -126,16 +150,14 @@ def read_test_split(dataset, eval_options=None, data_dir=None, batch_size=256):
     ```
     """
     options = dict(eval_options or {})
-    pixel_max, mean, std = data.pixel_normalization(dataset)
-    mean, std = options.get("mean", mean), options.get("std", std)
+    pixel_max, mean, std = normalization(dataset, options)
     batches = data.build_dataset(
         dataset, "test", batch_size=batch_size, training=False,
         data_dir=data_dir, cache=False, **options,
     )
     images, labels = [], []
     for x, y in batches:
-        raw = (np.asarray(x) * np.asarray(std) + np.asarray(mean)) * pixel_max
-        images.append(np.clip(np.round(raw), 0, pixel_max).astype(np.uint8))
+        images.append(to_raw(x, pixel_max, mean, std))
         y = np.asarray(y)
         labels.append(y.argmax(-1) if y.ndim == 2 else y)
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
@@ -252,18 +274,9 @@ def machine():
     """The CPU model, its flags that matter for int8 and bfloat16 speed
     (`amx`, `avx512_bf16`, `avx512_vnni`, `avx2`, from `/proc/cpuinfo`) and
     its cores, as a JSON-serialisable dict."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:  # Not Linux: no flags.
-        pass
+    model, flags = precision.read_cpuinfo()
+    model = model or platform.processor() or platform.machine()
+    flags = flags or set()  # Not Linux: no flags.
     usable = (len(os.sched_getaffinity(0))
               if hasattr(os, "sched_getaffinity") else os.cpu_count())
     return {
