@@ -279,7 +279,8 @@ def largest_differences(golden, measured):
         if key in actual:
             kind = "loss" if is_loss(key) else "accuracy"
             largest[kind] = max(largest[kind],
-                                (difference(key, value, actual[key]), key))
+                                (difference(key, value, actual[key]), key),
+                                key=lambda pair: pair[0])
     return largest
 
 

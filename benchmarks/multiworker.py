@@ -1,6 +1,6 @@
 """Multi-worker scaling on this host: 1 process vs N workers (CPU).
 
-Times the Factor Transfer distillation step (`ft_keras.Distiller.fit`) of
+Times the Factor Transfer distillation step (`ft_keras.Distiller.fit` with a `FactorTransfer` term) of
 the quickstart's networks (WRN-16-2 teacher, WRN-10-1 student, digits 8x8,
 `--batch` images per replica) in
 
@@ -61,10 +61,10 @@ def worker(args):
         kwargs = dict(num_classes=10, input_shape=(8, 8, 1), weight_decay=5e-4)
         teacher = models.get("wrn16_2", model_name="teacher", **kwargs)
         student = models.get("wrn10_1", model_name="student", **kwargs)
-        distiller = ft_keras.Distiller(
-            teacher, student, ft_keras.Paraphraser(rate=0.5),
-            ft_keras.Translator(64), teacher_layer="stage3",
-            student_layer="stage3", beta=500.0)
+        ft = ft_keras.FactorTransfer(
+            ft_keras.Paraphraser(rate=0.5), ft_keras.Translator(64),
+            teacher_layer="stage3", student_layer="stage3", beta=500.0)
+        distiller = ft_keras.Distiller(teacher, student, terms=[ft])
         distiller.compile(
             optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")])

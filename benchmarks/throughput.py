@@ -141,10 +141,10 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
         else:
             paraphraser = ft_keras.Paraphraser(0.5)
             channels = teacher.get_layer(t_tap).output.shape[-1]
-            model = ft_keras.Distiller(
-                teacher, student, paraphraser,
-                ft_keras.Translator(ft_keras.layers.factor_channels(channels, 0.5)),
-                t_tap, s_tap)
+            translator = ft_keras.Translator(
+                ft_keras.layers.factor_channels(channels, 0.5))
+            model = ft_keras.Distiller(teacher, student, terms=[
+                ft_keras.FactorTransfer(paraphraser, translator, t_tap, s_tap)])
             model.compile(sgd(), jit_compile=xla)
 
         def run(n):

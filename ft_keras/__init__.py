@@ -7,8 +7,10 @@ Which parts run on which Keras backend (`KERAS_BACKEND`):
 
 - Any backend (JAX, TensorFlow, PyTorch; tests/test_backends.py trains
   them on each): the core, which imports no TensorFlow. `ft_keras.layers`
-  (`Paraphraser`, `Translator`), `ft_keras.losses`, `ft_keras.distiller`
-  (`ParaphraserTrainer`, `Distiller`, `BaselineDistiller`),
+  (`Paraphraser`, `Translator`), `ft_keras.losses`, `ft_keras.terms`
+  (`Term`, `FactorTransfer`, `KnowledgeDistillation`,
+  `AttentionTransfer`), `ft_keras.distiller` (`Distiller`),
+  `ft_keras.pretraining` (`ParaphraserTrainer`), `ft_keras.methods`,
   `ft_keras.models` and `ft_keras.optim`. `import ft_keras` imports only
   these.
 - TensorFlow only: the experiment runner and its parts, each imported on
@@ -43,21 +45,29 @@ with _console.tensorflow_import_quieted():
 from ft_keras import losses  # noqa: E402
 from ft_keras import optim  # registers EpochSchedule, used by saved models
 from ft_keras._console import quiet_console
-from ft_keras.distiller import BaselineDistiller
+from ft_keras import terms  # noqa: E402
 from ft_keras.distiller import Distiller
-from ft_keras.distiller import ParaphraserTrainer
 from ft_keras.layers import Paraphraser
 from ft_keras.layers import Translator
 from ft_keras.losses import FactorTransferLoss
+from ft_keras.pretraining import ParaphraserTrainer
+from ft_keras.terms import AttentionTransfer
+from ft_keras.terms import FactorTransfer
+from ft_keras.terms import KnowledgeDistillation
+from ft_keras.terms import Term
 
 __all__ = [
-    "BaselineDistiller",
+    "AttentionTransfer",
     "Distiller",
+    "FactorTransfer",
     "FactorTransferLoss",
+    "KnowledgeDistillation",
     "Paraphraser",
     "ParaphraserTrainer",
+    "Term",
     "Translator",
     "losses",
     "optim",
     "quiet_console",
+    "terms",
 ]

@@ -27,6 +27,7 @@ import keras
 from ft_keras import _validation
 from ft_keras import layers
 from ft_keras import losses
+from ft_keras import methods
 from ft_keras import optim
 from ft_keras.data import image_folder
 from ft_keras.models import batch_norm
@@ -44,11 +45,8 @@ STAGE_SCOPES = {
     "student": "student",
     "baseline": "student",
 }
-METHODS = ("ft", "ft+kd", "kd", "at")
 # Keras dtype policies the runner trains under (`experiment.precision`).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-# The methods that pre-train a paraphraser and distil through a translator.
-FT_METHODS = ("ft", "ft+kd")
 
 
 def _set(instance, name, value):
@@ -291,19 +289,18 @@ class DistillationConfig:
     at_student_layers: tuple = ()
 
     def __post_init__(self):
-        _validation.one_of("distillation.method", self.method, METHODS)
-        if self.ce_weight is None:
-            _set(self, "ce_weight", 0.1 if self.method == "kd" else 1.0)
-        if self.kd_weight is None:
-            _set(self, "kd_weight",
-                 {"kd": 0.9, "ft+kd": 1.0}.get(self.method, 0.0))
+        _validation.one_of("distillation.method", self.method,
+                           tuple(methods.METHODS))
+        for name, default in methods.DEFAULT_WEIGHTS[self.method].items():
+            if getattr(self, name) is None:
+                _set(self, name, default)
         _set(self, "at_teacher_layers", tuple(self.at_teacher_layers or ()))
         _set(self, "at_student_layers", tuple(self.at_student_layers or ()))
 
     @property
     def factor_transfer(self):
         """Whether the method pre-trains a paraphraser (FT, FT+KD)."""
-        return self.method in FT_METHODS
+        return methods.uses_factor_transfer(self.method)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -120,7 +120,9 @@ def load_settings(workdir):
 
 
 def _model_names(settings):
-    method = settings.distillation.method.upper()
+    from ft_keras import methods
+
+    method = methods.label(settings.distillation.method)
     return {"teacher": "teacher", "student": f"{method} student",
             "baseline": "student alone"}
 

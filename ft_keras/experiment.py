@@ -43,9 +43,12 @@ from ft_keras import data
 from ft_keras import distiller as ft_distiller
 from ft_keras import distribute
 from ft_keras import export as ft_export
+from ft_keras import methods
 from ft_keras import models
 from ft_keras import precision
+from ft_keras import terms as ft_terms
 from ft_keras import workdir as ft_workdir
+from ft_keras.pretraining import ParaphraserTrainer
 
 
 class ConfigurationError(ValueError):
@@ -446,7 +449,7 @@ class Experiment:
         ft = self.settings.factor_transfer
         paraphraser, translator = self._connectors()
         try:
-            ft_distiller.check_factor_shapes(
+            ft_terms.check_factor_shapes(
                 ft.teacher_layer,
                 self._tap_shape(self.teacher, "teacher", ft.teacher_layer),
                 paraphraser,
@@ -805,7 +808,7 @@ class Experiment:
         self._trained_teacher()
         with distribute.scope(self.strategy):
             paraphraser, _ = self._connectors()
-            trainer = ft_distiller.ParaphraserTrainer(
+            trainer = ParaphraserTrainer(
                 self.teacher,
                 paraphraser,
                 ft.teacher_layer,
@@ -853,40 +856,21 @@ class Experiment:
         self._save("student", artifacts)
 
     def _student_distiller(self):
-        """The training model of `distillation.method`, and its translator
-        (None for KD/AT). Call in the strategy's scope."""
+        """The training model of `distillation.method` (`ft_keras.methods`),
+        and its translator (None without Factor Transfer). Call in the
+        strategy's scope."""
         ft, method = self.settings.factor_transfer, self.settings.distillation
-        if not method.factor_transfer:
-            at = method.method == "at"
-            distiller = ft_distiller.BaselineDistiller(
-                self.teacher,
-                self.student,
-                ce_weight=method.ce_weight,
-                kd_weight=0.0 if at else method.kd_weight,
-                temperature=method.temperature,
-                at_weight=method.at_weight if at else 0.0,
-                teacher_layers=method.at_teacher_layers or [ft.teacher_layer],
-                student_layers=method.at_student_layers or [ft.student_layer],
-            )
-            return distiller, None
-        paraphraser = self._load(
-            self._require("paraphraser", "paraphraser.keras")
-        ).layers[-1]
-        _, translator = self._connectors()
+        paraphraser = translator = None
+        if method.factor_transfer:
+            paraphraser = self._load(
+                self._require("paraphraser", "paraphraser.keras")
+            ).layers[-1]
+            _, translator = self._connectors()
         distiller = ft_distiller.Distiller(
             self.teacher,
             self.student,
-            paraphraser,
-            translator,
-            teacher_layer=ft.teacher_layer,
-            student_layer=ft.student_layer,
-            beta=ft.beta,
-            p=ft.p,
-            factor=ft.factor,
-            p_form=ft.p_form,
-            kd_weight=method.kd_weight if method.method == "ft+kd" else 0.0,
-            temperature=method.temperature,
-            ce_weight=method.ce_weight,
+            methods.terms(method, ft, paraphraser, translator),
+            student_loss_weight=method.ce_weight,
         )
         return distiller, translator
 
@@ -923,7 +907,7 @@ class Experiment:
 
     def run_evaluate(self):
         results = self.evaluate()
-        method = self.settings.distillation.method.upper()
+        method = methods.label(self.settings.distillation.method)
         names = {
             "teacher": "teacher",
             "baseline": "student alone",

@@ -40,7 +40,7 @@ from ft_keras import workdir as ft_workdir
 # trains ("paraphraser" trains none).
 STAGES = ("teacher", "paraphraser", "student", "baseline")
 _ROLE_NAMES = {"teacher": "teacher", "baseline": "student alone"}
-# `config.FT_METHODS`, the methods with a paraphraser stage (config imports Keras).
+# The methods with a paraphraser stage (`ft_keras.methods`, which imports Keras).
 _FT_METHODS = ("ft", "ft+kd")
 _BINDING = re.compile(r"^([\w/.]+) = (.+)$")
 NO_PLOTS = "(No plots: they need matplotlib, `pip install 'ft_keras[report]'`.)"

@@ -128,7 +128,8 @@ _PRIVATE_KERAS_NAMES = {"_flatten_layers", "_nodes_by_depth", "_keras_history",
                         "_use_weight_decay", "_get_variable_index"}
 
 # The modules that compute on any Keras backend: the core.
-_CORE = ("layers.py", "losses.py", "distiller.py", "models")
+_CORE = ("layers.py", "losses.py", "distiller.py", "terms.py", "features.py",
+         "pretraining.py", "_training_model.py", "models")
 
 
 def _imported_modules(tree):

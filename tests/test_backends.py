@@ -91,13 +91,21 @@ def networks(weight_decay=0.0):
             models.get("wrn10_1", model_name="student", **kwargs))
 
 
-def ft_distiller(teacher, student, paraphraser, regularizer=None, **kwargs):
+def ft_distiller(teacher, student, paraphraser, regularizer=None, kd=False):
+    """A Distiller on a FactorTransfer term (and a KD term with `kd`);
+    `distiller.translator` is the FT term's translator."""
     import ft_keras
 
     translator = ft_keras.Translator(64, use_bn=True,
                                      kernel_regularizer=regularizer)
-    return ft_keras.Distiller(teacher, student, paraphraser, translator,
-                              "stage3", "stage3", beta=BETA, **kwargs)
+    terms = [ft_keras.FactorTransfer(paraphraser, translator, "stage3",
+                                     "stage3", beta=BETA)]
+    if kd:
+        terms.append(ft_keras.KnowledgeDistillation(TEMPERATURE,
+                                                    weight=KD_WEIGHT))
+    distiller = ft_keras.Distiller(teacher, student, terms)
+    distiller.translator = translator
+    return distiller
 
 
 def cross_backend_distiller():
@@ -107,7 +115,7 @@ def cross_backend_distiller():
 
     teacher, student = networks()
     return ft_distiller(teacher, student, ft_keras.Paraphraser(0.5, use_bn=True),
-                        kd_weight=KD_WEIGHT, temperature=TEMPERATURE)
+                        kd=True)
 
 
 def _evaluate(model, x, y=None):
@@ -300,8 +308,7 @@ def measure_backend(report_path, workdir):
     # FT + KD, and the `.keras` round trip.
     teacher, student = networks()
     paraphraser = ft_keras.Paraphraser(0.5)
-    kd_distiller = ft_distiller(teacher, student, paraphraser,
-                                kd_weight=KD_WEIGHT, temperature=TEMPERATURE)
+    kd_distiller = ft_distiller(teacher, student, paraphraser, kd=True)
     kd_distiller.compile(keras.optimizers.SGD(0.05))
     history = kd_distiller.fit(x_train, y_train, batch_size=BATCH, epochs=1,
                                verbose=0).history
@@ -319,20 +326,25 @@ def measure_backend(report_path, workdir):
         "evaluate": _evaluate(kd_distiller, x, y),
         "np_kd_loss": np_kd(teacher_logits, logits, TEMPERATURE),
         "round_trip_type": type(restored).__name__,
-        "round_trip_equal": sorted(outputs) == sorted(restored_outputs) and all(
-            np.array_equal(_numpy(outputs[k]), _numpy(restored_outputs[k]))
-            for k in outputs),
+        "round_trip_terms": [type(t).__name__ for t in restored.terms],
+        "round_trip_equal": keras.tree.lists_to_tuples(
+            keras.tree.map_structure(lambda v: v.shape, outputs))
+        == keras.tree.lists_to_tuples(
+            keras.tree.map_structure(lambda v: v.shape, restored_outputs))
+        and all(np.array_equal(_numpy(a), _numpy(b)) for a, b in zip(
+            keras.tree.flatten(outputs), keras.tree.flatten(restored_outputs))),
         "round_trip_predict_equal": bool(np.array_equal(
             restored.predict(x, verbose=0), kd_distiller.predict(x, verbose=0))),
     }
 
     # The baselines: Hinton KD, attention transfer.
-    for name, kwargs in (
-            ("kd", dict(ce_weight=0.1, kd_weight=0.9, temperature=TEMPERATURE)),
-            ("at", dict(at_weight=AT_WEIGHT, teacher_layers=AT_LAYERS,
-                        student_layers=AT_LAYERS))):
+    for name, make, kwargs in (
+            ("kd", lambda: ft_keras.KnowledgeDistillation(TEMPERATURE, weight=0.9),
+             dict(student_loss_weight=0.1)),
+            ("at", lambda: ft_keras.AttentionTransfer(
+                AT_LAYERS, AT_LAYERS, weight=AT_WEIGHT), {})):
         teacher, student = networks()
-        baseline = ft_keras.BaselineDistiller(teacher, student, **kwargs)
+        baseline = ft_keras.Distiller(teacher, student, [make()], **kwargs)
         # ft_keras.optim's optimizer runs on every backend too.
         baseline.compile(ft_keras.optim.TorchSGD(
             0.05, momentum=0.9, coupled_weight_decay=5e-4), metrics=["accuracy"])
@@ -494,6 +506,8 @@ def test_ft_plus_kd_reports_and_sums_the_kd_term(report):
 
 def test_keras_file_round_trip(report):
     assert report["ft_kd"]["round_trip_type"] == "Distiller"
+    assert report["ft_kd"]["round_trip_terms"] == [
+        "FactorTransfer", "KnowledgeDistillation"]
     assert report["ft_kd"]["round_trip_equal"]
     assert report["ft_kd"]["round_trip_predict_equal"]
     assert report["kd"]["round_trip_predict_equal"]

@@ -23,9 +23,9 @@ def small_distiller():
     kwargs = dict(num_classes=10, input_shape=(8, 8, 1))
     teacher = models.get("wrn16_2", model_name="teacher", **kwargs)
     student = models.get("wrn10_1", model_name="student", **kwargs)
-    distiller = ft_keras.Distiller(
-        teacher, student, ft_keras.Paraphraser(0.5), ft_keras.Translator(64),
-        "stage3", "stage3")
+    distiller = ft_keras.Distiller(teacher, student, terms=[
+        ft_keras.FactorTransfer(ft_keras.Paraphraser(0.5),
+                                ft_keras.Translator(64), "stage3", "stage3")])
     distiller.compile(keras.optimizers.SGD(0.01, momentum=0.9),
                       metrics=["accuracy"])
     rng = np.random.default_rng(0)

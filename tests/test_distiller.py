@@ -1,5 +1,6 @@
-"""ParaphraserTrainer and Distiller: what trains, what is frozen, what is
-reported, and how they behave under tf.distribute and mixed precision."""
+"""ParaphraserTrainer and Distiller with its terms: what trains, what is
+frozen, what is reported, and how they behave under tf.distribute and mixed
+precision."""
 
 import functools
 import warnings
@@ -11,7 +12,6 @@ import tensorflow as tf
 import keras
 
 import ft_keras
-from ft_keras import distiller as ft_distiller
 
 from _counting import count_calls
 
@@ -86,6 +86,26 @@ def trained_teacher():
     return teacher
 
 
+def ft_distiller(teacher, student, paraphraser, translator, teacher_layer="tap",
+                 student_layer="tap", ce_weight=1.0, kd_weight=0.0,
+                 temperature=4.0, **ft_kwargs):
+    """A Distiller on a FactorTransfer term, and a KD term if
+    `kd_weight`."""
+    terms = [ft_keras.FactorTransfer(paraphraser, translator, teacher_layer,
+                                     student_layer, **ft_kwargs)]
+    if kd_weight:
+        terms.append(ft_keras.KnowledgeDistillation(temperature, kd_weight))
+    return ft_keras.Distiller(teacher, student, terms,
+                              student_loss_weight=ce_weight)
+
+
+def factors(distiller, x):
+    """The teacher and student factors of a batch, in inference mode, as
+    the FT term's `call` gives them to its loss."""
+    maps = distiller(x, training=False)["terms"]["ft"]
+    return np.asarray(maps["teacher"][0]), np.asarray(maps["student"][0])
+
+
 def make_distiller(teacher=None, student=None, beta=500.0, p=1,
                    factor="full", student_layer="tap", use_bn=True,
                    ce_weight=1.0):
@@ -97,7 +117,7 @@ def make_distiller(teacher=None, student=None, beta=500.0, p=1,
         (8, 8, 8, 16), dtype=np.float32), training=True)
     student = student or small_net("student", 8, seed=2)
     translator = ft_keras.Translator(8, use_bn=use_bn)
-    return ft_keras.Distiller(
+    return ft_distiller(
         teacher, student, paraphraser, translator, teacher_layer="tap",
         student_layer=student_layer, beta=beta, p=p, factor=factor,
         ce_weight=ce_weight)
@@ -136,9 +156,9 @@ def test_paraphraser_trainer_reports_the_reconstruction_loss():
 def test_teacher_and_paraphraser_are_frozen_after_fit():
     distiller = make_distiller()
     teacher_before = snapshot(distiller.teacher)
-    paraphraser_before = snapshot(distiller.paraphraser)
+    paraphraser_before = snapshot(distiller.terms[0].paraphraser)
     student_before = [np.array(v) for v in distiller.student.trainable_weights]
-    translator_before = [np.array(v) for v in distiller.translator.trainable_weights]
+    translator_before = [np.array(v) for v in distiller.terms[0].translator.trainable_weights]
     student_stats_before = [np.array(v) for v in
                             distiller.student.non_trainable_weights]
     distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
@@ -146,9 +166,9 @@ def test_teacher_and_paraphraser_are_frozen_after_fit():
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
     # Bit-identical: weights and BatchNorm moving statistics.
     assert_unchanged(teacher_before, distiller.teacher)
-    assert_unchanged(paraphraser_before, distiller.paraphraser)
+    assert_unchanged(paraphraser_before, distiller.terms[0].paraphraser)
     assert_all_trainable_changed(student_before, distiller.student)
-    assert_all_trainable_changed(translator_before, distiller.translator)
+    assert_all_trainable_changed(translator_before, distiller.terms[0].translator)
     # The student trains: its BN statistics move.
     assert not np.array_equal(student_stats_before[0],
                               np.array(distiller.student.non_trainable_weights[0]))
@@ -161,12 +181,12 @@ def test_only_student_and_translator_variables_are_trained(built):
     else:
         # A paraphraser that the Distiller builds itself (e.g. to load its
         # weights afterwards) is frozen too.
-        distiller = ft_keras.Distiller(
+        distiller = ft_distiller(
             trained_teacher(), small_net("student", 8, seed=2),
             ft_keras.Paraphraser(rate=0.5), ft_keras.Translator(8), "tap", "tap")
     trained = {id(v) for v in distiller.trainable_variables}
     expected = {id(v) for v in distiller.student.trainable_variables
-                + distiller.translator.trainable_variables}
+                + distiller.terms[0].translator.trainable_variables}
     assert trained == expected
     distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
     x, y = data()
@@ -179,7 +199,7 @@ def test_only_student_and_translator_variables_are_trained(built):
 def test_each_network_runs_once_per_step(kd_weight):
     teacher = trained_teacher()
     paraphraser = ft_keras.Paraphraser(rate=0.5)
-    distiller = ft_keras.Distiller(
+    distiller = ft_distiller(
         teacher, small_net("student", 8, seed=2), paraphraser,
         ft_keras.Translator(8), "tap", "tap", kd_weight=kd_weight)
     counter = dict.fromkeys(["teacher", "student", "paraphraser", "translator"], 0)
@@ -188,7 +208,7 @@ def test_each_network_runs_once_per_step(kd_weight):
     count_calls(teacher.get_layer("tap"), counter, "teacher")
     count_calls(distiller.student.get_layer("conv"), counter, "student")
     count_calls(paraphraser, counter, "paraphraser")
-    count_calls(distiller.translator, counter, "translator")
+    count_calls(distiller.terms[0].translator, counter, "translator")
     # Eagerly, so that the Python of every step runs.
     distiller.compile(keras.optimizers.SGD(0.01), run_eagerly=True)
     x, y = data(24)
@@ -206,7 +226,7 @@ def test_frozen_parts_regularization_does_not_count():
         rate=0.5, kernel_regularizer=keras.regularizers.L2(1e-2))
     translator = ft_keras.Translator(
         8, kernel_regularizer=keras.regularizers.L2(1e-3))
-    distiller = ft_keras.Distiller(
+    distiller = ft_distiller(
         teacher, small_net("student", 8, seed=2), paraphraser, translator,
         "tap", "tap", beta=10.0)
     frozen = sum(float(v.regularizer(v)) for v in teacher.weights
@@ -248,13 +268,13 @@ def test_reported_loss_is_ce_plus_beta_ft_plus_regularization():
     # Independent computation of every term before the (only) step.
     teacher_map = keras.Model(distiller.teacher.input,
                               distiller.teacher.get_layer("tap").output)(x)
-    teacher_factor = np.asarray(distiller.paraphraser(teacher_map, training=False))
+    teacher_factor = np.asarray(distiller.terms[0].paraphraser(teacher_map, training=False))
     extractor = keras.Model(student.input,
                             [student.output, student.get_layer("tap").output])
     # BN statistics are not read in training mode, so this call's update of
     # them does not change the step's forward pass.
     logits, student_map = extractor(x, training=True)
-    student_factor = np.asarray(distiller.translator(student_map, training=True))
+    student_factor = np.asarray(distiller.terms[0].translator(student_map, training=True))
     logits = np.asarray(logits, np.float64)
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     ce = -log_softmax[np.arange(16), y].mean()
@@ -298,12 +318,12 @@ def test_ce_weight_scales_the_reported_cross_entropy_in_the_loss():
         history["ce_loss"][0] + beta * history["ft_loss"][0], rtol=1e-3)
 
 
-def test_ce_weight_round_trips_and_is_validated():
-    assert make_distiller().ce_weight == 1.0
+def test_student_loss_weight_round_trips_and_is_validated():
+    assert make_distiller().student_loss_weight == 1.0
     config = make_distiller(ce_weight=0.3).get_config()
-    assert config["ce_weight"] == 0.3
-    assert ft_keras.Distiller.from_config(config).ce_weight == 0.3
-    with pytest.raises(ValueError, match="Received: ce_weight=-1"):
+    assert config["student_loss_weight"] == 0.3
+    assert ft_keras.Distiller.from_config(config).student_loss_weight == 0.3
+    with pytest.raises(ValueError, match="Received: student_loss_weight=-1"):
         make_distiller(ce_weight=-1)
 
 
@@ -353,14 +373,6 @@ def test_custom_loss_function_is_supported():
     np.testing.assert_allclose(result["ce_loss"], 2.0 * float(plain), rtol=1e-5)
 
 
-def factors(distiller, x, student_layer):
-    """The teacher and student factors of a batch, in inference mode."""
-    student_map = ft_distiller.feature_extractor(
-        distiller.student, [student_layer], "student")(x, training=False)
-    return (np.asarray(distiller.teacher_factor(x)),
-            np.asarray(distiller.translator(student_map, training=False)))
-
-
 def numpy_ft_loss(teacher, student, p=1, factor="full"):
     """The FT loss in NumPy: pool the larger map to the smaller, take the
     factor, L2-normalise per example, then mean |d| (p=1) or the batch mean
@@ -388,7 +400,7 @@ def test_spatial_mismatch_is_pooled():
     distiller = make_distiller(student_layer="tap_small")
     distiller.compile(keras.optimizers.SGD(0.01))
     x, y = data(16)
-    teacher, student = factors(distiller, x, "tap_small")
+    teacher, student = factors(distiller, x)
     assert teacher.shape[1:3] == (8, 8) and student.shape[1:3] == (4, 4)
     result = distiller.evaluate(x, y, batch_size=16, verbose=0,
                                 return_dict=True)
@@ -400,7 +412,7 @@ def test_attention_factor_mode_is_repdistillers_factor():
     distiller = make_distiller(factor="attention", p=2)
     distiller.compile(keras.optimizers.SGD(0.01))
     x, y = data(16)
-    teacher, student = factors(distiller, x, "tap")
+    teacher, student = factors(distiller, x)
     result = distiller.evaluate(x, y, batch_size=16, verbose=0,
                                 return_dict=True)
     np.testing.assert_allclose(
@@ -425,8 +437,8 @@ def test_factor_shape_mismatch_names_both_shapes():
             ValueError,
             match=r"teacher factor of shape \(None, 8, 8, 8\).*"
                   r"student factor of shape \(None, 8, 8, 3\).*out_channels=8"):
-        ft_keras.Distiller(teacher, small_net("student", 8), paraphraser,
-                           ft_keras.Translator(3), "tap", "tap")
+        ft_distiller(teacher, small_net("student", 8), paraphraser,
+                     ft_keras.Translator(3), "tap", "tap")
 
 
 def test_bad_p_and_beta_are_rejected():
@@ -445,10 +457,13 @@ def test_distiller_keras_file_round_trip(tmp_path):
     distiller.save(path)
     restored = keras.models.load_model(path, compile=False)
     assert isinstance(restored, ft_keras.Distiller)
-    assert (restored.beta, restored.p, restored.student_layer) == (500.0, 1, "tap")
+    ft = restored.terms[0]
+    assert isinstance(ft, ft_keras.FactorTransfer)
+    assert (ft.beta, ft.loss_fn.p, ft.student_layer) == (500.0, 1, "tap")
+    assert not ft.paraphraser.trainable
     assert_outputs_equal(restored(x), distiller(x))
-    np.testing.assert_array_equal(restored.teacher_factor(x),
-                                  distiller.teacher_factor(x))
+    np.testing.assert_array_equal(factors(restored, x)[0],
+                                  factors(distiller, x)[0])
 
 
 def test_mirrored_strategy_step_matches_single_device():
@@ -471,7 +486,7 @@ def test_mirrored_strategy_step_matches_single_device():
             if weights is not None:
                 for part, w in zip(parts, weights):
                     part.set_weights(w)
-            distiller = ft_keras.Distiller(*parts, "tap", "tap", beta=50.0)
+            distiller = ft_distiller(*parts, "tap", "tap", beta=50.0)
             distiller.compile(keras.optimizers.SGD(0.1, momentum=0.9),
                               metrics=["accuracy"])
         history = distiller.fit(x, y, batch_size=16, epochs=1, shuffle=False,
@@ -485,8 +500,8 @@ def test_mirrored_strategy_step_matches_single_device():
     mirrored_strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert mirrored_strategy.num_replicas_in_sync == 2
     m_parts, mirrored, mirrored_history = one_step(mirrored_strategy, initial)
-    for a, b in zip(single.student.weights + single.translator.weights,
-                    mirrored.student.weights + mirrored.translator.weights):
+    for a, b in zip(single.student.weights + single.terms[0].translator.weights,
+                    mirrored.student.weights + mirrored.terms[0].translator.weights):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5, rtol=1e-5)
     # Reported metrics are the global batch's, not replica-scaled.
     for key in ("loss", "ce_loss", "ft_loss", "accuracy"):
@@ -502,17 +517,17 @@ def test_mixed_precision_distillation(policy):
         compute = policy.split("_")[1]
         assert distiller.student.get_layer("conv").compute_dtype == compute
         # The connectors compute in float32 under any policy (layers.py).
-        assert distiller.translator.compute_dtype == "float32"
+        assert distiller.terms[0].translator.compute_dtype == "float32"
         distiller.compile(keras.optimizers.SGD(0.01))
         # Only float16 needs loss scaling.
         assert isinstance(distiller.optimizer,
                           keras.optimizers.LossScaleOptimizer) == (
                               compute == "float16")
         x, y = data(16)
-        before = [np.array(v) for v in distiller.translator.trainable_weights]
+        before = [np.array(v) for v in distiller.terms[0].translator.trainable_weights]
         history = distiller.fit(x, y, batch_size=8, epochs=2, verbose=0).history
         assert np.all(np.isfinite(history["loss"]))
-        assert_all_trainable_changed(before, distiller.translator)
+        assert_all_trainable_changed(before, distiller.terms[0].translator)
         trainer = ft_keras.ParaphraserTrainer(
             small_net("t2", 16), ft_keras.Paraphraser(), "tap")
         trainer.compile(keras.optimizers.SGD(0.01))
@@ -524,8 +539,8 @@ def test_mixed_precision_distillation(policy):
 def test_ft_plus_kd_reports_and_sums_the_kd_term():
     teacher = trained_teacher()
     distiller = make_distiller(teacher=teacher)
-    combined = ft_keras.Distiller(
-        teacher, small_net("student2", 8, seed=2), distiller.paraphraser,
+    combined = ft_distiller(
+        teacher, small_net("student2", 8, seed=2), distiller.terms[0].paraphraser,
         ft_keras.Translator(8, use_bn=True), "tap", "tap", beta=10.0,
         kd_weight=0.5, temperature=2.0)
     combined.compile(keras.optimizers.SGD(0.0))
@@ -545,8 +560,9 @@ def test_kd_baseline_trains_only_the_student():
     teacher_before = snapshot(teacher)
     student = small_net("student", 8, seed=2)
     student_before = [np.array(v) for v in student.trainable_weights]
-    kd = ft_keras.BaselineDistiller(teacher, student, ce_weight=0.1,
-                                    kd_weight=0.9, temperature=4.0)
+    kd = ft_keras.Distiller(teacher, student,
+                            [ft_keras.KnowledgeDistillation(4.0, weight=0.9)],
+                            student_loss_weight=0.1)
     kd.compile(keras.optimizers.SGD(0.05, momentum=0.9), metrics=["accuracy"])
     x, y = data()
     history = kd.fit(x, y, batch_size=8, epochs=1, verbose=0).history
@@ -560,9 +576,8 @@ def test_kd_baseline_trains_only_the_student():
 def test_attention_transfer_baseline_loss_decomposition():
     teacher = trained_teacher()
     student = small_net("student", 8, seed=2)
-    at = ft_keras.BaselineDistiller(
-        teacher, student, at_weight=1000.0,
-        teacher_layers=["tap", "tap_small"], student_layers=["tap", "tap_small"])
+    at = ft_keras.Distiller(teacher, student, [ft_keras.AttentionTransfer(
+        ["tap", "tap_small"], ["tap", "tap_small"], weight=1000.0)])
     at.compile(keras.optimizers.SGD(0.0))
     x, y = data(16)
     result = at.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
@@ -576,35 +591,129 @@ def test_attention_transfer_baseline_loss_decomposition():
                                result["ce_loss"] + 1000.0 * expected_at, rtol=1e-5)
 
 
-def test_baseline_distiller_validates_its_terms():
+def test_terms_and_their_taps_are_validated():
     teacher = trained_teacher()
     student = small_net("student", 8)
-    with pytest.raises(ValueError, match="needs a teacher term"):
-        ft_keras.BaselineDistiller(teacher, student)
-    with pytest.raises(ValueError, match="Attention transfer needs taps"):
-        ft_keras.BaselineDistiller(teacher, student, at_weight=1.0)
-    with pytest.raises(ValueError, match="same length"):
-        ft_keras.BaselineDistiller(teacher, student, at_weight=1.0,
-                                   teacher_layers=["tap"], student_layers=[])
+    with pytest.raises(ValueError, match="needs at least one term"):
+        ft_keras.Distiller(teacher, student, [])
+    with pytest.raises(ValueError, match="must be an `ft_keras.Term`"):
+        ft_keras.Distiller(teacher, student,
+                           [ft_keras.losses.KnowledgeDistillationLoss()])
+    with pytest.raises(ValueError, match=r"own name.*\['kd', 'kd'\]"):
+        ft_keras.Distiller(teacher, student, [ft_keras.KnowledgeDistillation(),
+                                              ft_keras.KnowledgeDistillation()])
+    with pytest.raises(ValueError, match="same, non-zero length"):
+        ft_keras.AttentionTransfer(["tap"], [])
+    with pytest.raises(ValueError, match="Received: weight=-1"):
+        ft_keras.KnowledgeDistillation(weight=-1)
     with pytest.raises(ValueError, match=r"'logits' \(None, 5\)"):
-        ft_keras.BaselineDistiller(teacher, student, at_weight=1.0,
-                                   teacher_layers=["tap"],
-                                   student_layers=["logits"])
+        ft_keras.Distiller(teacher, student, [
+            ft_keras.AttentionTransfer(["tap"], ["logits"])])
+    with pytest.raises(ValueError, match=r"`student_layer`='nope'"):
+        ft_keras.Distiller(teacher, student, [
+            ft_keras.AttentionTransfer(["tap"], ["nope"])])
 
 
-def test_baseline_distiller_keras_round_trip(tmp_path):
+def test_kd_and_at_terms_keras_round_trip(tmp_path):
     teacher = trained_teacher()
-    at = ft_keras.BaselineDistiller(
-        teacher, small_net("student", 8, seed=2), kd_weight=0.5, at_weight=10.0,
-        teacher_layers=["tap"], student_layers=["tap"])
+    at = ft_keras.Distiller(
+        teacher, small_net("student", 8, seed=2),
+        [ft_keras.KnowledgeDistillation(2.0, weight=0.5),
+         ft_keras.AttentionTransfer(["tap"], ["tap"], weight=10.0, power=1)],
+        student_loss_weight=0.5)
     at.compile(keras.optimizers.SGD(0.01))
     x, y = data(16)
     at.fit(x, y, batch_size=8, epochs=1, verbose=0)
     at.save(tmp_path / "at.keras")
     restored = keras.models.load_model(tmp_path / "at.keras", compile=False)
-    assert (restored.kd_weight, restored.at_weight, restored.student_layers) == (
-        0.5, 10.0, ["tap"])
+    kd, att = restored.terms
+    assert (kd.weight, kd.temperature, att.weight, att.power,
+            att.student_layers, restored.student_loss_weight) == (
+        0.5, 2.0, 10.0, 1, ["tap"], 0.5)
     assert_outputs_equal(restored(x), at(x))
+
+
+class LogitL2(ft_keras.Term):
+    """Logit matching (Ba & Caruana): the mean squared difference of the
+    logits, per example."""
+
+    def __init__(self, **kwargs):
+        super().__init__([None], [None], **kwargs)
+
+    def compute_loss(self, teacher, student):
+        return keras.ops.mean(keras.ops.square(teacher[0] - student[0]), axis=-1)
+
+
+class Hint(ft_keras.Term):
+    """A term with a trainable connector: a 1x1 regressor, with BN."""
+
+    def connect(self, teacher_shapes, student_shapes):
+        self.regressor = keras.Sequential([
+            keras.layers.Conv2D(teacher_shapes[0][-1], 1),
+            keras.layers.BatchNormalization()])
+        self.regressor.build(student_shapes[0])
+        self.built = True
+
+    def call(self, teacher, student, training=None):
+        return teacher, [self.regressor(student[0], training=training)]
+
+    def compute_loss(self, teacher, student):
+        return keras.ops.mean(keras.ops.square(teacher[0] - student[0]),
+                              axis=(1, 2, 3))
+
+
+def test_a_users_term_trains_with_its_connector_and_sums_its_loss():
+    teacher = trained_teacher()
+    student = small_net("student", 8, seed=2)
+    hint = Hint(["tap"], ["tap"], weight=3.0, name="hint")
+    l2 = LogitL2(weight=0.0, name="l2")
+    distiller = ft_keras.Distiller(teacher, student, [hint, l2])
+    x, y = data(16)
+    trained = {id(v) for v in distiller.trainable_variables}
+    assert trained == {id(v) for v in student.trainable_variables
+                       + hint.regressor.trainable_variables}
+    # The connector's BN statistics update in training (in `call`).
+    moving_mean = hint.regressor.layers[1].moving_mean
+    before = np.array(moving_mean)
+    distiller.compile(keras.optimizers.SGD(0.05))
+    regressor_before = [np.array(v) for v in hint.regressor.trainable_weights]
+    history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert set(history) == {"loss", "ce_loss", "hint_loss", "l2_loss"}
+    assert not np.array_equal(before, np.array(moving_mean))
+    assert_all_trainable_changed(regressor_before, hint.regressor)
+    # Evaluation: the loss is CE + 3 * hint + 0 * l2, each as in NumPy.
+    result = distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    tap = lambda m, n: np.asarray(keras.Model(m.input, m.get_layer(n).output)(x))
+    hint_map = np.asarray(hint.regressor(tap(student, "tap"), training=False))
+    np.testing.assert_allclose(result["hint_loss"], np.mean(
+        (tap(teacher, "tap") - hint_map) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(result["l2_loss"], np.mean(
+        (np.asarray(teacher(x)) - np.asarray(student(x))) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(
+        result["loss"], result["ce_loss"] + 3.0 * result["hint_loss"], rtol=1e-5)
+
+
+def test_a_term_returning_a_scalar_counts_as_the_batch_loss():
+    class Scalar(LogitL2):
+        def compute_loss(self, teacher, student):
+            return keras.ops.mean(super().compute_loss(teacher, student))
+
+    x, y = data(16)
+    results = []
+    # Under two replicas too: each replica's scalar is scaled as Keras
+    # scales a loss, so the global batch's loss is reported.
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    for strategy in (tf.distribute.get_strategy(), mirrored):
+        for cls in (LogitL2, Scalar):
+            with strategy.scope():
+                distiller = ft_keras.Distiller(
+                    trained_teacher(), small_net("student", 8, seed=2),
+                    [cls(name="l2")])
+                distiller.compile("sgd")
+            results.append(distiller.evaluate(
+                x, y, batch_size=16, verbose=0, return_dict=True)["l2_loss"])
+    np.testing.assert_allclose(results, [results[0]] * 4, rtol=1e-5)
+    assert results[0] > 0
 
 
 def test_paraphraser_trainer_keras_round_trip(tmp_path):
@@ -631,14 +740,14 @@ def test_p_form_mean_reaches_the_loss_and_round_trips(tmp_path):
     student = small_net("student", 8, seed=2)
     paraphraser = ft_keras.Paraphraser(rate=0.5)
     paraphraser.build((None, 8, 8, 16))
-    distiller = ft_keras.Distiller(
+    distiller = ft_distiller(
         teacher, student, paraphraser, ft_keras.Translator(8), "tap", "tap",
         p=2, p_form="mean")
     distiller.compile(keras.optimizers.SGD(0.0))
     x, y = data(16)
     student_map = keras.Model(student.input, student.get_layer("tap").output)(x)
-    diff = (np_unit_rows(distiller.translator(student_map))
-            - np_unit_rows(distiller.teacher_factor(x)))
+    diff = (np_unit_rows(distiller.terms[0].translator(student_map))
+            - np_unit_rows(factors(distiller, x)[0]))
     # RepDistiller's p2=2: the mean of the squared differences.
     result = distiller.evaluate(x, y, batch_size=16, verbose=0,
                                 return_dict=True)
@@ -647,13 +756,13 @@ def test_p_form_mean_reaches_the_loss_and_round_trips(tmp_path):
     distiller.save(tmp_path / "distiller.keras")
     restored = keras.models.load_model(tmp_path / "distiller.keras",
                                        compile=False)
-    assert (restored.p, restored.p_form, restored.ft_loss_fn.p_form) == (
-        2, "mean", "mean")
+    loss = restored.terms[0].loss_fn
+    assert (loss.p, loss.p_form) == (2, "mean")
 
 
 def test_p_form_is_validated():
     with pytest.raises(ValueError, match="Received: p_form='sqrt'"):
-        ft_keras.Distiller(
+        ft_distiller(
             trained_teacher(), small_net("student", 8, seed=2),
             ft_keras.Paraphraser(rate=0.5), ft_keras.Translator(8), "tap",
             "tap", p=2, p_form="sqrt")
@@ -666,18 +775,18 @@ def test_coupled_weight_decay_decays_the_translator_never_the_frozen_parts():
     lr, weight_decay, steps = 0.05, 0.5, 4
     distiller = make_distiller(beta=0.0, use_bn=True)
     teacher_before = snapshot(distiller.teacher)
-    paraphraser_before = snapshot(distiller.paraphraser)
+    paraphraser_before = snapshot(distiller.terms[0].paraphraser)
     translator_before = [np.array(v) for v in
-                         distiller.translator.trainable_variables]
+                         distiller.terms[0].translator.trainable_variables]
     distiller.compile(ft_keras.optim.TorchSGD(
         lr, coupled_weight_decay=weight_decay))
     x, y = data(8 * steps)
     distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     assert_unchanged(teacher_before, distiller.teacher)
-    assert_unchanged(paraphraser_before, distiller.paraphraser)
+    assert_unchanged(paraphraser_before, distiller.terms[0].paraphraser)
     names = set()
     for before, v in zip(translator_before,
-                         distiller.translator.trainable_variables):
+                         distiller.terms[0].translator.trainable_variables):
         np.testing.assert_allclose(
             np.asarray(v), before * (1 - lr * weight_decay) ** steps,
             rtol=1e-5, atol=1e-7)

@@ -2,6 +2,7 @@
 one convolution, the same function in inference."""
 
 import keras
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -84,6 +85,7 @@ def test_the_fold_follows_the_weights_it_shares():
 def test_folded_network_under_a_mixed_policy(policy):
     """The fold is float32 arithmetic on the float32 variables; the conv
     runs in the compute dtype like the layers it replaces."""
+    keras.utils.set_random_seed(0)
     float32 = randomize_batch_norms(models.get("resnet20", num_classes=10))
     keras.mixed_precision.set_global_policy(policy)
     model = models.get("resnet20", num_classes=10)
@@ -93,13 +95,16 @@ def test_folded_network_under_a_mixed_policy(policy):
     assert isinstance(layer, models.FoldedConv2D)
     assert layer.compute_dtype == policy.split("_")[1]
     assert layer.conv.kernel.dtype == "float32"
-    x = images((32, 32, 3))
+    x = images((32, 32, 3), n=16)
     expected = np.asarray(float32(x, training=False))
-    mixed = np.asarray(model(x, training=False), "float32")
     out = np.asarray(folded(x), "float32")
-    # As close to float32 as the unfolded network in the same policy.
-    scale = np.abs(expected).max()
-    assert np.abs(out - expected).max() <= 2 * np.abs(mixed - expected).max() + 1e-3 * scale
+    # Off float32 by the compute dtype's rounding, as the unfolded network
+    # is (under 1 eps in mean relative error over seeds; a wrong fold is
+    # off by O(1)). A ratio to the unfolded network's error is not a sound
+    # bound: both are rounding noise, and their ratio ranged 0.6-2.6.
+    eps = float(ml_dtypes.finfo(layer.compute_dtype).eps)
+    relative = np.abs(out - expected).mean() / np.abs(expected).mean()
+    assert relative <= 4 * eps, (relative, eps)
 
 
 def tiny(conv_activation=None, tap_conv=False, bn_axis=-1):
@@ -148,9 +153,9 @@ def test_folding_a_pair_that_is_not_one_conv_names_why():
 def test_the_distillers_run_their_frozen_teacher_folded():
     teacher = randomize_batch_norms(models.get("resnet20", num_classes=10))
     student = models.get("resnet20", num_classes=10, model_name="student")
-    distiller = ft_keras.Distiller(
-        teacher, student, ft_keras.Paraphraser(rate=0.5),
-        ft_keras.Translator(32), "stage3", "stage3")
+    distiller = ft_keras.Distiller(teacher, student, terms=[
+        ft_keras.FactorTransfer(ft_keras.Paraphraser(rate=0.5),
+                                ft_keras.Translator(32), "stage3", "stage3")])
     trainer = ft_keras.ParaphraserTrainer(
         teacher, ft_keras.Paraphraser(rate=0.5), "stage3")
     for features in (distiller._teacher_features, trainer._teacher_features):
