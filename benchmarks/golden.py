@@ -37,6 +37,8 @@ import shutil
 import sys
 import tempfile
 
+from ft_keras import stages
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(REPO, "tests", "golden", "quickstart_short.json")
 GIN_FILES = ["gin/quickstart.gin"]
@@ -60,13 +62,8 @@ RUNS = {
     "kd": (["distillation.method = 'kd'"], _DISTIL),
     "at": (["distillation.method = 'at'"], _DISTIL),
 }
-# The files each training stage saves (`Experiment.ARTIFACTS`).
-ARTIFACTS = {
-    "teacher": ("model.keras",),
-    "paraphraser": ("paraphraser.keras",),
-    "student": ("translator.keras", "model.keras"),
-    "baseline": ("model.keras",),
-}
+# The files each training stage saves (the stage table, `ft_keras.stages`).
+ARTIFACTS = {s.name: s.writes for s in stages.STAGES if s.trains}
 
 # Tolerances against the golden file, measured on the recording machine
 # (an "Intel(R) Xeon(R) Processor" with AMX, 2 CPUs):

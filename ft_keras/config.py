@@ -29,6 +29,7 @@ from ft_keras import layers
 from ft_keras import losses
 from ft_keras import methods
 from ft_keras import optim
+from ft_keras import stages
 from ft_keras.data import image_folder
 from ft_keras.models import batch_norm
 from ft_keras.distribute import AUTO_SHARD_POLICIES
@@ -37,14 +38,10 @@ from ft_keras.distribute import RESOLVERS
 from ft_keras.distribute import STRATEGIES
 from ft_keras.precision import CHECKS as PRECISION_CHECKS
 
-STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export")
-# The gin scope whose `training` (and `network`) each training stage uses.
-STAGE_SCOPES = {
-    "teacher": "teacher",
-    "paraphraser": "paraphraser",
-    "student": "student",
-    "baseline": "student",
-}
+# The stages, in order, and the gin scope whose `training` (and `network`)
+# each training stage uses (`ft_keras.stages`, the stage table).
+STAGES = stages.NAMES
+STAGE_SCOPES = stages.SCOPES
 # Keras dtype policies the runner trains under (`experiment.precision`).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 

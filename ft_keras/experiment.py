@@ -46,6 +46,7 @@ from ft_keras import export as ft_export
 from ft_keras import methods
 from ft_keras import models
 from ft_keras import precision
+from ft_keras import stages as ft_stages
 from ft_keras import terms as ft_terms
 from ft_keras import workdir as ft_workdir
 from ft_keras.pretraining import ParaphraserTrainer
@@ -227,12 +228,7 @@ class Experiment:
         self._check_stage_plan()
 
     # What each training stage leaves in its directory of the workdir.
-    ARTIFACTS = {
-        "teacher": ("model.keras",),
-        "paraphraser": ("paraphraser.keras",),
-        "student": ("translator.keras", "model.keras"),
-        "baseline": ("model.keras",),
-    }
+    ARTIFACTS = {s.name: s.writes for s in ft_stages.STAGES if s.trains}
 
     # ------------------------------------------------------------------
     # Set-up.
@@ -471,52 +467,33 @@ class Experiment:
                 self._done(stage, name)
         enabled = set(self.stages)
         method = self.settings.distillation.method
-        uses_ft = self.settings.distillation.factor_transfer
-        needs = {
-            "paraphraser": ("teacher",),
-            "student": ("teacher",) + (("paraphraser",) if uses_ft else ()),
-            "export": ("student",),
-        }
-        artifacts = {
-            "teacher": ("teacher", "model.keras"),
-            "paraphraser": ("paraphraser", "paraphraser.keras"),
-            "student": ("student", "model.keras"),
-        }
-        for stage in self.stages:
-            if stage == "paraphraser" and not uses_ft:
-                continue
-            for need in needs.get(stage, ()):
-                if need in enabled or self._done(*artifacts[need]):
+        checkpoint = self.settings.experiment.teacher_checkpoint
+        plan = [ft_stages.get(name) for name in self.stages]
+        plan = [stage for stage in plan if stage.applies_to(method)]
+        for stage in plan:
+            for need, artifact in stage.reads_for(method):
+                if need in enabled or self._done(need, artifact):
                     continue
-                if need == "teacher" and self.settings.experiment.teacher_checkpoint:
+                if need == "teacher" and checkpoint:
                     continue
-                hint = (
-                    " or set `experiment.teacher_checkpoint`"
-                    if need == "teacher"
-                    else ""
-                )
+                hint = " or set `experiment.teacher_checkpoint`" if need == "teacher" else ""
                 raise ConfigurationError(
-                    f"Stage {stage!r} (distillation.method={method!r}) needs "
-                    f"the {need} stage's {'/'.join(artifacts[need])}, which "
-                    f"no enabled stage makes and {self.workdir} does not "
-                    f"hold: add {need!r} to `experiment.stages`{hint}. "
+                    f"Stage {stage.name!r} (distillation.method={method!r}) "
+                    f"needs the {need} stage's {need}/{artifact}, which no "
+                    f"enabled stage makes and {self.workdir} does not hold: "
+                    f"add {need!r} to `experiment.stages`{hint}. "
                     f"Received: stages={list(self.stages)}"
                 )
-        scopes = config.STAGE_SCOPES
-        for stage in self.stages:
-            if stage not in scopes:
-                continue
-            if stage == "paraphraser" and not uses_ft:
-                continue
-            if stage == "teacher" and self.settings.experiment.teacher_checkpoint:
+        for stage in plan:
+            if not stage.trains or (stage.name == "teacher" and checkpoint):
                 continue
             try:
                 with distribute.scope(self.strategy):
-                    self._optimizer(scopes[stage])
+                    self._optimizer(stage.scope)
             except ValueError as e:
                 raise ConfigurationError(
-                    f"Stage {stage!r} cannot train with "
-                    f"`{scopes[stage]}/training`: {e}"
+                    f"Stage {stage.name!r} cannot train with "
+                    f"`{stage.scope}/training`: {e}"
                 ) from None
 
     # ------------------------------------------------------------------

@@ -10,7 +10,8 @@ one place that says which:
     at       AttentionTransfer                       no
 
 and which weights a method defaults to (RepDistiller's KD: cross-entropy
-0.1, KD 0.9). From Python, build the same lists yourself:
+0.1, KD 0.9). The tables import nothing (the report and the stage table
+read them without Keras); `terms` imports `ft_keras.terms`. From Python, build the same lists yourself:
 
 ```python
 import ft_keras
@@ -21,8 +22,6 @@ distillation = config.DistillationConfig("kd")
 # ['KnowledgeDistillation']
 ```
 """
-
-from ft_keras import terms as ft_terms
 
 # method -> the names of its terms, in the order their losses are summed.
 METHODS = {
@@ -65,6 +64,8 @@ def terms(distillation, factor_transfer, paraphraser=None, translator=None):
     Returns:
         A list of `ft_keras.Term`s, in the order their losses are summed.
     """
+    from ft_keras import terms as ft_terms  # Keras: only when terms are built
+
     ft = factor_transfer
     built = []
     for name in METHODS[distillation.method]:

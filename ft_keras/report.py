@@ -34,14 +34,14 @@ import os
 import re
 import sys
 
+from ft_keras import methods
+from ft_keras import stages
 from ft_keras import workdir as ft_workdir
 
 # The training stages, each with the evaluation role of the network it
 # trains ("paraphraser" trains none).
-STAGES = ("teacher", "paraphraser", "student", "baseline")
+STAGES = tuple(stage.name for stage in stages.STAGES if stage.trains)
 _ROLE_NAMES = {"teacher": "teacher", "baseline": "student alone"}
-# The methods with a paraphraser stage (`ft_keras.methods`, which imports Keras).
-_FT_METHODS = ("ft", "ft+kd")
 _BINDING = re.compile(r"^([\w/.]+) = (.+)$")
 NO_PLOTS = "(No plots: they need matplotlib, `pip install 'ft_keras[report]'`.)"
 
@@ -187,7 +187,7 @@ def _rows(runs):
 
 def _has_paraphraser(run, role):
     return role == "student" and (
-        run["method"] in _FT_METHODS or "paraphraser" in run["stages"]
+        methods.uses_factor_transfer(run["method"]) or "paraphraser" in run["stages"]
     )
 
 

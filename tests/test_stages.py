@@ -1,0 +1,52 @@
+"""The stage table (ft_keras.stages): one description of each stage that
+config validation, the runner, the report and the benchmarks read."""
+
+import pytest
+
+from ft_keras import config
+from ft_keras import experiment
+from ft_keras import report
+from ft_keras import stages
+
+
+def test_the_table_is_the_order_and_scopes_config_validates():
+    assert config.STAGES == stages.NAMES == (
+        "teacher", "paraphraser", "student", "baseline", "evaluate", "export")
+    assert config.STAGE_SCOPES == {"teacher": "teacher", "paraphraser":
+                                   "paraphraser", "student": "student",
+                                   "baseline": "student"}
+    assert report.STAGES == ("teacher", "paraphraser", "student", "baseline")
+    with pytest.raises(ValueError, match=r"must be in the order \('teacher'"):
+        config.ExperimentConfig(stages=("student", "teacher"))
+
+
+@pytest.mark.parametrize("method, paraphraser, student_reads, student_writes", [
+    ("ft", True, [("teacher", "model.keras"), ("paraphraser", "paraphraser.keras")],
+     ("translator.keras", "model.keras")),
+    ("ft+kd", True, [("teacher", "model.keras"), ("paraphraser", "paraphraser.keras")],
+     ("translator.keras", "model.keras")),
+    ("kd", False, [("teacher", "model.keras")], ("model.keras",)),
+    ("at", False, [("teacher", "model.keras")], ("model.keras",)),
+])
+def test_what_a_stage_reads_and_writes_follows_the_method(
+        method, paraphraser, student_reads, student_writes):
+    assert stages.get("paraphraser").applies_to(method) == paraphraser
+    student = stages.get("student")
+    assert list(student.reads_for(method)) == student_reads
+    assert student.writes_for(method) == student_writes
+    # The last artifact marks the stage finished: the student's model.keras.
+    assert student.writes_for(method)[-1] == "model.keras"
+    assert all(stages.get(n).applies_to(method)
+               for n in ("teacher", "student", "baseline", "evaluate", "export"))
+
+
+def test_the_runner_checks_the_artifacts_the_table_names():
+    assert experiment.Experiment.ARTIFACTS == {
+        "teacher": ("model.keras",), "paraphraser": ("paraphraser.keras",),
+        "student": ("translator.keras", "model.keras"),
+        "baseline": ("model.keras",)}
+
+
+def test_an_unknown_stage_lists_the_stages():
+    with pytest.raises(ValueError, match=r"No stage 'distil'.*'teacher'"):
+        stages.get("distil")
