@@ -361,6 +361,12 @@ def write(args, methods, runs, records, elapsed):
     for m in methods:
         merged[m].sort(key=lambda r: -1 if r["seed"] is None else r["seed"])
     summary = summarize(args, methods, merged, elapsed)
+    # The machine and versions of the invocation that wrote the file (runs
+    # kept from earlier invocations were measured where those ran).
+    from ft_keras import precision
+
+    summary["machine"] = precision.machine_info()
+    summary["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out = args.results_dir or args.workdir
     os.makedirs(out, exist_ok=True)
     text = table(summary)

@@ -222,7 +222,9 @@ class FactorTransfer(Term):
     Args:
         paraphraser: An `ft_keras.Paraphraser`.
         translator: An `ft_keras.Translator` whose `out_channels` equals
-            the paraphraser's factor channels (`factor="full"`).
+            the paraphraser's factor channels (`factor="full"`). None: a
+            `Translator` with the paraphraser's factor channels and default
+            options, made when the `Distiller` connects the term.
         teacher_layer: Teacher layer name of the teacher factor's map.
         student_layer: Student layer name of the student factor's map.
         beta: The term's weight (500 in the paper's code).
@@ -242,6 +244,8 @@ class FactorTransfer(Term):
     ft = ft_keras.FactorTransfer(
         ft_keras.Paraphraser(rate=0.5), ft_keras.Translator(32),
         teacher_layer="stage3", student_layer="stage3", beta=500.0)
+    # ft_keras.Translator(32): the factor channels, 64 * 0.5 (translator=None
+    # makes this one).
     trainer = ft.paraphraser_trainer(teacher)
     trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     trainer.fit(train_ds, epochs=30)
@@ -267,7 +271,7 @@ class FactorTransfer(Term):
             ("paraphraser", paraphraser, ft_layers.Paraphraser),
             ("translator", translator, ft_layers.Translator),
         ):
-            if not isinstance(value, cls):
+            if not isinstance(value, cls) and not (arg == "translator" and value is None):
                 raise ValueError(
                     f"`{arg}` must be an `ft_keras.{cls.__name__}`. "
                     f"Received: {arg}={value!r}"
@@ -302,6 +306,9 @@ class FactorTransfer(Term):
 
     def connect(self, teacher_shapes, student_shapes):
         teacher_map, student_map = tuple(teacher_shapes[0]), tuple(student_shapes[0])
+        if self.translator is None:
+            channels = self.paraphraser.compute_output_shape(teacher_map)[-1]
+            self.translator = ft_layers.Translator(channels)
         check_factor_shapes(
             self.teacher_layer, teacher_map, self.paraphraser,
             self.student_layer, student_map, self.translator, self.loss_fn.factor,

@@ -139,6 +139,12 @@ def test_reproduce_writes_table_summary_curves_and_readme_block(tmp_path):
     assert abs(summary["methods"]["FT"]["top1_std"] - 1.4142) < 1e-4
     assert "| FT | 85.00 ± 1.41 | 2 | 25 |" in text
     assert "| teacher | 90.00 | 1 | 10 |" in text  # one run: no spread
+    # The file says where and with what it was written.
+    from ft_keras import precision
+
+    assert summary["machine"]["cpu"] == precision.machine_info()["cpu"]
+    assert summary["machine"]["versions"]["keras"] == keras.__version__
+    assert summary["written"].endswith("Z")
     out = tmp_path / "out"
     assert json.loads((out / "summary.json").read_text()) == json.loads(
         json.dumps(summary))

@@ -806,3 +806,19 @@ def test_coupled_weight_decay_leaves_the_teacher_alone_in_pre_training():
     trainer.fit(x, batch_size=8, epochs=1, verbose=0)
     assert_unchanged(teacher_before, teacher)
     assert_all_trainable_changed(before, paraphraser)
+
+
+def test_factor_transfer_makes_a_translator_with_the_factor_channels(tmp_path):
+    teacher = trained_teacher()
+    paraphraser = ft_keras.Paraphraser(rate=0.25)
+    ft = ft_keras.FactorTransfer(paraphraser, None, "tap", "tap")
+    distiller = ft_keras.Distiller(teacher, small_net("student", 8, seed=2), [ft])
+    assert isinstance(ft.translator, ft_keras.Translator)
+    assert ft.translator.out_channels == paraphraser.factor_channels == 4
+    assert {id(v) for v in distiller.trainable_variables} == {
+        id(v) for v in distiller.student.trainable_variables
+        + ft.translator.trainable_variables}
+    distiller.save(tmp_path / "d.keras")
+    restored = keras.models.load_model(tmp_path / "d.keras", compile=False)
+    x, _ = data(8)
+    assert_outputs_equal(restored(x), distiller(x))

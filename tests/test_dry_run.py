@@ -7,7 +7,6 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import time
 
 import gin
 import keras
@@ -131,9 +130,8 @@ def run_train(*args):
 def test_boundary_beyond_a_stages_epochs_exits_2_before_any_work(
     tmp_path, dry
 ):
-    # MMRazor's config once had [100, 150] for 20 paraphraser epochs: it
-    # crashed after 200 teacher epochs. Now it is refused at start.
-    start = time.monotonic()
+    # A boundary beyond the paraphraser's epochs would crash after the
+    # teacher's epochs: it is refused at start.
     result = run_train(
         "--gin_file=gin/quickstart.gin",
         "--gin_bindings=paraphraser/training.schedule = 'step'",
@@ -144,7 +142,6 @@ def test_boundary_beyond_a_stages_epochs_exits_2_before_any_work(
     assert error.startswith("ft_keras: error:") and "paraphraser" in error
     assert "[2, 3]" in error and "3" in error
     assert "stage teacher" not in result.stdout  # nothing trained
-    assert time.monotonic() - start < 120
     assert not (tmp_path / "w" / "teacher" / "model.keras").exists()
 
 

@@ -17,6 +17,13 @@ def code_blocks(language):
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
+def blocks_this_test_runs():
+    """The Python blocks marked `<!-- run: tests/test_readme.py -->`, in
+    order (tests/test_docs_blocks.py checks every block is run or marked)."""
+    return re.findall(r"<!-- run: tests/test_readme.py -->\n```python\n(.*?)```",
+                      README, flags=re.S)
+
+
 def test_ci_runs_exactly_the_readme_test_command():
     ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
     command = [l for l in ci_lines if "pytest" in l]
@@ -29,12 +36,11 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     keras.applications student learns (well above chance), and every
     exported file gives its logits on raw images."""
     monkeypatch.chdir(tmp_path)
-    blocks = code_blocks("python")
-    (folder,) = [b for b in blocks if "load_digits" in b]
-    (example,) = [b for b in blocks if "Distiller" in b]
+    blocks = blocks_this_test_runs()
+    assert len(blocks) == 3  # the PNG folder, the example, a user's term
     namespace = {}
-    exec(compile(folder, "README.md", "exec"), namespace)
-    exec(compile(example, "README.md", "exec"), namespace)
+    for block in blocks[:2]:
+        exec(compile(block, "README.md", "exec"), namespace)
     student, name = namespace["distiller"].student, namespace["name"]
     assert student.count_params() < 500_000  # MobileNetV2 at alpha 0.35
     labels, predictions = [], []
@@ -58,3 +64,9 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
                       (export.onnx_predict, paths["onnx"])):
         np.testing.assert_allclose(run(path, raw), expected, atol=1e-3,
                                    rtol=1e-3)
+
+    # The user's term trains beside FT, its loss logged and weighed.
+    exec(compile(blocks[2], "README.md", "exec"), namespace)
+    history = namespace["distiller"].history.history
+    assert set(history) == {"loss", "ce_loss", "ft_loss", "l2_loss", "accuracy"}
+    assert history["l2_loss"][0] > 0
