@@ -1,6 +1,12 @@
 """Argument checks shared by the library's constructors and settings."""
 
 
+class ConfigurationError(ValueError):
+    """The experiment cannot start or go on: bad config, inputs or workdir.
+    The command-line tools print its message as one line and exit with
+    status 2."""
+
+
 def non_negative(name, value, hint):
     """Returns `value` as a float, or raises a `ValueError` naming `name`,
     the bad value and `hint` (a typical value, e.g. "5e-4 in the paper")."""

@@ -16,10 +16,11 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops a stage with `NonFiniteLossError` naming stage, epoch and step.
 
     Like `keras.callbacks.TerminateOnNaN(raise_error=True)` it raises, so
-    `fit` does not reach `on_train_end` and `BackupAndRestore` keeps the last
-    good checkpoint; what it adds is the message: the stage, epoch and step,
-    and what to do, one line that the runner prints as its error (exit
-    status 1).
+    `fit` does not reach `on_train_end` and the checkpoint callback after it
+    (`ft_keras.checkpoint.ResumableCheckpoint`) neither saves the bad step
+    nor deletes the last good checkpoint; what it adds is the message: the
+    stage, epoch and step, and what to do, one line that the runner prints
+    as its error (exit status 1).
 
     Example:
 

@@ -28,6 +28,7 @@ temporary directory of their own, removed at the end.
 import contextlib
 import difflib
 import os
+import random
 import re
 import shutil
 import sys
@@ -37,7 +38,9 @@ import gin
 import keras
 import numpy as np
 
+from ft_keras import _keras_resume
 from ft_keras import callbacks as ft_callbacks
+from ft_keras import checkpoint as ft_checkpoint
 from ft_keras import config
 from ft_keras import data
 from ft_keras import distiller as ft_distiller
@@ -47,6 +50,7 @@ from ft_keras import methods
 from ft_keras import models
 from ft_keras import precision
 from ft_keras import stages as ft_stages
+from ft_keras import preemption
 from ft_keras import terms as ft_terms
 from ft_keras import workdir as ft_workdir
 from ft_keras.pretraining import ParaphraserTrainer
@@ -83,18 +87,47 @@ def top_k_metrics(num_classes):
     return metrics
 
 
-def stage_callbacks(stage, stage_dir, checkpoint_every="epoch"):
-    """The callbacks of every stage: resumable checkpoints in
-    `stage_dir/backup`, a stop on NaN/inf losses that keeps them, a CSV of
-    per-epoch metrics that continues on resume, and TensorBoard logs."""
+def stage_callbacks(stage, stage_dir, checkpoint_every="epoch", metadata=None,
+                    delete_on_end=True):
+    """The callbacks of every stage: a stop on NaN/inf losses that keeps the
+    last good checkpoint, exact, crash-safe checkpoints in
+    `stage_dir/backup` (`ft_keras.checkpoint.ResumableCheckpoint`), a CSV of
+    per-epoch metrics that continues on resume (after the checkpoint, which
+    records each epoch's row once it is written) and TensorBoard logs.
+
+    Args:
+        stage: The stage's name, for messages.
+        stage_dir: Its directory.
+        checkpoint_every: `"epoch"`, or a number of steps between
+            checkpoints (`experiment.checkpoint_every`).
+        metadata: A dict saved with each checkpoint (the runner's position
+            in the training data).
+        delete_on_end: Delete the checkpoints when `fit` ends; the runner
+            deletes them once the stage's artifacts are saved instead.
+    """
+    log = os.path.join(stage_dir, "log.csv")
     return [
-        keras.callbacks.BackupAndRestore(
-            os.path.join(stage_dir, "backup"), save_freq=checkpoint_every
-        ),
         ft_callbacks.StopOnNonFiniteLoss(stage),
-        keras.callbacks.CSVLogger(os.path.join(stage_dir, "log.csv"), append=True),
+        ft_checkpoint.ResumableCheckpoint(
+            os.path.join(stage_dir, "backup"),
+            save_freq=checkpoint_every,
+            name=f"stage {stage}",
+            csv_log=log,
+            metadata=metadata,
+            delete_on_end=delete_on_end,
+        ),
+        keras.callbacks.CSVLogger(log, append=True),
         keras.callbacks.TensorBoard(os.path.join(stage_dir, "tensorboard")),
     ]
+
+
+def _skip_iterations(dataset, count):
+    """Creates and drops `count` iterators of `dataset`. Each draws the
+    next epoch's shuffle order and augmentation seeds (the seed generators
+    of `shuffle(reshuffle_each_iteration=True)` and `Dataset.random`), and
+    none reads an element, so this costs milliseconds per epoch skipped."""
+    for _ in range(count):
+        iter(dataset)
 
 
 class Experiment:
@@ -514,18 +547,30 @@ class Experiment:
         return self.settings.training[scope].build_optimizer(self.steps_per_epoch)
 
     def _fit(self, stage, model, epochs, validation_data=None):
+        """Trains `model` for `epochs`, resuming exactly from the stage's
+        checkpoint if it has one (`_resume_fit`), and writes its stage.json."""
         stage_dir = self._out(stage)
         os.makedirs(stage_dir, exist_ok=True)
         if not self.is_chief and os.path.isdir(self._path(stage, "backup")):
-            # Resume from the chief's checkpoint, like every worker.
+            # Resume from the chief's checkpoint, like every worker; its
+            # log.csv too, which decides which checkpoint is complete.
             shutil.copytree(
                 self._path(stage, "backup"),
                 os.path.join(stage_dir, "backup"),
                 dirs_exist_ok=True,
             )
+            if os.path.exists(self._path(stage, "log.csv")):
+                shutil.copyfile(
+                    self._path(stage, "log.csv"), os.path.join(stage_dir, "log.csv")
+                )
+        start = self._data_start(stage)
         throughput = ft_callbacks.Throughput(self.global_batch, self.steps_per_epoch)
         callbacks = stage_callbacks(
-            stage, stage_dir, self.settings.experiment.checkpoint_every
+            stage,
+            stage_dir,
+            self.settings.experiment.checkpoint_every,
+            metadata={"data_start": start},
+            delete_on_end=False,
         ) + [throughput]
         if validation_data is not None and not self.dry_run:
             callbacks.append(
@@ -536,14 +581,12 @@ class Experiment:
         if self.dry_run:
             # Random images and a two-step teacher (its BatchNorm statistics
             # barely moved) can overflow: the dry run checks the wiring, not
-            # the numbers.
+            # the numbers. Two steps run faster eagerly than traced.
             callbacks = [
                 c
                 for c in callbacks
                 if not isinstance(c, ft_callbacks.StopOnNonFiniteLoss)
             ]
-        if self.dry_run:
-            # Two steps run faster eagerly than traced.
             model.run_eagerly = True
             history = model.fit(
                 self.train_ds,
@@ -555,15 +598,10 @@ class Experiment:
                 verbose=0,
             )
             print(self._dry_run_line(stage, epochs, history), flush=True)
+            wall, end = throughput.wall_time, None
         else:
-            print(f"[ft_keras] stage {stage}: {epochs} epochs", flush=True)
-            model.fit(
-                self.train_ds,
-                epochs=epochs,
-                validation_data=validation_data,
-                callbacks=callbacks,
-                shuffle=False,  # the pipeline shuffles
-                verbose=1 if sys.stdout.isatty() else 2,
+            wall, end = self._resume_fit(
+                stage, model, epochs, validation_data, callbacks, start
             )
         info = distribute.task_info(self.strategy)
         if info.num_workers > 1:
@@ -575,14 +613,102 @@ class Experiment:
         ft_workdir.write_json(
             os.path.join(stage_dir, ft_workdir.STAGE_FILE),
             {
-                "wall_time_s": throughput.wall_time,
+                "wall_time_s": wall,
                 "images_per_second": throughput.images_per_second,
                 "epochs_run": len(throughput.epoch_seconds),
                 "epochs": epochs,
                 "replicas": self.replicas,
                 "global_batch_size": self.global_batch,
+                # Where the training data stream stood after this stage, in
+                # the run of these stages (`_data_start`).
+                "data_iterations": end,
+                "data_stages": list(self.stages),
             },
         )
+
+    def _resume_fit(self, stage, model, epochs, validation_data, callbacks, start):
+        """Fits from the stage's checkpoint position on the same data the
+        uninterrupted run saw there; returns `(wall time, data iterations
+        after the stage)`.
+
+        The training data are a pure function of the seed and the number of
+        iterators created on the dataset before (each draws the next shuffle
+        order and augmentation seeds): the stage started at iterator `start`
+        and `fit` creates `_keras_resume.fit_peeks(model)`, then
+        `ITERATORS_PER_EPOCH` per epoch, the first of them the epoch's.
+        A mid-epoch checkpoint after `step` batches of `epoch` fits
+        that epoch first on a fresh copy of the pipeline, brought to the
+        same iterator, without those batches.
+        """
+        checkpoint = next(
+            c for c in callbacks if isinstance(c, ft_checkpoint.ResumableCheckpoint)
+        )
+        restored = checkpoint.restored_metadata
+        if restored and "data_start" in restored:
+            start = restored["data_start"]
+            checkpoint.metadata["data_start"] = start
+        position = checkpoint.position
+        resumed = (
+            f", resumed at epoch {position.epoch + 1}, step {position.step}"
+            if position != (0, 0)
+            else ""
+        )
+        print(f"[ft_keras] stage {stage}: {epochs} epochs{resumed}", flush=True)
+        peeks = _keras_resume.fit_peeks(model)
+        per_epoch = _keras_resume.ITERATORS_PER_EPOCH
+        epoch, segments = position.epoch, []
+        if position.step:
+            partial = self._dataset(training=True)
+            _skip_iterations(partial, start + per_epoch * epoch)
+            segments.append((partial.skip(position.step), epoch, epoch + 1))
+            epoch += 1
+        if epoch < epochs or not segments:
+            data = self._train_data_at(start + per_epoch * epoch)
+            segments.append((data, epoch, epochs))
+            self._data_used += peeks + per_epoch * (epochs - epoch)
+        throughput = next(
+            c for c in callbacks if isinstance(c, ft_callbacks.Throughput)
+        )
+        wall = 0.0
+        for dataset, first, last in segments:
+            with preemption.deferred():
+                model.fit(
+                    dataset,
+                    initial_epoch=first,
+                    epochs=last,
+                    validation_data=validation_data,
+                    callbacks=callbacks,
+                    shuffle=False,  # the pipeline shuffles
+                    verbose=1 if sys.stdout.isatty() else 2,
+                )
+            wall += throughput.wall_time
+        return wall, start + peeks + per_epoch * epochs
+
+    def _data_start(self, stage):
+        """The number of training-data iterators created before `stage` in
+        an uninterrupted run of these stages: where the last earlier stage
+        of this stage list left the stream (its stage.json), else 0."""
+        start = 0
+        order = list(self.stages)
+        for earlier in order[: order.index(stage)] if stage in order else ():
+            for path in (self._out(earlier, ft_workdir.STAGE_FILE),
+                         self._path(earlier, ft_workdir.STAGE_FILE)):
+                if os.path.exists(path):
+                    record = ft_workdir.read_json(path)
+                    if record.get("data_stages") == list(self.stages):
+                        start = max(start, record.get("data_iterations") or 0)
+                    break
+        return start
+
+    def _train_data_at(self, index):
+        """`train_ds` with `index` iterators created on it (it is built
+        again if more were)."""
+        used = getattr(self, "_data_used", 0)
+        if used > index:
+            self.train_ds, used = self._dataset(training=True), 0
+        _skip_iterations(self.train_ds, index - used)
+        self._data_used = index
+        return self.train_ds
 
     def _dry_run_line(self, stage, epochs, history):
         """What the real run of `stage` would do, and how the dry run went."""
@@ -653,9 +779,22 @@ class Experiment:
         the stage is finished."""
         stage_dir = self._out(stage)
         os.makedirs(stage_dir, exist_ok=True)
-        for name, model in artifacts.items():
-            ft_workdir.save_model(model, os.path.join(stage_dir, name))
-        ft_workdir.record_artifacts(stage_dir, list(artifacts))
+        with preemption.deferred():  # a signal waits for the stage's record
+            for name, model in artifacts.items():
+                ft_workdir.save_model(model, os.path.join(stage_dir, name))
+            # Python's random state after the stage (`_align_python_random`).
+            state = random.getstate()
+            ft_workdir.record_artifacts(
+                stage_dir,
+                list(artifacts),
+                extra={
+                    "python_random": {
+                        "stages": list(self.stages),
+                        "state": [state[0], list(state[1]), state[2]],
+                    }
+                },
+            )
+            ft_checkpoint.delete(os.path.join(stage_dir, "backup"))
 
     def _train_classifier(self, stage, model):
         scope = config.STAGE_SCOPES[stage]
@@ -968,7 +1107,10 @@ class Experiment:
         for stage in ("teacher", "paraphraser", "student", "baseline"):
             stage_json = self._out(stage, ft_workdir.STAGE_FILE)
             if os.path.exists(stage_json):
-                stages[stage] = ft_workdir.read_json(stage_json)
+                record = ft_workdir.read_json(stage_json)
+                # Resumption state, not a result (`_align_python_random`).
+                record.pop("python_random", None)
+                stages[stage] = record
         results["stages"] = stages
         results["workdir"] = self.workdir
         ft_workdir.write_json(path, results)
@@ -983,19 +1125,67 @@ class Experiment:
                 self._lock.acquire()
             except ft_workdir.WorkdirError as e:
                 raise ConfigurationError(str(e)) from None
+        stage = "start"
         try:
-            for i, stage in enumerate(self.stages):
-                with self._precision():
-                    getattr(self, f"run_{stage}")()
-                if i + 1 < len(self.stages):
-                    # The chief's artifacts are complete before others read.
-                    distribute.barrier(self.strategy)
-            return self._update_results(
-                last_run_wall_time_s=time.perf_counter() - start
-            )
+            with self._preemption_signals():
+                for i, stage in enumerate(self.stages):
+                    with self._precision():
+                        self._align_python_random(stage)
+                        getattr(self, f"run_{stage}")()
+                    if i + 1 < len(self.stages):
+                        # The chief's artifacts are complete before others read.
+                        distribute.barrier(self.strategy)
+                return self._update_results(
+                    last_run_wall_time_s=time.perf_counter() - start
+                )
+        except preemption.Preempted as e:
+            print(e.line(stage), flush=True)
+            raise
         finally:
             distribute.remove_worker_dir(self.output_dir, self.workdir)
             self.close()
+
+    def _align_python_random(self, stage):
+        """Sets Python's `random` state, from which Keras draws the seed of
+        every new layer's initializer, to the uninterrupted run's at the
+        start of `stage`: what the nearest earlier training stage of these
+        stages recorded when it finished (`_save`). A rerun that skipped it
+        as done, or loaded a network the uninterrupted run had in memory,
+        would otherwise initialise every later network differently. In an
+        uninterrupted run the state is already that one."""
+        order = list(self.stages)
+        record = None
+        for earlier in reversed(order[: order.index(stage)]):
+            if earlier not in self.ARTIFACTS:
+                return  # evaluate or export in between: nothing recorded
+            path = self._path(earlier, ft_workdir.STAGE_FILE)
+            if os.path.exists(path):
+                # Ran (or runs) but recorded nothing: do not guess further.
+                record = ft_workdir.read_json(path).get("python_random")
+                break
+        if record is None or record["stages"] != order:
+            return
+        if (
+            stage in ("paraphraser", "student")
+            and not self._teacher_loaded
+            and not self._done(stage, self.ARTIFACTS[stage][-1])
+            and self._done("teacher", "model.keras")
+        ):
+            # Loading draws seeds too: load now, as the uninterrupted run
+            # held the teacher in memory.
+            self._trained_teacher()
+        version, internal, gauss = record["state"]
+        random.setstate((version, tuple(internal), gauss))
+
+    def _preemption_signals(self):
+        """SIGTERM and SIGUSR1 stop the run at the next safe point
+        (`ft_keras.preemption`), with one process. Several workers would
+        each stop at their own step and wait for the others forever: there
+        the signal ends the process as before, and the rerun resumes from
+        the last checkpoint."""
+        if distribute.num_workers(self.strategy) > 1:
+            return contextlib.nullcontext()
+        return preemption.handle_signals()
 
     def close(self):
         """Releases the workdir (`run` does this when it ends); the lock

@@ -4,9 +4,10 @@
   host and pid of the run. The kernel drops the lock when that process ends,
   however it ends (SIGKILL, a crash, a power loss: the file stays, the lock
   does not), so a lock never outlives its run.
-- `save_model`, `write_json`: written to a temporary file, flushed to disk
-  (`fsync`), then renamed over the target, so a file is either the old one
-  or the whole new one.
+- `save_model`, `write_json`, `replace_durably`: written to a temporary
+  file, flushed to disk (`fsync`), then renamed over the target, so a file
+  is either the old one or the whole new one (`ft_keras.checkpoint` writes
+  its checkpoints so too).
 - `record_artifacts`, `check_artifact`: each stage records the size and
   SHA-256 of its artifacts in its `stage.json` when it finishes; a later
   run checks them before it uses one, and a missing, truncated or changed
@@ -31,6 +32,8 @@ import json
 import os
 import socket
 
+from ft_keras._validation import ConfigurationError
+
 LOCK_FILE = ".lock"
 STAGE_FILE = "stage.json"
 # Locks this process holds, by real path: a second `Experiment` on the
@@ -38,7 +41,7 @@ STAGE_FILE = "stage.json"
 _HELD = {}
 
 
-class WorkdirError(ValueError):
+class WorkdirError(ConfigurationError):
     """The workdir is in use, or holds an artifact that is not whole."""
 
 
@@ -123,7 +126,7 @@ def _fsync_file(path):
         os.close(fd)
 
 
-def _replace(tmp, path):
+def replace_durably(tmp, path):
     """Flushes `tmp` to disk and renames it to `path`, durably."""
     _fsync_file(tmp)
     os.replace(tmp, path)
@@ -134,7 +137,7 @@ def save_model(model, path):
     """`model.save(path)` (a `.keras` file), whole or not at all."""
     tmp = f"{path[: -len('.keras')]}.tmp.keras"
     model.save(tmp)
-    _replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def write_json(path, value):
@@ -142,7 +145,7 @@ def write_json(path, value):
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)
-    _replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def read_json(path):
@@ -169,11 +172,13 @@ def fingerprint(path):
     return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
-def record_artifacts(stage_dir, names):
+def record_artifacts(stage_dir, names, extra=None):
     """Adds the fingerprints of `names` (files in `stage_dir`) to
-    `stage_dir/stage.json`, creating it if needed."""
+    `stage_dir/stage.json`, creating it if needed, with the entries of the
+    dict `extra` (written in the same atomic write)."""
     path = os.path.join(stage_dir, STAGE_FILE)
     stage = read_json(path) if os.path.exists(path) else {}
+    stage.update(extra or {})
     artifacts = stage.setdefault("artifacts", {})
     for name in names:
         artifacts[name] = fingerprint(os.path.join(stage_dir, name))
