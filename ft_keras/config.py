@@ -322,7 +322,8 @@ class ExperimentConfig:
             `"default"`, `"mirrored"` or `"multi_worker"`. The `--strategy`
             flag sets it.
         checkpoint_every: `"epoch"` or a number of steps between the
-            `BackupAndRestore` checkpoints that make stages resumable.
+            checkpoints that make stages resumable
+            (`ft_keras.checkpoint.ResumableCheckpoint`).
         representative_batches: Batches of training images used to calibrate
             the int8 TFLite export.
         validate: Evaluate on the test split after every epoch.
