@@ -16,7 +16,8 @@ Which parts run on which Keras backend (`KERAS_BACKEND`):
 - TensorFlow only: the experiment runner and its parts, each imported on
   its own (`from ft_keras import data`): `ft_keras.data`,
   `ft_keras.prepare_data`, `ft_keras.distribute`, `ft_keras.config`,
-  `ft_keras.experiment`, `ft_keras.train`, `ft_keras.evaluate`,
+  `ft_keras.experiment`, `ft_keras.stages` (its table is plain data),
+  `ft_keras.checkpoint`, `ft_keras.train`, `ft_keras.evaluate`,
   `ft_keras.cli` and `ft_keras.export` (tf.data pipelines, `tf.distribute`
   strategies, SavedModel / TFLite export).
 

@@ -183,14 +183,14 @@ def test_runner_checks_once_per_run_and_never_in_a_dry_run(monkeypatch):
     monkeypatch.setattr(precision, "measure_speedup", measured)
     settings = types.SimpleNamespace(experiment=config.ExperimentConfig(
         precision="mixed_bfloat16", precision_check="fallback"))
-    dry = types.SimpleNamespace(settings=settings, dry_run=True)
-    with experiment.Experiment._precision(dry):
+    dry = types.SimpleNamespace(settings=settings, dry_run=True, policy=None)
+    with experiment.Experiment.precision(dry):
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     assert calls == []
 
-    run = types.SimpleNamespace(settings=settings, dry_run=False)
+    run = types.SimpleNamespace(settings=settings, dry_run=False, policy=None)
     for _ in range(2):
-        with experiment.Experiment._precision(run):
+        with experiment.Experiment.precision(run):
             assert keras.mixed_precision.global_policy().name == "float32"
     assert calls == ["mixed_bfloat16"]
     assert keras.mixed_precision.global_policy().name == "float32"

@@ -286,7 +286,7 @@ def test_a_refused_config_leaves_a_workdir_as_it_was_and_the_fixed_rerun_resumes
     again = ft_experiment.Experiment(
         workdir, dry_run=True,
         settings=settings(stages=("teacher", "paraphraser", "student")))
-    assert again._done("student", "model.keras")
+    assert again.workdir.done("student", "model.keras")
     again.close()
 
 

@@ -46,9 +46,12 @@ class Stage:
             methods have (the paraphraser and the translator).
         needs_factor_transfer: Whether the stage applies only to the
             methods that pre-train a paraphraser.
+        function: `"module:function"` that runs it, given the running
+            `Experiment` (imported only when the stage runs).
     """
 
     name: str
+    function: str = None
     scope: str = None
     reads: tuple = ()
     writes: tuple = ()
@@ -80,9 +83,11 @@ class Stage:
 
 
 STAGES = (
-    Stage("teacher", scope="teacher", writes=("model.keras",)),
+    Stage("teacher", "ft_keras.stages.train:teacher", scope="teacher",
+          writes=("model.keras",)),
     Stage(
         "paraphraser",
+        "ft_keras.stages.train:paraphraser",
         scope="paraphraser",
         reads=(("teacher", "model.keras"),),
         writes=("paraphraser.keras",),
@@ -90,6 +95,7 @@ STAGES = (
     ),
     Stage(
         "student",
+        "ft_keras.stages.train:student",
         scope="student",
         reads=(("teacher", "model.keras"), ("paraphraser", "paraphraser.keras")),
         writes=("translator.keras", "model.keras"),
@@ -98,15 +104,24 @@ STAGES = (
             "translator.keras",
         ),
     ),
-    Stage("baseline", scope="student", writes=("model.keras",)),
-    Stage("evaluate"),
-    Stage("export", reads=(("student", "model.keras"),)),
+    Stage("baseline", "ft_keras.stages.train:baseline", scope="student",
+          writes=("model.keras",)),
+    Stage("evaluate", "ft_keras.stages.evaluate:run"),
+    Stage("export", "ft_keras.stages.export:run", reads=(("student", "model.keras"),)),
 )
 NAMES = tuple(stage.name for stage in STAGES)
 # Stage name -> the gin scope of its `training` and `network`.
 SCOPES = {stage.name: stage.scope for stage in STAGES if stage.trains}
 # The networks the evaluate stage scores: each training stage's model.keras.
 EVALUATED = ("teacher", "baseline", "student")
+
+
+def function(name):
+    """The function that runs stage `name` (its module imported now)."""
+    import importlib
+
+    module, attribute = get(name).function.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def get(name):

@@ -1,0 +1,58 @@
+"""The `export` stage: the student as SavedModel, LiteRT (float, int8) and
+ONNX files that take raw uint8 images (`ft_keras.export`).
+
+Each function takes the running `ft_keras.experiment.Experiment`.
+"""
+
+import os
+
+from ft_keras import export as ft_export
+from ft_keras import workdir as ft_workdir
+from ft_keras.stages import inputs
+
+
+def representative_images(experiment):
+    """Raw training images (uint8 at the dataset's pixel scale) for int8
+    calibration: the test-time pipeline's output, un-normalised (in a dry
+    run, of the synthetic data)."""
+    cfg = experiment.settings.dataset
+    batches = experiment.settings.experiment.representative_batches
+    # Not cached: a cache read in part warns and is thrown away.
+    pipeline = inputs.dataset(experiment, training=False, split=cfg.train_split, cache=False)
+    return ft_export.raw_images(
+        pipeline.take(batches),
+        *ft_export.normalization(cfg.name, cfg.eval_options),
+        count=batches * cfg.eval_batch_size,
+    )
+
+
+def run(experiment):
+    """Exports the student into `<workdir>/export/` (the chief only) and
+    records the files in results.json."""
+    if not experiment.is_chief:
+        return
+    student = experiment.load(
+        experiment.workdir.require("student", "model.keras"), compile=False)
+    paths = ft_export.export_for_dataset(
+        student,
+        experiment.settings.dataset.name,
+        experiment.workdir.path("export"),
+        representative=representative_images(experiment),
+        eval_options=experiment.settings.dataset.eval_options,
+    )
+    experiment.workdir.update_results(export=paths)
+    if experiment.dry_run:
+        names = ", ".join(sorted(os.path.basename(p) for p in paths.values()))
+        print(
+            f"[ft_keras] dry run: stage export: wrote {names} (in the "
+            "temporary workdir, removed at the end)",
+            flush=True,
+        )
+        return
+    results = ft_workdir.read_json(experiment.workdir.output("results.json"))
+    suspect = (
+        " (the student tests at chance: see the warning of the evaluate stage)"
+        if "student" in results.get("warnings", {})
+        else ""
+    )
+    print(f"[ft_keras] exported to {experiment.workdir.path('export')}{suspect}", flush=True)

@@ -1,0 +1,327 @@
+"""One stage's `fit`, resumable exactly: the callbacks every stage gets,
+the optimizer of its gin scope, and the resume from the stage's checkpoint
+on the same data the uninterrupted run saw there (`ft_keras.checkpoint`).
+
+Each function but `stage_callbacks` takes the running
+`ft_keras.experiment.Experiment`.
+"""
+
+import os
+import random
+import shutil
+import sys
+
+import keras
+
+from ft_keras import _keras_resume
+from ft_keras import callbacks as ft_callbacks
+from ft_keras import checkpoint as ft_checkpoint
+from ft_keras import config
+from ft_keras import distribute
+from ft_keras import preemption
+from ft_keras import workdir as ft_workdir
+from ft_keras._validation import ConfigurationError
+from ft_keras.stages import inputs
+from ft_keras.stages import networks
+
+
+def save_stage(experiment, stage, artifacts):
+    """Saves a finished stage's `{file name: model}` into the workdir
+    (`RunWorkdir.save`), with Python's random state after the stage in its
+    stage.json (`align_python_random`)."""
+
+    def python_random():
+        state = random.getstate()
+        return {
+            "python_random": {
+                "stages": list(experiment.stages),
+                "state": [state[0], list(state[1]), state[2]],
+            }
+        }
+
+    experiment.workdir.save(stage, artifacts, extra=python_random)
+
+
+def _skip_iterations(dataset, count):
+    """Creates and drops `count` iterators of `dataset`. Each draws the
+    next epoch's shuffle order and augmentation seeds (the seed generators
+    of `shuffle(reshuffle_each_iteration=True)` and `Dataset.random`), and
+    none reads an element, so this costs milliseconds per epoch skipped."""
+    for _ in range(count):
+        iter(dataset)
+
+
+def stage_callbacks(stage, stage_dir, checkpoint_every="epoch", metadata=None,
+                    delete_on_end=True):
+    """The callbacks of every stage: a stop on NaN/inf losses that keeps the
+    last good checkpoint, exact, crash-safe checkpoints in
+    `stage_dir/backup` (`ft_keras.checkpoint.ResumableCheckpoint`), a CSV of
+    per-epoch metrics that continues on resume (after the checkpoint, which
+    records each epoch's row once it is written) and TensorBoard logs.
+
+    Args:
+        stage: The stage's name, for messages.
+        stage_dir: Its directory.
+        checkpoint_every: `"epoch"`, or a number of steps between
+            checkpoints (`experiment.checkpoint_every`).
+        metadata: A dict saved with each checkpoint (the runner's position
+            in the training data).
+        delete_on_end: Delete the checkpoints when `fit` ends; the runner
+            deletes them once the stage's artifacts are saved instead.
+    """
+    log = os.path.join(stage_dir, "log.csv")
+    return [
+        ft_callbacks.StopOnNonFiniteLoss(stage),
+        ft_checkpoint.ResumableCheckpoint(
+            os.path.join(stage_dir, "backup"),
+            save_freq=checkpoint_every,
+            name=f"stage {stage}",
+            csv_log=log,
+            metadata=metadata,
+            delete_on_end=delete_on_end,
+        ),
+        keras.callbacks.CSVLogger(log, append=True),
+        keras.callbacks.TensorBoard(os.path.join(stage_dir, "tensorboard")),
+    ]
+
+
+def optimizer(experiment, scope):
+    try:
+        experiment.settings.check_weight_decay(scope)
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from None
+    return experiment.settings.training[scope].build_optimizer(experiment.steps_per_epoch)
+
+
+def fit(experiment, stage, model, epochs, validation_data=None):
+    """Trains `model` for `epochs`, resuming exactly from the stage's
+    checkpoint if it has one (`_resume_fit`), and writes its stage.json."""
+    stage_dir = experiment.workdir.output(stage)
+    os.makedirs(stage_dir, exist_ok=True)
+    if not experiment.is_chief and os.path.isdir(experiment.workdir.path(stage, "backup")):
+        # Resume from the chief's checkpoint, like every worker; its
+        # log.csv too, which decides which checkpoint is complete.
+        shutil.copytree(
+            experiment.workdir.path(stage, "backup"),
+            os.path.join(stage_dir, "backup"),
+            dirs_exist_ok=True,
+        )
+        if os.path.exists(experiment.workdir.path(stage, "log.csv")):
+            shutil.copyfile(
+                experiment.workdir.path(stage, "log.csv"), os.path.join(stage_dir, "log.csv")
+            )
+    start = data_start(experiment, stage)
+    throughput = ft_callbacks.Throughput(experiment.global_batch, experiment.steps_per_epoch)
+    callbacks = stage_callbacks(
+        stage,
+        stage_dir,
+        experiment.settings.experiment.checkpoint_every,
+        metadata={"data_start": start},
+        delete_on_end=False,
+    ) + [throughput]
+    if validation_data is not None and not experiment.dry_run:
+        callbacks.append(
+            ft_callbacks.ChanceAccuracyWarning(
+                experiment.num_classes, metric="top1", name=f"{stage} stage's network"
+            )
+        )
+    if experiment.dry_run:
+        # Random images and a two-step teacher (its BatchNorm statistics
+        # barely moved) can overflow: the dry run checks the wiring, not
+        # the numbers. Two steps run faster eagerly than traced.
+        callbacks = [
+            c
+            for c in callbacks
+            if not isinstance(c, ft_callbacks.StopOnNonFiniteLoss)
+        ]
+        model.run_eagerly = True
+        history = model.fit(
+            experiment.train_ds,
+            epochs=1,
+            steps_per_epoch=inputs.DRY_RUN_STEPS,
+            validation_data=validation_data,
+            callbacks=callbacks,
+            shuffle=False,  # the pipeline shuffles
+            verbose=0,
+        )
+        print(dry_run_line(experiment, stage, epochs, history), flush=True)
+        wall, end = throughput.wall_time, None
+    else:
+        wall, end = resume_fit(experiment,
+            stage, model, epochs, validation_data, callbacks, start
+        )
+    info = distribute.task_info(experiment.strategy)
+    if info.num_workers > 1:
+        print(
+            f"[ft_keras] {info.task_type} {info.task_id}: stage {stage} "
+            f"weights {distribute.weights_fingerprint(model)}",
+            flush=True,
+        )
+    ft_workdir.write_json(
+        os.path.join(stage_dir, ft_workdir.STAGE_FILE),
+        {
+            "wall_time_s": wall,
+            "images_per_second": throughput.images_per_second,
+            "epochs_run": len(throughput.epoch_seconds),
+            "epochs": epochs,
+            "replicas": experiment.replicas,
+            "global_batch_size": experiment.global_batch,
+            # Where the training data stream stood after this stage, in
+            # the run of these stages (`_data_start`).
+            "data_iterations": end,
+            "data_stages": list(experiment.stages),
+        },
+    )
+
+
+def resume_fit(experiment, stage, model, epochs, validation_data, callbacks, start):
+    """Fits from the stage's checkpoint position on the same data the
+    uninterrupted run saw there; returns `(wall time, data iterations
+    after the stage)`.
+
+    The training data are a pure function of the seed and the number of
+    iterators created on the dataset before (each draws the next shuffle
+    order and augmentation seeds): the stage started at iterator `start`
+    and `fit` creates `_keras_resume.fit_peeks(model)`, then
+    `ITERATORS_PER_EPOCH` per epoch, the first of them the epoch's.
+    A mid-epoch checkpoint after `step` batches of `epoch` fits
+    that epoch first on a fresh copy of the pipeline, brought to the
+    same iterator, without those batches.
+    """
+    checkpoint = next(
+        c for c in callbacks if isinstance(c, ft_checkpoint.ResumableCheckpoint)
+    )
+    restored = checkpoint.restored_metadata
+    if restored and "data_start" in restored:
+        start = restored["data_start"]
+        checkpoint.metadata["data_start"] = start
+    position = checkpoint.position
+    resumed = (
+        f", resumed at epoch {position.epoch + 1}, step {position.step}"
+        if position != (0, 0)
+        else ""
+    )
+    print(f"[ft_keras] stage {stage}: {epochs} epochs{resumed}", flush=True)
+    peeks = _keras_resume.fit_peeks(model)
+    per_epoch = _keras_resume.ITERATORS_PER_EPOCH
+    epoch, segments = position.epoch, []
+    if position.step:
+        partial = inputs.dataset(experiment, training=True)
+        _skip_iterations(partial, start + per_epoch * epoch)
+        segments.append((partial.skip(position.step), epoch, epoch + 1))
+        epoch += 1
+    if epoch < epochs or not segments:
+        data = train_data_at(experiment, start + per_epoch * epoch)
+        segments.append((data, epoch, epochs))
+        experiment.data_used += peeks + per_epoch * (epochs - epoch)
+    throughput = next(
+        c for c in callbacks if isinstance(c, ft_callbacks.Throughput)
+    )
+    wall = 0.0
+    for dataset, first, last in segments:
+        with preemption.deferred():
+            model.fit(
+                dataset,
+                initial_epoch=first,
+                epochs=last,
+                validation_data=validation_data,
+                callbacks=callbacks,
+                shuffle=False,  # the pipeline shuffles
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+        wall += throughput.wall_time
+    return wall, start + peeks + per_epoch * epochs
+
+
+def data_start(experiment, stage):
+    """The number of training-data iterators created before `stage` in
+    an uninterrupted run of these stages: where the last earlier stage
+    of this stage list left the stream (its stage.json), else 0."""
+    start = 0
+    order = list(experiment.stages)
+    for earlier in order[: order.index(stage)] if stage in order else ():
+        for path in (experiment.workdir.output(earlier, ft_workdir.STAGE_FILE),
+                     experiment.workdir.path(earlier, ft_workdir.STAGE_FILE)):
+            if os.path.exists(path):
+                record = ft_workdir.read_json(path)
+                if record.get("data_stages") == list(experiment.stages):
+                    start = max(start, record.get("data_iterations") or 0)
+                break
+    return start
+
+
+def train_data_at(experiment, index):
+    """`train_ds` with `index` iterators created on it (it is built
+    again if more were)."""
+    used = experiment.data_used
+    if used > index:
+        experiment.train_ds, used = inputs.dataset(experiment, training=True), 0
+    _skip_iterations(experiment.train_ds, index - used)
+    experiment.data_used = index
+    return experiment.train_ds
+
+
+def dry_run_line(experiment, stage, epochs, history):
+    """What the real run of `stage` would do, and how the dry run went."""
+    opt = experiment.settings.training[config.STAGE_SCOPES[stage]]
+    steps = experiment.steps_per_epoch
+    known = experiment.train_examples is not None
+    per_epoch = (
+        f"{steps:,} steps"
+        if known
+        else "? steps (split size unknown " "until the dataset is prepared)"
+    )
+    schedule = f"{opt.optimizer} lr {opt.learning_rate:g} {opt.schedule}"
+    if opt.schedule == "step" and opt.boundaries:
+        at = [b * steps for b in opt.boundaries]
+        schedule += f", x{opt.decay:g} at steps {at}"
+    if opt.warmup_epochs:
+        schedule += f", warm-up {int(opt.warmup_epochs * steps)} steps"
+    if opt.weight_decay:
+        schedule += (
+            f", weight decay {opt.weight_decay:g} " f"{opt.weight_decay_mode}"
+        )
+    logs = {k: v[-1] for k, v in history.history.items()}
+    ran = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if k.endswith("loss"))
+    shape = "x".join(str(d) for d in experiment.input_shape)
+    return (
+        f"[ft_keras] dry run: stage {stage}: {epochs} epochs x "
+        f"{per_epoch} at global batch {experiment.global_batch}"
+        f"{f' = {epochs * steps:,} steps' if known else ''}; {schedule}. "
+        f"Ran {inputs.DRY_RUN_STEPS} steps at batch "
+        f"{inputs.DRY_RUN_BATCH * experiment.replicas} on synthetic {shape} data: "
+        f"{ran or 'ok'}"
+    )
+
+
+def align_python_random(experiment, stage):
+    """Sets Python's `random` state, from which Keras draws the seed of
+    every new layer's initializer, to the uninterrupted run's at the
+    start of `stage`: what the nearest earlier training stage of these
+    stages recorded when it finished (`_save`). A rerun that skipped it
+    as done, or loaded a network the uninterrupted run had in memory,
+    would otherwise initialise every later network differently. In an
+    uninterrupted run the state is already that one."""
+    order = list(experiment.stages)
+    record = None
+    for earlier in reversed(order[: order.index(stage)]):
+        if earlier not in experiment.ARTIFACTS:
+            return  # evaluate or export in between: nothing recorded
+        path = experiment.workdir.path(earlier, ft_workdir.STAGE_FILE)
+        if os.path.exists(path):
+            # Ran (or runs) but recorded nothing: do not guess further.
+            record = ft_workdir.read_json(path).get("python_random")
+            break
+    if record is None or record["stages"] != order:
+        return
+    if (
+        stage in ("paraphraser", "student")
+        and not experiment.teacher_loaded
+        and not experiment.workdir.done(stage, experiment.ARTIFACTS[stage][-1])
+        and experiment.workdir.done("teacher", "model.keras")
+    ):
+        # Loading draws seeds too: load now, as the uninterrupted run
+        # held the teacher in memory.
+        networks.trained_teacher(experiment)
+    version, internal, gauss = record["state"]
+    random.setstate((version, tuple(internal), gauss))

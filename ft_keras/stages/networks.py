@@ -1,0 +1,184 @@
+"""The run's networks: built from `teacher/network` and
+`student/network`, their BatchNormalization suited to the stage, the taps
+checked, a teacher loaded from `experiment.teacher_checkpoint`.
+
+Each function takes the running `ft_keras.experiment.Experiment`.
+"""
+
+import os
+
+from ft_keras import distribute
+from ft_keras import models
+from ft_keras import terms as ft_terms
+from ft_keras._validation import ConfigurationError
+
+
+def build(experiment, role):
+    net = experiment.settings.network[role]
+    kwargs = dict(net.kwargs)
+    momentum = kwargs.pop("bn_momentum", None)
+    check_inherited_arguments(experiment, role)
+    try:
+        model = models.get(
+            net.name,
+            model_name=role,
+            num_classes=experiment.num_classes,
+            input_shape=experiment.input_shape,
+            bn_momentum=momentum,
+            **kwargs,
+        )
+    except ValueError as e:
+        raise ConfigurationError(f"`{role}/network`: {e}") from None
+    if momentum is None:
+        suit_bn_momentum(experiment, role, model)
+    return model
+
+
+def check_inherited_arguments(experiment, role):
+    """Refuses an argument bound for every network (`network.x`) that
+    this role's network does not take, with the binding that clears it."""
+    net = experiment.settings.network[role]
+    set_kwargs = {k: v for k, v in net.kwargs.items() if k in net.inherited}
+    for key in models.unsupported_arguments(net.name, set_kwargs):
+        hint = (
+            f", and decay it with `{role}/training.weight_decay`"
+            if key == "weight_decay"
+            else ""
+        )
+        raise ConfigurationError(
+            f"`network.{key} = {net.kwargs[key]!r}` is bound for every "
+            f"network, but the {role} {net.name!r} takes no `{key}`: "
+            f"clear it for this network with `{role}/network.{key} = "
+            f"None`{hint}."
+        )
+
+
+def suit_bn_momentum(experiment, role, model):
+    """Caps the BatchNormalization momentum of a network this run trains
+    so that its moving statistics follow the stage
+    (`ft_keras.models.batch_norm`); says so once when it changes any."""
+    steps = experiment.settings.training[role].epochs * experiment.steps_per_epoch
+    cap = models.suited_bn_momentum(steps)
+    changed = models.set_bn_momentum(model, cap, at_most=True)
+    if changed and role not in experiment.bn_noted:
+        experiment.bn_noted.add(role)
+        was = ", ".join(
+            f"{count} at {momentum:g}" for momentum, count in changed.items()
+        )
+        print(
+            f"[ft_keras] {role}: BatchNormalization momentum {cap:.4g} "
+            f"({was} before), so that its moving statistics follow a "
+            f"{steps:,}-step stage; `{role}/network.bn_momentum` sets it.",
+            flush=True,
+        )
+
+
+def tap_shape(experiment, model, role, layer):
+    names = [l.name for l in model.layers]
+    if layer not in names:
+        raise ConfigurationError(
+            f"`factor_transfer.{role}_layer`={layer!r} is not a layer of "
+            f"the {role} {experiment.settings.network[role].name!r}. Its feature taps: "
+            f"{models.feature_taps(model)}"
+        )
+    return tuple(model.get_layer(layer).output.shape)
+
+
+def connectors(experiment):
+    ft = experiment.settings.factor_transfer
+    teacher_map = tap_shape(experiment, experiment.teacher, "teacher", ft.teacher_layer)
+    return ft.connectors(teacher_map[-1])
+
+
+def check_taps(experiment):
+    ft = experiment.settings.factor_transfer
+    paraphraser, translator = connectors(experiment)
+    try:
+        ft_terms.check_factor_shapes(
+            ft.teacher_layer,
+            tap_shape(experiment, experiment.teacher, "teacher", ft.teacher_layer),
+            paraphraser,
+            ft.student_layer,
+            tap_shape(experiment, experiment.student, "student", ft.student_layer),
+            translator,
+            ft.factor,
+        )
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from None
+
+
+def load_teacher_checkpoint(experiment, checkpoint):
+    if not os.path.exists(checkpoint):
+        raise ConfigurationError(
+            f"Teacher checkpoint not found: {checkpoint} (set "
+            "`experiment.teacher_checkpoint` to a .keras model, the "
+            ".weights.h5 weights of `teacher/network` or a PyTorch "
+            "state_dict (.pth, .pt) of its layout, or to None to train "
+            "the teacher)."
+        )
+    try:
+        if checkpoint.endswith(".keras"):
+            # A teacher saved under another precision computes in this
+            # run's (`experiment.precision`, or float32 on a fallback).
+            teacher = experiment.load(checkpoint)
+            with distribute.scope(experiment.strategy):
+                teacher = models.with_dtype_policy(teacher, experiment.policy)
+        elif checkpoint.endswith(models.torch_import.SUFFIXES):
+            # Trained in PyTorch: `teacher/network` built here, its
+            # weights read from the state_dict (ft_keras.models.torch_import).
+            with distribute.scope(experiment.strategy):
+                layout = models.load_torch_weights(experiment.teacher, checkpoint)
+            print(
+                f"[ft_keras] teacher: {layout} weights from {checkpoint}",
+                flush=True,
+            )
+            teacher = experiment.teacher
+        else:
+            with distribute.scope(experiment.strategy):
+                experiment.teacher.load_weights(checkpoint)
+            teacher = experiment.teacher
+    except ImportError as e:  # torch, for a PyTorch checkpoint
+        raise ConfigurationError(f"Teacher checkpoint {checkpoint}: {e}") from None
+    except Exception as e:  # Keras raises several types on mismatch.
+        raise ConfigurationError(
+            f"Teacher checkpoint {checkpoint} does not match the teacher "
+            f"network {experiment.settings.network['teacher'].name!r}: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    expected = (None,) + tuple(experiment.input_shape)
+    if (
+        tuple(teacher.input_shape) != expected
+        or teacher.output_shape[-1] != experiment.num_classes
+    ):
+        raise ConfigurationError(
+            f"Teacher checkpoint {checkpoint} does not match the data: "
+            f"it takes {tuple(teacher.input_shape)} and gives "
+            f"{teacher.output_shape[-1]} classes; the dataset "
+            f"{experiment.settings.dataset.name!r} needs {expected} and "
+            f"{experiment.num_classes} classes."
+        )
+    tap_shape(experiment, teacher, "teacher", experiment.settings.factor_transfer.teacher_layer)
+    return teacher
+
+
+def calibrate_batchnorm(experiment, model):
+    """Dry run only: after two steps a network's BatchNorm moving
+    statistics are still about (0, 1), so in inference mode a deep
+    teacher's activations grow layer after layer and overflow the
+    stages that use it. Setting them to one synthetic batch's statistics
+    keeps the dry run's numbers finite; the real run never does this."""
+    norms = models.batch_norm.batch_norm_layers(model)
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    images, _ = next(iter(experiment.train_ds))
+    model(images, training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+
+
+def trained_teacher(experiment):
+    if not experiment.teacher_loaded:
+        experiment.teacher = experiment.load(experiment.workdir.require("teacher", "model.keras"))
+        experiment.teacher_loaded = True
+    return experiment.teacher

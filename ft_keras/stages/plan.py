@@ -1,0 +1,49 @@
+"""The stage plan, checked before any work: what each enabled stage
+reads (the stage table, `ft_keras.stages`) is made by an enabled stage or
+held by the workdir, and each training stage's optimizer can be built.
+"""
+
+from ft_keras import distribute
+from ft_keras import stages as ft_stages
+from ft_keras._validation import ConfigurationError
+from ft_keras.stages import fit
+
+
+def check(experiment):
+    """Refuses, before any work, stages that cannot run: one that needs
+    an artifact no enabled stage makes and the workdir does not hold,
+    a stage whose optimizer cannot be built, and an artifact of a
+    finished stage that is missing, truncated or changed."""
+    for stage, names in experiment.ARTIFACTS.items():
+        for name in names:
+            experiment.workdir.done(stage, name)
+    enabled = set(experiment.stages)
+    method = experiment.settings.distillation.method
+    checkpoint = experiment.settings.experiment.teacher_checkpoint
+    plan = [ft_stages.get(name) for name in experiment.stages]
+    plan = [stage for stage in plan if stage.applies_to(method)]
+    for stage in plan:
+        for need, artifact in stage.reads_for(method):
+            if need in enabled or experiment.workdir.done(need, artifact):
+                continue
+            if need == "teacher" and checkpoint:
+                continue
+            hint = " or set `experiment.teacher_checkpoint`" if need == "teacher" else ""
+            raise ConfigurationError(
+                f"Stage {stage.name!r} (distillation.method={method!r}) "
+                f"needs the {need} stage's {need}/{artifact}, which no "
+                f"enabled stage makes and {experiment.workdir} does not hold: "
+                f"add {need!r} to `experiment.stages`{hint}. "
+                f"Received: stages={list(experiment.stages)}"
+            )
+    for stage in plan:
+        if not stage.trains or (stage.name == "teacher" and checkpoint):
+            continue
+        try:
+            with distribute.scope(experiment.strategy):
+                fit.optimizer(experiment, stage.scope)
+        except ValueError as e:
+            raise ConfigurationError(
+                f"Stage {stage.name!r} cannot train with "
+                f"`{stage.scope}/training`: {e}"
+            ) from None
