@@ -282,15 +282,33 @@ def test_throughput_vs_pytorch_prints_alternating_rounds_and_ratios():
     assert "bfloat16 / float32, same round: ft_keras" in out
 
 
-def test_throughput_overhead_rounds_alternate_kinds_and_take_the_median():
+def test_throughput_overhead_rounds_alternate_kinds_and_take_the_median(
+        monkeypatch, capsys):
+    import argparse
     import re
     import subprocess
 
-    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--pairs", "resnet20:resnet20",
-         "--rounds", "2", "--steps", "1", "--repeats", "1", "--batch", "4"],
-        check=True, capture_output=True, text=True, timeout=900).stdout
+    import throughput
+
+    # Every kind's real measurement, in this process instead of one fresh
+    # process each (a process per kind and round is the script's way to a
+    # steady ratio; the vs_pytorch test runs real child processes).
+    order = []
+
+    def measured_here(command):
+        child = command[command.index("--_child") + 1]
+        kind, teacher, student, steps = child.split(",")
+        order.append(kind)
+        return throughput.measure(kind, teacher, student, batch=4,
+                                  steps=int(steps), repeats=1, xla=False,
+                                  mixed_precision=None, profile=None)
+
+    monkeypatch.setattr(throughput, "_child_result", measured_here)
+    args = argparse.Namespace(batch=4, steps=1, repeats=1, xla=False,
+                              mixed_precision=None, profile=None, rounds=2)
+    throughput.overhead(args, "resnet20:resnet20")
+    out = capsys.readouterr().out
+    assert order == list(throughput.KINDS) * 2  # the kinds alternate
     rounds = [float(m) for m in re.findall(
         r"round \d: .* img/s, overhead ratio ([\d.]+)", out)]
     assert len(rounds) == 2
@@ -304,6 +322,7 @@ def test_throughput_overhead_rounds_alternate_kinds_and_take_the_median():
                                                    abs=1e-3)
     assert "the ratio if (d) cost just its parts" in out
 
+    script = pathlib.Path(throughput.__file__)
     bad = subprocess.run([sys.executable, str(script), "--rounds", "0"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--rounds must be at least 1, got 0" in bad.stderr

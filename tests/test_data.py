@@ -1,11 +1,12 @@
-"""Input pipelines: TFDS (via `tfds.testing.mock_data`), digits, offline."""
+"""Input pipelines: TFDS datasets prepared for real (tiny CIFAR archives
+and ImageNet manual downloads, read through TFDS with `data_dir=`), digits,
+offline."""
 
 import dataclasses
 import os
 import socket
 import tempfile
 import threading
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -18,16 +19,31 @@ from ft_keras import data
 from ft_keras.data import availability
 from ft_keras.data import transforms
 
+import _datasets
+
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
-NUM_MOCK = 100
+NUM_TRAIN = NUM_TEST = 100  # examples per split of the tiny CIFARs
 
 
-@pytest.fixture
-def mock_tfds():
-    """The real `builder.as_dataset` path, on generated examples."""
-    with tfds.testing.mock_data(num_examples=NUM_MOCK):
-        yield
+@pytest.fixture(scope="module")
+def prepared_cifar(tmp_path_factory):
+    """Tiny `cifar10` and `cifar100` (NUM_TRAIN train, NUM_TEST test
+    examples of random pixels) prepared once from CIFAR python archives by
+    `ft_keras.data.prepare`; returns `(data_dir, {name: {split: (images,
+    labels)}})`, the arrays in file order."""
+    root = tmp_path_factory.mktemp("cifar")
+    data_dir = str(root / "tfds")
+    sources = _datasets.prepare_cifar(
+        data_dir, str(root / "src"), NUM_TRAIN, NUM_TEST
+    )
+    return data_dir, sources
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(prepared_cifar):
+    """The TFDS `data_dir` holding the prepared tiny CIFARs."""
+    return prepared_cifar[0]
 
 
 def batches(ds, n=None):
@@ -35,9 +51,9 @@ def batches(ds, n=None):
     return [(x.numpy(), y.numpy()) for x, y in ds]
 
 
-def raw_examples(name, split="train"):
-    """The mocked uint8 images and labels, read straight from TFDS."""
-    ds = tfds.load(name, split=split, as_supervised=True)
+def raw_examples(name, data_dir, split="train"):
+    """The prepared uint8 images and labels, read straight from TFDS."""
+    ds = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir)
     images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
     return np.stack(images), np.array(labels)
 
@@ -151,13 +167,21 @@ def test_autotune_is_off_unless_asked_for(training):
 
 
 # --------------------------------------------------------------------------
-# CIFAR through the real TFDS code path (mocked examples).
+# CIFAR through the real TFDS code path (tiny prepared datasets).
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_cifar_eval_is_pytorch_to_tensor_then_normalize(mock_tfds, name):
-    raw_images, raw_labels = raw_examples(name, "test")
-    ds = data.build_dataset(name, "test", batch_size=32, training=False)
+def test_cifar_eval_is_pytorch_to_tensor_then_normalize(prepared_cifar, name):
+    cifar_dir, sources = prepared_cifar
+    raw_images, raw_labels = raw_examples(name, cifar_dir, "test")
+    # TFDS holds exactly the examples of the archive (in its own order).
+    source_images, source_labels = sources[name]["test"]
+    assert sorted(zip(map(bytes, raw_images), raw_labels.tolist())) == sorted(
+        zip(map(bytes, source_images), source_labels.tolist())
+    )
+    ds = data.build_dataset(
+        name, "test", batch_size=32, training=False, data_dir=cifar_dir
+    )
     (images, labels), *_ = batches(ds)
     assert images.shape == (32, 32, 32, 3) and images.dtype == np.float32
     assert labels.dtype == np.int32
@@ -173,16 +197,18 @@ def test_cifar_eval_is_pytorch_to_tensor_then_normalize(mock_tfds, name):
     assert images.max() <= ((1 - mean) / std).max() + 1e-5
 
 
-def test_cifar_eval_pipeline_is_identical_across_iterations(mock_tfds):
-    ds = data.build_dataset("cifar10", "test", batch_size=16, training=False)
+def test_cifar_eval_pipeline_is_identical_across_iterations(cifar_dir):
+    ds = data.build_dataset(
+        "cifar10", "test", batch_size=16, training=False, data_dir=cifar_dir
+    )
     first, second = batches(ds), batches(ds)
     for (x1, y1), (x2, y2) in zip(first, second, strict=True):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
 
 
-def test_cifar_train_is_pad4_crop_flip_of_the_eval_image(mock_tfds):
-    kwargs = dict(batch_size=20, seed=3, deterministic=True)
+def test_cifar_train_is_pad4_crop_flip_of_the_eval_image(cifar_dir):
+    kwargs = dict(batch_size=20, seed=3, deterministic=True, data_dir=cifar_dir)
     (train, _), *_ = batches(
         data.build_dataset(
             "cifar10", "train", training=True, shuffle_buffer=0, **kwargs
@@ -209,7 +235,7 @@ def test_cifar_train_is_pad4_crop_flip_of_the_eval_image(mock_tfds):
         assert any(np.allclose(t, c, atol=1e-6) for c in candidates)
 
 
-def test_cifar_train_is_repeatable_with_deterministic_and_seed(mock_tfds):
+def test_cifar_train_is_repeatable_with_deterministic_and_seed(cifar_dir):
     def first_two(seed):
         return batches(
             data.build_dataset(
@@ -219,6 +245,7 @@ def test_cifar_train_is_repeatable_with_deterministic_and_seed(mock_tfds):
                 training=True,
                 deterministic=True,
                 seed=seed,
+                data_dir=cifar_dir,
             ),
             2,
         )
@@ -230,7 +257,7 @@ def test_cifar_train_is_repeatable_with_deterministic_and_seed(mock_tfds):
     assert any(not np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
 
 
-def test_cifar_train_draws_new_augmentation_each_epoch(mock_tfds):
+def test_cifar_train_draws_new_augmentation_each_epoch(cifar_dir):
     ds = data.build_dataset(
         "cifar10",
         "train",
@@ -238,6 +265,7 @@ def test_cifar_train_draws_new_augmentation_each_epoch(mock_tfds):
         training=True,
         deterministic=True,
         seed=1,
+        data_dir=cifar_dir,
     )
     first, second = batches(ds), batches(ds)
     assert any(
@@ -245,32 +273,38 @@ def test_cifar_train_draws_new_augmentation_each_epoch(mock_tfds):
     )
 
 
-def test_global_batch_size_and_drop_remainder(mock_tfds):
+def test_global_batch_size_and_drop_remainder(cifar_dir):
+    kwargs = dict(batch_size=32, data_dir=cifar_dir)
     train = batches(
-        data.build_dataset("cifar100", "train", batch_size=32, training=True)
+        data.build_dataset("cifar100", "train", training=True, **kwargs)
     )
     assert [x.shape[0] for x, _ in train] == [32, 32, 32]  # 100 // 32, no rest
     test = batches(
-        data.build_dataset("cifar100", "test", batch_size=32, training=False)
+        data.build_dataset("cifar100", "test", training=False, **kwargs)
     )
     assert [x.shape[0] for x, _ in test] == [32, 32, 32, 4]
     kept = batches(
         data.build_dataset(
             "cifar100",
             "train",
-            batch_size=32,
             training=True,
             drop_remainder=False,
+            **kwargs,
         )
     )
-    assert sum(x.shape[0] for x, _ in kept) == NUM_MOCK
-    ds = data.build_dataset("cifar100", "train", batch_size=32, training=True)
+    assert sum(x.shape[0] for x, _ in kept) == NUM_TRAIN
+    ds = data.build_dataset("cifar100", "train", training=True, **kwargs)
     assert ds.element_spec[0].shape.as_list() == [32, 32, 32, 3]
 
 
-def test_repeat_makes_the_dataset_infinite(mock_tfds):
+def test_repeat_makes_the_dataset_infinite(cifar_dir):
     ds = data.build_dataset(
-        "cifar10", "train", batch_size=32, training=True, repeat=True
+        "cifar10",
+        "train",
+        batch_size=32,
+        training=True,
+        repeat=True,
+        data_dir=cifar_dir,
     )
     assert ds.cardinality() == tf.data.INFINITE_CARDINALITY
     assert len(batches(ds, 10)) == 10
@@ -286,7 +320,7 @@ def test_repeat_makes_the_dataset_infinite(mock_tfds):
     ],
 )
 def test_keras_augmentations_shapes_and_soft_labels(
-    mock_tfds, augment, one_hot
+    cifar_dir, augment, one_hot
 ):
     ds = data.build_dataset(
         "cifar10",
@@ -295,6 +329,7 @@ def test_keras_augmentations_shapes_and_soft_labels(
         training=True,
         seed=0,
         augment=augment,
+        data_dir=cifar_dir,
     )
     (images, labels), *_ = batches(ds, 1)
     assert images.shape == (16, 32, 32, 3) and images.dtype == np.float32
@@ -310,6 +345,7 @@ def test_keras_augmentations_shapes_and_soft_labels(
                 batch_size=16,
                 training=False,
                 augment=augment,
+                data_dir=cifar_dir,
             ),
             1,
         )
@@ -319,7 +355,7 @@ def test_keras_augmentations_shapes_and_soft_labels(
         assert labels.shape == (16,) and labels.dtype == np.int32
 
 
-def test_keras_augmentations_are_repeatable_with_deterministic(mock_tfds):
+def test_keras_augmentations_are_repeatable_with_deterministic(cifar_dir):
     def first(seed):
         return batches(
             data.build_dataset(
@@ -330,6 +366,7 @@ def test_keras_augmentations_are_repeatable_with_deterministic(mock_tfds):
                 seed=seed,
                 deterministic=True,
                 augment=["randaugment", "mixup"],
+                data_dir=cifar_dir,
             ),
             1,
         )[0]
@@ -339,7 +376,7 @@ def test_keras_augmentations_are_repeatable_with_deterministic(mock_tfds):
     np.testing.assert_array_equal(ya, yb)
 
 
-def test_keras_cv_augmentations_need_keras_cv(mock_tfds):
+def test_keras_cv_augmentations_need_keras_cv(cifar_dir):
     try:
         import keras_cv  # noqa: F401
     except ImportError:
@@ -350,6 +387,7 @@ def test_keras_cv_augmentations_need_keras_cv(mock_tfds):
                 batch_size=8,
                 training=True,
                 augment=["keras_cv.mixup"],
+                data_dir=cifar_dir,
             )
     else:
         ds = data.build_dataset(
@@ -358,20 +396,43 @@ def test_keras_cv_augmentations_need_keras_cv(mock_tfds):
             batch_size=8,
             training=True,
             augment=["keras_cv.mixup"],
+            data_dir=cifar_dir,
         )
         assert batches(ds, 1)[0][1].shape == (8, 10)
 
 
-def test_imagenet_train_and_eval_crops(mock_tfds):
+def test_imagenet_train_and_eval_crops(tmp_path):
+    """Tiny manual-download archives (JPEGs of several sizes) in
+    `<data_dir>/downloads/manual`: the first `build_dataset` prepares them
+    with TFDS's own builder (`ensure_prepared`), then both recipes crop."""
+    data_dir = str(tmp_path / "tfds")
+    counts = _datasets.write_imagenet_manual(
+        os.path.join(data_dir, "downloads", "manual")
+    )
     train = data.build_dataset(
-        "imagenet2012", "train", batch_size=4, training=True, seed=0
+        "imagenet2012",
+        "train",
+        batch_size=4,
+        training=True,
+        seed=0,
+        data_dir=data_dir,
     )
+    assert tfds.builder("imagenet2012", data_dir=data_dir).is_prepared()
     evaluation = data.build_dataset(
-        "imagenet2012", "validation", batch_size=4, training=False
+        "imagenet2012",
+        "validation",
+        batch_size=4,
+        training=False,
+        data_dir=data_dir,
     )
-    for ds in (train, evaluation):
-        (images, labels), *_ = batches(ds, 1)
-        assert images.shape == (4, 224, 224, 3) and labels.dtype == np.int32
+    assert counts == {"train": 9, "validation": 6}
+    for ds, sizes in ((train, [4, 4]), (evaluation, [4, 2])):
+        got = batches(ds)
+        assert [len(y) for _, y in got] == sizes  # train drops the rest
+        for images, labels in got:
+            assert images.shape[1:] == (224, 224, 3)
+            assert images.dtype == np.float32 and labels.dtype == np.int32
+            assert 0 <= labels.min() and labels.max() < 1000
 
 
 def test_random_resized_crop_window_stays_inside_the_image():
@@ -390,10 +451,15 @@ def test_random_resized_crop_window_stays_inside_the_image():
 # Distribution: the batch size is global.
 
 
-def test_experimental_distribute_dataset_splits_the_global_batch(mock_tfds):
+def test_experimental_distribute_dataset_splits_the_global_batch(cifar_dir):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     ds = data.build_dataset(
-        "cifar10", "train", batch_size=32, training=True, seed=0
+        "cifar10",
+        "train",
+        batch_size=32,
+        training=True,
+        seed=0,
+        data_dir=cifar_dir,
     )
     dist = strategy.experimental_distribute_dataset(ds)
     steps = 0
@@ -405,7 +471,7 @@ def test_experimental_distribute_dataset_splits_the_global_batch(mock_tfds):
             for y in strategy.experimental_local_results(labels)
         )
         steps += 1
-    assert steps == NUM_MOCK // 32
+    assert steps == NUM_TRAIN // 32
 
 
 def test_fit_under_mirrored_strategy_on_digits():
@@ -654,53 +720,26 @@ def test_probe_ok_then_download_failure_is_one_line(monkeypatch):
 
 
 # --------------------------------------------------------------------------
-# A really prepared dataset (TFDS's own CIFAR-10 generator on small fake
-# archives) is read from data_dir without any network access.
-
-
-@pytest.fixture(scope="module")
-def prepared_cifar10(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tfds")
-    extracted = root / "extracted"
-    batches_dir = extracted / "cifar-10-batches-bin"
-    batches_dir.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    records = {}
-    for index, filename in enumerate(
-        [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
-    ):
-        labels = rng.integers(0, 10, size=8, dtype=np.uint8)
-        chw = rng.integers(0, 256, size=(8, 3, 32, 32), dtype=np.uint8)
-        rows = np.concatenate([labels[:, None], chw.reshape(8, -1)], axis=1)
-        (batches_dir / filename).write_bytes(rows.tobytes())
-        records[filename] = (chw.transpose(0, 2, 3, 1), labels)
-    (batches_dir / "batches.meta.txt").write_text(
-        "\n".join(f"class{i}" for i in range(10)) + "\n"
-    )
-    data_dir = str(root / "data")
-    with mock.patch.object(
-        tfds.download.DownloadManager,
-        "download_and_extract",
-        lambda self, url: str(extracted),
-    ):
-        tfds.builder("cifar10", data_dir=data_dir).download_and_prepare()
-    return data_dir, records["test_batch.bin"]
+# A really prepared dataset (TFDS's own CIFAR-10 builder fed with a small
+# archive by `ft_keras.data.prepare`) is read from data_dir without any
+# network access.
 
 
 def test_prepared_dataset_is_read_without_network(
-    prepared_cifar10, monkeypatch
+    prepared_cifar, monkeypatch
 ):
     def no_network(*args, **kwargs):
         raise AssertionError("the network was probed")
 
     monkeypatch.setattr(socket, "create_connection", no_network)
-    data_dir, (test_images, test_labels) = prepared_cifar10
+    data_dir, sources = prepared_cifar
+    test_images, test_labels = sources["cifar10"]["test"]
     assert os.path.isdir(os.path.join(data_dir, "cifar10"))
     ((images, labels),) = batches(
         data.build_dataset(
             "cifar10",
             "test",
-            batch_size=8,
+            batch_size=NUM_TEST,
             training=False,
             data_dir=data_dir,
             download=False,
@@ -711,7 +750,7 @@ def test_prepared_dataset_is_read_without_network(
     order = [
         int(np.argmin(np.abs(expected - x).max(axis=(1, 2, 3)))) for x in images
     ]
-    assert sorted(order) == list(range(8))
+    assert sorted(order) == list(range(NUM_TEST))
     np.testing.assert_allclose(images, expected[order], atol=1e-6)
     np.testing.assert_array_equal(labels, test_labels[order])
     train = batches(
@@ -719,4 +758,4 @@ def test_prepared_dataset_is_read_without_network(
             "cifar10", "train", batch_size=16, training=True, data_dir=data_dir
         )
     )
-    assert [x.shape for x, _ in train] == [(16, 32, 32, 3)] * 2  # 40 // 16
+    assert [x.shape for x, _ in train] == [(16, 32, 32, 3)] * 6  # 100 // 16

@@ -15,6 +15,7 @@ import tensorflow as tf
 from ft_keras import cli
 from ft_keras import config
 from ft_keras import data
+from ft_keras import deployment as ft_deployment
 from ft_keras import experiment as ft_experiment
 from ft_keras import export as ft_export
 from ft_keras.data import image_folder
@@ -440,6 +441,16 @@ def test_every_stage_runs_on_a_folder(folder, in_repo, tmp_path):
     assert ft_export.normalization(
         name, experiment.settings.dataset.eval_options
     ) == data.pixel_normalization(f"image_folder:{root}")
+    # The deployment report on an image folder: each network's float files,
+    # run in their own runtimes on raw images, score its top-1.
+    report = ft_deployment.deployment(tmp_path / "run", latency_runs=2,
+                                      onnx=False)
+    rows = [r for r in report["rows"]
+            if r["file_key"] in ("saved_model", "tflite_float")]
+    assert {r["role"] for r in rows} == {"teacher", "student", "baseline"}
+    for row in rows:
+        assert row["top1"] == pytest.approx(
+            results["evaluation"][row["role"]]["top1"], abs=1e-6), row
 
 
 def test_image_size_option_sizes_the_networks(folder, in_repo, capsys):

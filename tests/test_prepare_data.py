@@ -1,9 +1,7 @@
 """Offline preparation: TFDS's own builders fed with local files."""
 
 import gzip
-import io
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -17,72 +15,18 @@ from ft_keras import data
 from ft_keras.data import availability
 from ft_keras.data import prepare
 
-DEBIAN = prepare.DEBIAN_FASHION_MNIST
-HAVE_DEBIAN = all(
-    os.path.exists(os.path.join(DEBIAN, f"{name}.gz"))
-    for name in prepare._IDX_FILES
-)
-needs_debian = pytest.mark.skipif(
-    not HAVE_DEBIAN,
-    reason=f"needs Debian's dataset-fashion-mnist in {DEBIAN} "
-    "(`apt-get install dataset-fashion-mnist`; .ci/run installs it)",
-)
-
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                 "frog", "horse", "ship", "truck"]
+from _datasets import CIFAR10_NAMES
+from _datasets import CIFAR100_COARSE
+from _datasets import CIFAR100_FINE
+from _datasets import HAVE_DEBIAN
+from _datasets import hwc
+from _datasets import needs_debian
+from _datasets import write_cifar10
+from _datasets import write_cifar100
 
 
 # --------------------------------------------------------------------------
-# Tiny CIFAR archives in both of the official layouts.
-
-
-def cifar_arrays(rng, count, classes):
-    images = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
-    labels = [rng.integers(0, c, size=count) for c in classes]
-    return images, labels
-
-
-def add(tar, name, payload):
-    entry = tarfile.TarInfo(name)
-    entry.size = len(payload)
-    tar.addfile(entry, io.BytesIO(payload))
-
-
-def write_cifar10(path, kind, per_batch=3, seed=0, truncate=False):
-    """A tiny `cifar-10-{kind}.tar.gz` with 5 train batches and one test
-    batch of `per_batch` images; returns the (train, test) images and
-    labels in file order."""
-    rng = np.random.default_rng(seed)
-    batches = [cifar_arrays(rng, per_batch, [10]) for _ in range(6)]
-    with tarfile.open(path, "w:gz") as tar:
-        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-        for name, (images, (labels,)) in zip(names, batches):
-            if kind == "python":
-                payload = pickle.dumps(
-                    {b"data": images, b"labels": labels.tolist(),
-                     b"batch_label": name.encode()})
-                add(tar, f"cifar-10-batches-py/{name}", payload)
-            else:
-                records = np.concatenate(
-                    [labels[:, None].astype(np.uint8), images], axis=1)
-                payload = records.tobytes()
-                if truncate and name == "data_batch_2":
-                    payload = payload[:-100]
-                add(tar, f"cifar-10-batches-bin/{name}.bin", payload)
-        if kind == "python":
-            add(tar, "cifar-10-batches-py/batches.meta", pickle.dumps(
-                {b"label_names": [n.encode() for n in CIFAR10_NAMES]}))
-        else:
-            add(tar, "cifar-10-batches-bin/batches.meta.txt",
-                ("\n".join(CIFAR10_NAMES) + "\n").encode())
-    images = np.concatenate([b[0] for b in batches[:5]])
-    labels = np.concatenate([b[1][0] for b in batches[:5]])
-    return (images, labels), batches[5]
-
-
-def hwc(images):
-    """CIFAR rows (R plane, G plane, B plane) -> (N, 32, 32, 3)."""
-    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+# Tiny CIFAR archives in both of the official layouts (`_datasets`).
 
 
 def read_tfds(name, data_dir, split):
@@ -144,21 +88,9 @@ def test_cifar10_python_and_binary_versions_prepare_the_same_dataset(
 
 
 def test_cifar100_python_archive_keeps_fine_and_coarse_labels(tmp_path):
-    rng = np.random.default_rng(1)
-    fine = [f"fine{i}" for i in range(100)]
-    coarse = [f"coarse{i}" for i in range(20)]
-    splits = {}
-    archive = tmp_path / "cifar-100-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for split, count in (("train", 5), ("test", 2)):
-            images, (c, f) = cifar_arrays(rng, count, [20, 100])
-            splits[split] = (images, c, f)
-            add(tar, f"cifar-100-python/{split}", pickle.dumps({
-                b"data": images, b"fine_labels": f.tolist(),
-                b"coarse_labels": c.tolist()}))
-        add(tar, "cifar-100-python/meta", pickle.dumps({
-            b"fine_label_names": [n.encode() for n in fine],
-            b"coarse_label_names": [n.encode() for n in coarse]}))
+    fine, coarse = CIFAR100_FINE, CIFAR100_COARSE
+    splits = write_cifar100(tmp_path / "cifar-100-python.tar.gz",
+                            train_size=5, test_size=2, seed=1)
     prepare.prepare("cifar100", str(tmp_path), data_dir=tmp_path / "tfds",
                          verbose=False)  # the directory holding the archive
     builder = tfds.builder("cifar100", data_dir=str(tmp_path / "tfds"))

@@ -86,10 +86,10 @@ def _interrupt(workdir, stage, signum, after=None):
         else:
             pytest.fail(f"no checkpoint of stage {stage} in time")
         process.send_signal(signum)
-        sent = time.perf_counter()
-        stdout, _ = process.communicate(timeout=60)
-        # A preemption signal is answered after one step and one save.
-        assert time.perf_counter() - sent < 30
+        # A preemption signal is answered after one step and one save: well
+        # within the 30 s a scheduler's grace period gives (else this
+        # raises `TimeoutExpired`).
+        stdout, _ = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()

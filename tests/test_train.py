@@ -6,18 +6,15 @@ import glob
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from ft_keras import callbacks as ft_callbacks
 from ft_keras import cli
@@ -26,6 +23,8 @@ from ft_keras import export as ft_export
 from ft_keras import experiment as ft_experiment
 from ft_keras.stages import export as stage_export
 from ft_keras.stages import train
+
+import _datasets
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 GIN_FILES = sorted(
@@ -72,11 +71,32 @@ def test_include_files_parse(gin_file):
     cli.parse_config([gin_file], [])
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A TFDS data_dir for the configs' datasets, read as in a real run:
+    tiny CIFAR-10/100 prepared from python archives, tiny ImageNet archives
+    in downloads/manual (TFDS prepares them on first use); Fashion-MNIST is
+    prepared from Debian's files on first use."""
+    root = tmp_path_factory.mktemp("data")
+    tfds_dir = str(root / "tfds")
+    _datasets.prepare_cifar(tfds_dir, str(root / "src"), train_size=100,
+                            test_size=20)
+    _datasets.write_imagenet_manual(
+        os.path.join(tfds_dir, "downloads", "manual"), per_class=11)
+    return tfds_dir
+
+
+def data_bindings(gin_file, data_dir):
+    if "gin/data/fashion_mnist.gin" in (REPO / gin_file).read_text() and (
+            not _datasets.HAVE_DEBIAN):
+        pytest.skip(_datasets.needs_debian.kwargs["reason"])
+    return ["dataset.batch_size = 8", f"DATA_DIR = '{data_dir}'"]
+
+
 @pytest.mark.parametrize("gin_file", EXPERIMENTS)
-def test_every_experiment_config_builds(gin_file, tmp_path):
-    with tfds.testing.mock_data(num_examples=32):
-        cli.parse_config([gin_file], ["dataset.batch_size = 8"])
-        experiment = ft_experiment.Experiment(tmp_path / "w")
+def test_every_experiment_config_builds(gin_file, tmp_path, data_dir):
+    cli.parse_config([gin_file], data_bindings(gin_file, data_dir))
+    experiment = ft_experiment.Experiment(tmp_path / "w")
     assert experiment.steps_per_epoch >= 1
     assert experiment.teacher.count_params() > experiment.student.count_params()
     operative = (tmp_path / "w" / "operative_config.gin").read_text()
@@ -90,10 +110,11 @@ def test_every_experiment_config_builds(gin_file, tmp_path):
 @pytest.mark.parametrize("method_file", METHOD_FILES)
 @pytest.mark.parametrize("gin_file", ["gin/distill.gin",
                                       "gin/paper/cifar100_wrn40_2_wrn16_2.gin"])
-def test_method_files_compose_with_a_config(gin_file, method_file, tmp_path):
-    with tfds.testing.mock_data(num_examples=32):
-        cli.parse_config([gin_file, method_file], ["dataset.batch_size = 8"])
-        experiment = ft_experiment.Experiment(tmp_path / "w")
+def test_method_files_compose_with_a_config(gin_file, method_file, tmp_path,
+                                            data_dir):
+    cli.parse_config([gin_file, method_file],
+                     data_bindings(gin_file, data_dir))
+    experiment = ft_experiment.Experiment(tmp_path / "w")
     expected = {"gin/methods/alone.gin": "ft", "gin/methods/kd.gin": "kd",
                 "gin/methods/at.gin": "at", "gin/methods/ft_kd.gin": "ft+kd"}
     assert experiment.settings.distillation.method == expected[method_file]
@@ -106,15 +127,14 @@ def test_method_files_compose_with_a_config(gin_file, method_file, tmp_path):
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("quickstart") / "run"
-    start = time.perf_counter()
     result = run_cli("ft_keras.train", "--gin_file=gin/quickstart.gin",
                      f"--workdir={workdir}", *bindings(*FAST))
     assert result.returncode == 0, result.stderr[-3000:]
-    return workdir, result, time.perf_counter() - start
+    return workdir, result
 
 
 def test_quickstart_leaves_every_artifact(quickstart):
-    workdir, result, _ = quickstart
+    workdir, result = quickstart
     for path in ["config.gin", "operative_config.gin", "results.json",
                  "teacher/model.keras", "paraphraser/paraphraser.keras",
                  "student/model.keras", "student/translator.keras",
@@ -140,7 +160,7 @@ def test_quickstart_leaves_every_artifact(quickstart):
 
 
 def test_rerun_skips_finished_stages(quickstart):
-    workdir, _, first_time = quickstart
+    workdir, _ = quickstart
     before = (workdir / "student" / "model.keras").stat().st_mtime
     result = run_cli("ft_keras.train", "--gin_file=gin/quickstart.gin",
                      f"--workdir={workdir}", *bindings(
@@ -164,7 +184,7 @@ def _keras_logits(workdir, images):
 
 
 def test_saved_model_in_a_fresh_process_matches_keras(quickstart, tmp_path):
-    workdir, _, _ = quickstart
+    workdir, _ = quickstart
     images, _ = _test_images()
     np.save(tmp_path / "images.npy", images)
     script = textwrap.dedent(f"""
@@ -182,7 +202,7 @@ def test_saved_model_in_a_fresh_process_matches_keras(quickstart, tmp_path):
 
 
 def test_tflite_float_matches_and_int8_keeps_accuracy(quickstart):
-    workdir, _, _ = quickstart
+    workdir, _ = quickstart
     images, labels = _test_images(360)
     reference = _keras_logits(workdir, images)
     float_logits = ft_export.tflite_predict(
@@ -204,7 +224,7 @@ def test_tflite_float_matches_and_int8_keeps_accuracy(quickstart):
 
 
 def test_evaluate_and_export_entry_points(quickstart):
-    workdir, _, _ = quickstart
+    workdir, _ = quickstart
     result = run_cli("ft_keras.evaluate", "--gin_file=gin/quickstart.gin",
                      f"--workdir={workdir}", *bindings(*FAST))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -221,45 +241,6 @@ def test_evaluate_and_export_entry_points(quickstart):
 
 # ----------------------------------------------------------------------
 # Kill and resume.
-
-
-def test_sigkill_during_distillation_then_resume(tmp_path):
-    workdir = tmp_path / "run"
-    args = ["--gin_file=gin/quickstart.gin", f"--workdir={workdir}", *bindings(
-        "teacher/training.epochs = 1", "paraphraser/training.epochs = 1",
-        "student/training.epochs = 12",
-        "experiment.stages = ['teacher', 'paraphraser', 'student']")]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ft_keras.train", *args], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = workdir / "student" / "log.csv"
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            if log.exists() and len(read_csv(log)) >= 3:
-                break
-            assert process.poll() is None, "finished before it could be killed"
-            time.sleep(0.05)
-        else:
-            pytest.fail("distillation did not start in time")
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    epochs_before = len(read_csv(log))
-    assert 3 <= epochs_before < 12
-    assert (workdir / "student" / "backup").exists()
-    assert not (workdir / "student" / "model.keras").exists()
-
-    result = run_cli("ft_keras.train", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    epochs = [int(row["epoch"]) for row in read_csv(log)]
-    # Resumed, not restarted: each of the 12 epochs appears exactly once.
-    assert epochs == list(range(12)), epochs
-    assert "stage teacher" not in result.stdout
-    assert (workdir / "student" / "model.keras").exists()
 
 
 def test_non_finite_loss_stops_with_stage_epoch_step_and_keeps_checkpoint(tmp_path):
@@ -390,7 +371,7 @@ def test_unknown_dataset_fails_before_work(tmp_path, in_repo):
 
 
 def test_cifar_without_data_fails_fast_with_one_line(tmp_path):
-    start = time.perf_counter()
+    # `timeout`: a run that waited on the network would not end.
     result = run_cli("ft_keras.train", "--gin_file=gin/distill.gin",
                      f"--workdir={tmp_path / 'w'}",
                      *bindings(f"DATA_DIR = '{tmp_path / 'tfds'}'"), timeout=120)
@@ -398,7 +379,6 @@ def test_cifar_without_data_fails_fast_with_one_line(tmp_path):
     error = [l for l in result.stderr.splitlines() if "ft_keras: error:" in l]
     assert len(error) == 1 and "cifar10" in error[0] and str(tmp_path / "tfds") in error[0]
     assert "Traceback" not in result.stderr
-    assert time.perf_counter() - start < 90
 
 
 # ----------------------------------------------------------------------
@@ -446,7 +426,7 @@ def test_unknown_method_is_rejected(tmp_path, in_repo):
 
 
 def test_artifacts_load_in_a_fresh_process_after_import_ft_keras(quickstart):
-    workdir, _, _ = quickstart
+    workdir, _ = quickstart
     script = textwrap.dedent(f"""
         import keras, ft_keras
         for path in ["teacher/model.keras", "baseline/model.keras",

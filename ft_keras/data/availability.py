@@ -40,15 +40,6 @@ class DatasetNotPreparedError(RuntimeError):
     """
 
 
-def _download_is_stubbed(builder):
-    """True under `tfds.testing.mock_data`, where TFDS itself replaces the
-    download by random examples and nothing is fetched."""
-    fn = getattr(type(builder), "download_and_prepare", None)
-    return getattr(fn, "__module__", "").startswith(
-        "tensorflow_datasets.testing"
-    )
-
-
 def _probe_address(url):
     """`(host, port)` that a download of `url` connects to first."""
     parts = urllib.parse.urlsplit(url)
@@ -116,9 +107,6 @@ def ensure_prepared(builder, name, download):
         builder, tfds.folder_dataset.ImageFolder
     ):
         return builder  # prepared, or image files read where they are
-    if _download_is_stubbed(builder):
-        builder.download_and_prepare()
-        return builder
     root = str(builder.data_dir_root)
     where = f"Dataset {name!r} is not prepared in data_dir={root!r}"
     base = specs.base_name(name)
@@ -177,3 +165,4 @@ def ensure_prepared(builder, name, download):
             f"{where} and downloading it failed ({type(error).__name__}: "
             f"{reason}); {_prepare_hint(name, root)}."
         ) from error
+    return builder

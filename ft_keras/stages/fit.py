@@ -128,12 +128,11 @@ def fit(experiment, stage, model, epochs, validation_data=None):
     if experiment.dry_run:
         # Random images and a two-step teacher (its BatchNorm statistics
         # barely moved) can overflow: the dry run checks the wiring, not
-        # the numbers. Two steps run faster eagerly than traced.
-        callbacks = [
-            c
-            for c in callbacks
-            if not isinstance(c, ft_callbacks.StopOnNonFiniteLoss)
-        ]
+        # the numbers. Two steps run faster eagerly than traced, and
+        # without checkpoints (a ResNet-50's costs seconds to write; the
+        # temporary workdir is removed anyway).
+        skipped = (ft_callbacks.StopOnNonFiniteLoss, ft_checkpoint.ResumableCheckpoint)
+        callbacks = [c for c in callbacks if not isinstance(c, skipped)]
         model.run_eagerly = True
         history = model.fit(
             experiment.train_ds,
