@@ -63,7 +63,7 @@ RUNS = {
     "at": (["distillation.method = 'at'"], _DISTIL),
 }
 # The files each training stage saves (the stage table, `ft_keras.stages`).
-ARTIFACTS = {s.name: s.writes for s in stages.STAGES if s.trains}
+ARTIFACTS = stages.ARTIFACTS
 
 # Tolerances against the golden file, measured on the recording machine
 # (an "Intel(R) Xeon(R) Processor" with AMX, 2 CPUs):

@@ -52,6 +52,7 @@ import importlib.util
 import os
 import sys
 
+from ft_keras import stages
 from ft_keras import workdir as ft_workdir
 
 # The trained networks, in the order the table lists them.
@@ -117,14 +118,6 @@ def load_settings(workdir):
     gin.clear_config()
     cli.parse_config([path], [])
     return config.from_gin()
-
-
-def _model_names(settings):
-    from ft_keras import methods
-
-    method = methods.label(settings.distillation.method)
-    return {"teacher": "teacher", "student": f"{method} student",
-            "baseline": "student alone"}
 
 
 def _wanted(onnx, full_integer):
@@ -458,7 +451,7 @@ def deployment(workdir, settings=None, latency_runs=50, batch=32,
             for role in dirs
         }
         keras_top1 = _keras_top1(workdir)
-        rows = build_rows(measured, _model_names(settings), keras_top1)
+        rows = build_rows(measured, stages.network_names(settings.distillation.method), keras_top1)
         report = _summary(workdir, measured, dirs, keras_top1, rows)
         write_report(workdir, report)
     return report

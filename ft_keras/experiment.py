@@ -84,7 +84,7 @@ class Experiment:
     """
 
     # What each training stage leaves in its directory of the workdir.
-    ARTIFACTS = {s.name: s.writes for s in ft_stages.STAGES if s.trains}
+    ARTIFACTS = ft_stages.ARTIFACTS
 
     def __init__(
         self,

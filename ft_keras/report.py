@@ -40,8 +40,7 @@ from ft_keras import workdir as ft_workdir
 
 # The training stages, each with the evaluation role of the network it
 # trains ("paraphraser" trains none).
-STAGES = tuple(stage.name for stage in stages.STAGES if stage.trains)
-_ROLE_NAMES = {"teacher": "teacher", "baseline": "student alone"}
+STAGES = tuple(stages.ARTIFACTS)
 _BINDING = re.compile(r"^([\w/.]+) = (.+)$")
 NO_PLOTS = "(No plots: they need matplotlib, `pip install 'ft_keras[report]'`.)"
 
@@ -136,7 +135,7 @@ def load_run(workdir):
 def role_name(run, role):
     """How a table names a run's network: teacher, student alone, or the
     student of its method (e.g. "FT student")."""
-    return _ROLE_NAMES.get(role, f"{run['method'].upper()} student")
+    return stages.network_names(run["method"])[role]
 
 
 TOP5_NOTE = (

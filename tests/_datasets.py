@@ -95,6 +95,18 @@ def write_cifar100(path, train_size=5, test_size=2, seed=1):
     return splits
 
 
+def forbid_download(monkeypatch):
+    """Makes TFDS's `download_and_prepare` fail the test if anything calls
+    it: what the test reads must come from prepared files."""
+    import tensorflow_datasets as tfds
+
+    def download(self, *args, **kwargs):
+        raise AssertionError("TFDS's download ran")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                        download)
+
+
 def hwc(images):
     """CIFAR rows (R plane, G plane, B plane) -> (N, 32, 32, 3)."""
     return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)

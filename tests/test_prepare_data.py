@@ -19,6 +19,7 @@ from _datasets import CIFAR10_NAMES
 from _datasets import CIFAR100_COARSE
 from _datasets import CIFAR100_FINE
 from _datasets import HAVE_DEBIAN
+from _datasets import forbid_download
 from _datasets import hwc
 from _datasets import needs_debian
 from _datasets import write_cifar10
@@ -226,12 +227,8 @@ def test_missing_fashion_mnist_fails_fast_naming_paths_and_fixes(
     def no_network(*args, **kwargs):
         raise AssertionError("the network was probed")
 
-    def download(self, *args, **kwargs):
-        raise AssertionError("TFDS's download ran")
-
     monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
-                        download)
+    forbid_download(monkeypatch)
     monkeypatch.setattr(prepare, "DEBIAN_FASHION_MNIST",
                         str(tmp_path / "no-debian"))
     with pytest.raises(data.DatasetNotPreparedError) as info:

@@ -112,8 +112,21 @@ STAGES = (
 NAMES = tuple(stage.name for stage in STAGES)
 # Stage name -> the gin scope of its `training` and `network`.
 SCOPES = {stage.name: stage.scope for stage in STAGES if stage.trains}
+# Training stage name -> the artifacts it writes, the last marking it done.
+ARTIFACTS = {stage.name: stage.writes for stage in STAGES if stage.trains}
 # The networks the evaluate stage scores: each training stage's model.keras.
 EVALUATED = ("teacher", "baseline", "student")
+
+
+def network_names(method):
+    """`{role: name}` of the evaluated networks, as results print them:
+    `"teacher"`, `"student alone"` (the baseline) and the method's student,
+    e.g. `"FT student"`."""
+    return {
+        "teacher": "teacher",
+        "baseline": "student alone",
+        "student": f"{methods.label(method)} student",
+    }
 
 
 def function(name):

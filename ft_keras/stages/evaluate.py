@@ -9,7 +9,6 @@ import keras
 
 from ft_keras import callbacks as ft_callbacks
 from ft_keras import distribute
-from ft_keras import methods
 from ft_keras import stages
 from ft_keras import workdir as ft_workdir
 from ft_keras._validation import ConfigurationError
@@ -51,15 +50,6 @@ def evaluate(experiment):
     return results
 
 
-def role_names(method):
-    """`{role: name}` of the evaluated networks, as the lines print them."""
-    return {
-        "teacher": "teacher",
-        "baseline": "student alone",
-        "student": f"{methods.label(method)} student",
-    }
-
-
 def chance_warnings(experiment, results, names):
     """`{role: line}` for each network that tests at chance while its
     stage's last training epoch scored high (`callbacks.chance_warning`)."""
@@ -80,7 +70,7 @@ def run(experiment):
     """Evaluates, records `evaluation` and `warnings` in results.json and
     prints one line per network (and each warning)."""
     results = evaluate(experiment)
-    names = role_names(experiment.settings.distillation.method)
+    names = stages.network_names(experiment.settings.distillation.method)
     warnings = {} if experiment.dry_run else chance_warnings(experiment, results, names)
     experiment.workdir.update_results(evaluation=results, warnings=warnings)
     prefix = (

@@ -233,7 +233,7 @@ class RunWorkdir(os.PathLike):
         results = self.results()
         results.update(entries)
         finished = {}
-        for stage in (s.name for s in stages.STAGES if s.trains):
+        for stage in stages.ARTIFACTS:
             stage_json = self.output(stage, ft_workdir.STAGE_FILE)
             if os.path.exists(stage_json):
                 record = ft_workdir.read_json(stage_json)
