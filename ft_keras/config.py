@@ -306,8 +306,10 @@ class ExperimentConfig:
 
     Args:
         stages: Ordered subset of `STAGES`, `("teacher", "paraphraser",
-            "student", "baseline", "evaluate", "export")`; `baseline` trains
-            the student alone (cross-entropy only) for comparison.
+            "student", "baseline", "evaluate", "export", "deployment")`;
+            `baseline` trains the student alone (cross-entropy only) for
+            comparison; `deployment` exports every trained network and
+            measures each file (`ft_keras.deployment`, `DeploymentConfig`).
         teacher_checkpoint: A trained teacher: a `.keras` model, or
             `.weights.h5` weights of `teacher/network`, or a PyTorch
             `state_dict` (`.pth`/`.pt`) of `teacher/network`'s layout
@@ -449,6 +451,48 @@ class ClusterConfig:
                 )
 
 
+@dataclasses.dataclass(frozen=True)
+class DeploymentConfig:
+    """How the exported files are made and measured. Gin: `deployment`.
+
+    Read by the `export` stage (`full_integer`), the `deployment` stage and
+    `python -m ft_keras.deployment` (`ft_keras.deployment`), whose flags
+    override these for one report. None of them changes what is trained,
+    so a finished workdir takes other values.
+
+    Args:
+        latency_runs: Timed batch-1 runs per file (after a warm-up); the
+            latency is their median and 90th percentile.
+        batch: The batch size of the throughput measurement.
+        threads: Threads of LiteRT and ONNX Runtime; None for the number of
+            usable cores.
+        full_integer: Also write (and measure) the full-integer int8 LiteRT
+            file, `student_int8_full.tflite`: int8 weights and activations,
+            uint8 input and int8 output, for integer-only accelerators.
+    """
+
+    latency_runs: int = 50
+    batch: int = 32
+    threads: int = None
+    full_integer: bool = False
+
+    def __post_init__(self):
+        for name in ("latency_runs", "batch", "threads"):
+            value = getattr(self, name)
+            if value is None and name == "threads":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"`deployment.{name}` must be a positive integer. "
+                    f"Received: {name}={value!r}"
+                )
+        if not isinstance(self.full_integer, bool):
+            raise ValueError(
+                "`deployment.full_integer` must be True or False. "
+                f"Received: full_integer={self.full_integer!r}"
+            )
+
+
 # The gin names. Each is the class itself, configurable: calling it reads
 # the bindings of the current scope (`with gin.config_scope('student')`).
 dataset = gin.external_configurable(DataConfig, "dataset")
@@ -459,6 +503,7 @@ factor_transfer = gin.external_configurable(
 distillation = gin.external_configurable(DistillationConfig, "distillation")
 experiment = gin.external_configurable(ExperimentConfig, "experiment")
 cluster = gin.external_configurable(ClusterConfig, "cluster")
+deployment = gin.external_configurable(DeploymentConfig, "deployment")
 
 
 def check_weight_decay(scope, training_config, network_config, ft_config):
@@ -520,6 +565,7 @@ class Settings:
     distillation: DistillationConfig
     training: dict
     network: dict
+    deployment: DeploymentConfig = DeploymentConfig()
 
     def to_gin(self):
         """These settings as gin bindings: a config file that `from_gin`
@@ -532,7 +578,7 @@ class Settings:
             )
 
         for name in ("experiment", "cluster", "dataset", "factor_transfer",
-                     "distillation"):
+                     "distillation", "deployment"):
             bind(name, dataclasses.asdict(getattr(self, name)))
         for scope, value in self.training.items():
             bind(f"{scope}/training", dataclasses.asdict(value))
@@ -585,6 +631,7 @@ def from_gin():
             scope: _with_inherited(_read(network, "network", scope), scope)
             for scope in ("teacher", "student")
         },
+        deployment=_read(deployment, "deployment"),
     )
 
 

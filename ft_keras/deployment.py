@@ -14,6 +14,12 @@ measured with `ft_keras.export.measure_export` on the full test split, each
 file in its own runtime. The files are named `student_*` for every network:
 the names `export_student` writes.
 
+The runner does the same as its last stage, `deployment`
+(`experiment.stages = [..., 'export', 'deployment']`), with the options of
+gin's `deployment.*` (`ft_keras.config.DeploymentConfig`: `latency_runs`,
+`batch`, `threads`, `full_integer`); the flags here override the workdir's
+for one report.
+
 Written into `<workdir>/deployment/`:
 
 - `deployment.md`: a header line naming the machine (CPU, cores), threads
@@ -48,6 +54,7 @@ print(open("runs/quickstart/deployment/deployment.md").read())
 """
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -394,8 +401,7 @@ def write_report(workdir, report):
     return paths + [results_path]
 
 
-def deployment(workdir, settings=None, latency_runs=50, batch=32,
-               threads=None, full_integer=False, onnx=None):
+def deployment(workdir, settings=None, onnx=None, **options):
     """Exports and measures every trained network of `workdir`, and writes
     the deployment report (see the module docstring).
 
@@ -405,11 +411,12 @@ def deployment(workdir, settings=None, latency_runs=50, batch=32,
         settings: Its `ft_keras.config.Settings`; None reads
             `<workdir>/config.gin` (`load_settings`, which clears gin's
             config).
-        latency_runs, batch, threads: `ft_keras.export.measure_export`'s.
-        full_integer: Also export and measure full-integer int8 LiteRT
-            files (`student_int8_full.tflite`).
         onnx: Export ONNX files: True, False, or None for "if `tf2onnx` is
             installed".
+        **options: Override `settings.deployment`
+            (`ft_keras.config.DeploymentConfig`) for this report:
+            `latency_runs`, `batch`, `threads`, `full_integer` (also export
+            and measure full-integer int8 LiteRT files).
 
     Returns:
         A JSON-serialisable dict: `dataset`, `test_images`, `batch`,
@@ -426,6 +433,7 @@ def deployment(workdir, settings=None, latency_runs=50, batch=32,
             'ft_keras[export]'`).
         ft_keras.workdir.WorkdirError: The workdir is in use by a run, or a
             model file is not whole.
+        TypeError, ValueError: an unknown or bad option (named).
 
     Example:
 
@@ -434,26 +442,42 @@ def deployment(workdir, settings=None, latency_runs=50, batch=32,
     [(r["model"], r["format"], r["top1"]) for r in report["rows"]]
     ```
     """
+    workdir = os.path.abspath(workdir)
+    trained_models(workdir)  # a missing student fails before the settings
+    settings = settings or load_settings(workdir)
+    if options:
+        settings = dataclasses.replace(
+            settings,
+            deployment=dataclasses.replace(settings.deployment, **options),
+        )
+    with ft_workdir.WorkdirLock(workdir):
+        return measure(workdir, settings, onnx)
+
+
+def measure(workdir, settings, onnx=None):
+    """`deployment()` in a workdir this process holds (the runner's
+    `deployment` stage): exports, measures and writes the report, with
+    `settings.deployment`'s options."""
     from ft_keras import export as ft_export
 
-    workdir = os.path.abspath(workdir)
+    options = settings.deployment
     models = trained_models(workdir)
-    settings = settings or load_settings(workdir)
-    with ft_workdir.WorkdirLock(workdir):
-        dirs = export_models(workdir, models, settings, onnx, full_integer)
-        measured = {
-            role: ft_export.measure_export(
-                dirs[role], settings.dataset.name,
-                eval_options=settings.dataset.eval_options,
-                data_dir=settings.dataset.data_dir,
-                latency_runs=latency_runs, batch=batch, threads=threads,
-            )
-            for role in dirs
-        }
-        keras_top1 = _keras_top1(workdir)
-        rows = build_rows(measured, stages.network_names(settings.distillation.method), keras_top1)
-        report = _summary(workdir, measured, dirs, keras_top1, rows)
-        write_report(workdir, report)
+    dirs = export_models(workdir, models, settings, onnx, options.full_integer)
+    measured = {
+        role: ft_export.measure_export(
+            dirs[role], settings.dataset.name,
+            eval_options=settings.dataset.eval_options,
+            data_dir=settings.dataset.data_dir,
+            latency_runs=options.latency_runs, batch=options.batch,
+            threads=options.threads,
+        )
+        for role in dirs
+    }
+    keras_top1 = _keras_top1(workdir)
+    names = stages.network_names(settings.distillation.method)
+    rows = build_rows(measured, names, keras_top1)
+    report = _summary(workdir, measured, dirs, keras_top1, rows)
+    write_report(workdir, report)
     return report
 
 
@@ -465,19 +489,23 @@ def main(argv=None):
         description="Export and measure every trained network of a workdir.",
     )
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--latency_runs", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--full_integer", action="store_true")
+    # Unset flags keep the workdir's `deployment.*` (DeploymentConfig).
+    parser.add_argument("--latency_runs", type=int)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--full_integer", action="store_const", const=True)
     args = parser.parse_args(argv)
+    options = {
+        name: getattr(args, name)
+        for name in ("latency_runs", "batch", "threads", "full_integer")
+        if getattr(args, name) is not None
+    }
     try:
         trained_models(args.workdir)  # before TensorFlow loads
         from ft_keras import _console
 
         _console.quiet_python_logging()
-        report = deployment(args.workdir, latency_runs=args.latency_runs,
-                            batch=args.batch, threads=args.threads,
-                            full_integer=args.full_integer)
+        report = deployment(args.workdir, **options)
     except (DeploymentError, ImportError, ValueError, FileNotFoundError) as e:
         if os.environ.get("FT_KERAS_TRACEBACK"):
             raise

@@ -112,7 +112,7 @@ class Experiment:
             self.workdir.open(
                 requested,
                 overwrite,
-                read_only=set(self.stages) <= {"evaluate", "export"},
+                read_only=not any(ft_stages.get(s).trains for s in self.stages),
             )
             with self.precision():
                 self._build()

@@ -1,48 +1,61 @@
 """The deployment report (`ft_keras.deployment`): a real digits workdir
-(teacher, FT student and student alone, one epoch each, evaluated and
-exported by the runner), each network exported and measured in every
-format."""
+(teacher, FT student and student alone, one epoch each, evaluated, exported
+and measured by the runner's `deployment` stage), each network exported and
+measured in every format; then `python -m ft_keras.deployment` on it."""
 
+import contextlib
+import dataclasses
+import io
 import json
 import os
 
 import gin
+import numpy as np
 import pytest
 
+from ft_keras import config
 from ft_keras import deployment as ft_deployment
 from ft_keras import experiment as ft_experiment
 from ft_keras import export as ft_export
 from _settings import digits_settings
 
-STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export")
+STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export",
+          "deployment")
 # The float files run the float32 graph of model.keras on the same images:
 # the same top-1 but for a rare near-tie image.
 FLOAT_TOLERANCE = 0.01
 
 
 def settings():
-    return digits_settings(batch_size=64, stages=STAGES, representative_batches=1)
+    return dataclasses.replace(
+        digits_settings(batch_size=64, stages=STAGES, representative_batches=1),
+        deployment=config.DeploymentConfig(
+            latency_runs=5, threads=1, full_integer=True),
+    )
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    """`(workdir, report)`: the runner's workdir, then `deployment()` on it
-    with the settings read back from its config.gin."""
+    """`(workdir, report, printed)`: the runner's workdir, the report its
+    deployment stage stored in results.json, and what the run printed."""
     gin.clear_config()
     workdir = tmp_path_factory.mktemp("deployment") / "run"
-    ft_experiment.Experiment(workdir, settings=settings()).run()
-    report = ft_deployment.deployment(workdir, latency_runs=5, threads=1)
-    return workdir, report
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        ft_experiment.Experiment(workdir, settings=settings()).run()
+    report = json.loads((workdir / "results.json").read_text())["deployment"]
+    return workdir, report, printed.getvalue()
 
 
 def test_rows_cover_every_network_and_every_file_it_exported(deployed):
-    workdir, report = deployed
+    workdir, report, _ = deployed
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     for role, model in report["models"].items():
         export_dir = workdir / model["export_dir"]
         present = [key for key, name in ft_export.FILES.items()
                    if (export_dir / name).exists()]
-        assert {"saved_model", "tflite_float", "tflite_int8"} <= set(present)
+        assert {"saved_model", "tflite_float", "tflite_int8",
+                "tflite_int8_full"} <= set(present)
         assert [r["file_key"] for r in report["rows"] if r["role"] == role] \
             == present
     assert [r["model"] for r in report["rows"]][0] == "teacher"
@@ -52,7 +65,7 @@ def test_rows_cover_every_network_and_every_file_it_exported(deployed):
 
 def test_student_reuses_the_export_stage_and_the_others_get_their_own(
         deployed):
-    workdir, report = deployed
+    workdir, report, _ = deployed
     assert report["models"]["student"]["export_dir"] == "export"
     assert report["models"]["teacher"]["export_dir"] == os.path.join(
         "deployment", "teacher")
@@ -60,21 +73,44 @@ def test_student_reuses_the_export_stage_and_the_others_get_their_own(
 
 
 def test_sizes_are_the_exported_files_sizes(deployed):
-    workdir, report = deployed
+    workdir, report, _ = deployed
     for row in report["rows"]:
         path = workdir / report["models"][row["role"]]["export_dir"] / row["file"]
         assert row["size_bytes"] == ft_export.size_bytes(path) > 0
 
 
 def test_teacher_speedup_is_one_in_every_format(deployed):
-    _, report = deployed
+    _, report, _ = deployed
     teacher = [r for r in report["rows"] if r["role"] == "teacher"]
     assert teacher and all(r["speedup_vs_teacher"] == 1.0 for r in teacher)
-    assert all(r["speedup_vs_teacher"] > 0 for r in report["rows"])
+    base = {r["file_key"]: r["latency_ms"]["median"] for r in teacher}
+    for row in report["rows"]:
+        assert row["speedup_vs_teacher"] == pytest.approx(
+            base[row["file_key"]] / row["latency_ms"]["median"]), row
+
+
+def test_full_integer_files_take_uint8_and_give_int8(deployed):
+    from ai_edge_litert.interpreter import Interpreter
+
+    workdir, report, _ = deployed
+    full = [r for r in report["rows"] if r["file_key"] == "tflite_int8_full"]
+    assert {r["role"] for r in full} == {"teacher", "student", "baseline"}
+    for row in full:
+        path = workdir / report["models"][row["role"]]["export_dir"] / row["file"]
+        interpreter = Interpreter(model_path=str(path))
+        assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+        assert interpreter.get_output_details()[0]["dtype"] == np.int8
+
+
+def test_the_run_prints_the_table(deployed):
+    workdir, _, printed = deployed
+    assert (workdir / "deployment" / "deployment.md").read_text() in printed
+    assert (f"[ft_keras] deployment report: {workdir / 'deployment'}"
+            in printed)
 
 
 def test_float_files_score_the_evaluate_stage_top1(deployed):
-    workdir, report = deployed
+    workdir, report, _ = deployed
     evaluation = json.loads((workdir / "results.json").read_text())["evaluation"]
     floats = [r for r in report["rows"]
               if r["file_key"] in ("saved_model", "tflite_float", "onnx")]
@@ -87,7 +123,7 @@ def test_float_files_score_the_evaluate_stage_top1(deployed):
 
 
 def test_markdown_has_the_machine_and_one_line_per_row(deployed):
-    workdir, report = deployed
+    workdir, report, _ = deployed
     text = (workdir / "deployment" / "deployment.md").read_text()
     lines = text.splitlines()
     assert report["machine"]["cpu"] in lines[0]
@@ -98,7 +134,7 @@ def test_markdown_has_the_machine_and_one_line_per_row(deployed):
 
 
 def test_results_json_and_deployment_json_hold_the_report(deployed):
-    workdir, report = deployed
+    workdir, report, _ = deployed
     results = json.loads((workdir / "results.json").read_text())
     written = json.loads(
         (workdir / "deployment" / "deployment.json").read_text())
@@ -108,7 +144,7 @@ def test_results_json_and_deployment_json_hold_the_report(deployed):
 
 def test_plot_is_written(deployed):
     pytest.importorskip("matplotlib")
-    workdir, _ = deployed
+    workdir, _, _ = deployed
     assert (workdir / "deployment" / "deployment.png").stat().st_size > 0
 
 
@@ -149,3 +185,25 @@ def test_cli_fails_in_one_line_on_a_workdir_without_a_student(
     assert err[0].startswith("ft_keras: error: ")
     assert "no trained student" in err[0] and "ft_keras.train" in err[0]
     assert not (tmp_path / "deployment").exists()
+
+
+# Last: it measures the workdir again, replacing the stage's report.
+def test_cli_on_the_finished_workdir_measures_the_same_files(
+        deployed, capsys):
+    workdir, report, _ = deployed
+    assert ft_deployment.main(
+        ["--workdir", str(workdir), "--latency_runs", "2"]) == 0
+    again = json.loads((workdir / "results.json").read_text())["deployment"]
+    assert again["latency_runs"] == 2  # the flag
+    assert again["threads"] == 1  # the workdir's deployment.threads
+
+    def files(r):
+        return [(row["role"], row["file_key"], row["top1"]) for row in r["rows"]]
+    assert files(again) == files(report)
+    # The stage's student export is measured as it is; the others are
+    # exported again (a SavedModel differs by a few bytes of names then).
+    students = [[row["size_bytes"] for row in r["rows"] if row["role"] == "student"]
+                for r in (report, again)]
+    assert students[0] == students[1]
+    printed = capsys.readouterr().out
+    assert (workdir / "deployment" / "deployment.md").read_text() in printed

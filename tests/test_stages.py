@@ -11,7 +11,8 @@ from ft_keras import stages
 
 def test_the_table_is_the_order_and_scopes_config_validates():
     assert config.STAGES == stages.NAMES == (
-        "teacher", "paraphraser", "student", "baseline", "evaluate", "export")
+        "teacher", "paraphraser", "student", "baseline", "evaluate", "export",
+        "deployment")
     assert config.STAGE_SCOPES == {"teacher": "teacher", "paraphraser":
                                    "paraphraser", "student": "student",
                                    "baseline": "student"}
@@ -37,7 +38,8 @@ def test_what_a_stage_reads_and_writes_follows_the_method(
     # The last artifact marks the stage finished: the student's model.keras.
     assert student.writes_for(method)[-1] == "model.keras"
     assert all(stages.get(n).applies_to(method)
-               for n in ("teacher", "student", "baseline", "evaluate", "export"))
+               for n in ("teacher", "student", "baseline", "evaluate", "export",
+                         "deployment"))
 
 
 def test_the_runner_checks_the_artifacts_the_table_names():
@@ -50,3 +52,18 @@ def test_the_runner_checks_the_artifacts_the_table_names():
 def test_an_unknown_stage_lists_the_stages():
     with pytest.raises(ValueError, match=r"No stage 'distil'.*'teacher'"):
         stages.get("distil")
+
+
+def test_deployment_options_are_runtime_bindings_and_checked():
+    from ft_keras.stages import workdir
+
+    trained = "dataset.name = 'digits'\n"
+    measured = trained + "deployment.latency_runs = 5\ndeployment.full_integer = True\n"
+    assert workdir.comparable_config(measured) == workdir.comparable_config(trained)
+    assert workdir.comparable_config(trained + "training.epochs = 2\n") \
+        != workdir.comparable_config(trained)
+    with pytest.raises(ValueError, match=r"`deployment.threads` must be a "
+                       r"positive integer. Received: threads=0"):
+        config.DeploymentConfig(threads=0)
+    with pytest.raises(ValueError, match=r"full_integer='yes'"):
+        config.DeploymentConfig(full_integer="yes")

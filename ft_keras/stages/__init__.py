@@ -15,6 +15,7 @@ table; it is plain data and imports nothing.
     baseline     student      -                              model.keras
     evaluate     -            the trained model.keras files  results.json "evaluation"
     export       -            student/model.keras            export/
+    deployment   -            the trained model.keras files  deployment/, results.json "deployment"
 
 ```python
 from ft_keras import stages
@@ -108,6 +109,8 @@ STAGES = (
           writes=("model.keras",)),
     Stage("evaluate", "ft_keras.stages.evaluate:run"),
     Stage("export", "ft_keras.stages.export:run", reads=(("student", "model.keras"),)),
+    Stage("deployment", "ft_keras.stages.export:deployment",
+          reads=(("student", "model.keras"),)),
 )
 NAMES = tuple(stage.name for stage in STAGES)
 # Stage name -> the gin scope of its `training` and `network`.

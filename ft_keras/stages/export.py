@@ -1,5 +1,6 @@
 """The `export` stage: the student as SavedModel, LiteRT (float, int8) and
-ONNX files that take raw uint8 images (`ft_keras.export`).
+ONNX files that take raw uint8 images (`ft_keras.export`); the `deployment`
+stage: every trained network exported and measured (`ft_keras.deployment`).
 
 Each function takes the running `ft_keras.experiment.Experiment`.
 """
@@ -39,6 +40,7 @@ def run(experiment):
         experiment.workdir.path("export"),
         representative=representative_images(experiment),
         eval_options=experiment.settings.dataset.eval_options,
+        full_integer=experiment.settings.deployment.full_integer,
     )
     experiment.workdir.update_results(export=paths)
     if experiment.dry_run:
@@ -56,3 +58,28 @@ def run(experiment):
         else ""
     )
     print(f"[ft_keras] exported to {experiment.workdir.path('export')}{suspect}", flush=True)
+
+
+def deployment(experiment):
+    """Exports every trained network and measures each file on the test
+    split (`ft_keras.deployment.measure`, the chief only); prints the
+    table. A dry run measures nothing: its test split is synthetic."""
+    if not experiment.is_chief:
+        return
+    if experiment.dry_run:
+        print(
+            "[ft_keras] dry run: stage deployment: skipped (it measures the "
+            "exported files on the real test split; python -m "
+            "ft_keras.deployment does it for a finished workdir)",
+            flush=True,
+        )
+        return
+    from ft_keras import deployment as ft_deployment
+
+    report = ft_deployment.measure(experiment.workdir.root, experiment.settings)
+    print(ft_deployment.markdown(report), end="", flush=True)
+    print(
+        "[ft_keras] deployment report: "
+        f"{experiment.workdir.path(ft_deployment.OUT_DIR)}",
+        flush=True,
+    )

@@ -36,8 +36,11 @@ WorkdirError = ft_workdir.WorkdirError
 
 
 # Bindings that may change between runs of the same experiment: the stages
-# (e.g. to export later) and where it runs (one process, a cluster).
-RUNTIME_BINDINGS = r"experiment\.stages|experiment\.strategy|cluster\.\w+"
+# (e.g. to export later), where it runs (one process, a cluster) and how
+# the exported files are made and measured.
+RUNTIME_BINDINGS = (
+    r"experiment\.stages|experiment\.strategy|cluster\.\w+|deployment\.\w+"
+)
 
 
 def comparable_config(config_str):
