@@ -19,6 +19,11 @@ this one does:
   metric totals, so the epoch's row in the CSV log is the uninterrupted
   run's. The CSV log itself is cut back to its size at the checkpoint, so
   a rerun writes each epoch's row once, and never misses one.
+- **Replicas as a resumed run sees them.** With several replicas, each
+  keeps its own BatchNormalization moving statistics and saving writes
+  their mean (`ft_keras.distribute.scope`); each save sets every replica's
+  copy to that mean (`distribute.sync_replica_means`), so the run goes on
+  from the very state a run resumed from the checkpoint loads.
 - **Mid-epoch resumption at the next batch.** A checkpoint taken after
   step `s` of epoch `e` restores `e` as the first epoch and counts its
   steps from `s`: the caller fits on the data of epoch `e` without its
@@ -40,6 +45,7 @@ import keras
 import numpy as np
 
 from ft_keras import _keras_resume
+from ft_keras import distribute
 from ft_keras import preemption
 from ft_keras import workdir as ft_workdir
 
@@ -343,6 +349,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         os.makedirs(self.directory, exist_ok=True)
         tmp = os.path.join(self.directory, _TMP)
         latest = os.path.join(self.directory, LATEST)
+        # The replicas go on from the state a resumed run loads.
+        distribute.sync_replica_means(self.model)
         self.model.save_weights(tmp, overwrite=True)
         entry = {
             "epoch": self._position.epoch,

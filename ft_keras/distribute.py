@@ -405,6 +405,40 @@ def scope(strategy):
             yield
 
 
+def sync_replica_means(model):
+    """Sets every replica's copy of `model`'s replica-mean state (`scope`:
+    BatchNormalization's moving statistics) to the mean of the copies,
+    which is what saving writes and loading gives every replica.
+
+    The runner calls it wherever it saves (each checkpoint, each stage's
+    artifacts), so a run continues from exactly the state a run resumed
+    from that checkpoint starts with, and the next stage's frozen teacher
+    is the saved one on every replica. Every worker must call it together
+    (the mean is a collective op), as every worker saves. Does nothing with
+    one replica.
+
+    ```python
+    with distribute.scope(strategy):
+        model = models.get("resnet20", num_classes=10)
+    ...  # model.fit(...) under a 2-replica strategy
+    distribute.sync_replica_means(model)
+    ```
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return
+    for variable in model.non_trainable_variables:
+        state = getattr(variable, "value", variable)
+        if (
+            getattr(state, "synchronization", None) != tf.VariableSynchronization.ON_READ
+            or getattr(state, "aggregation", None) != tf.VariableAggregation.MEAN
+        ):
+            continue
+        mean = state.read_value()
+        for copy in state.values:
+            copy.assign(mean)
+
+
 def shard_options(policy="auto"):
     """`tf.data.Options` with the auto-shard policy among workers:
     `"auto"` (by file when the dataset reads files, else by data),

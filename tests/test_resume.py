@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from ft_keras import _keras_resume
 from ft_keras import checkpoint as ft_checkpoint
+from ft_keras import distribute
 from ft_keras import preemption
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -204,6 +205,53 @@ def test_mid_epoch_resume_restores_dropout_state_metrics_and_log(tmp_path):
     for a, b in zip(straight.get_weights(), second.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert killed_log.read_text() == log.read_text()
+
+
+def test_two_replicas_resume_mid_epoch_exactly(tmp_path):
+    """Two replicas keep their own BatchNormalization statistics and a
+    checkpoint holds their mean: each save gives every replica that mean,
+    so the run goes on from what a resumed run loads."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+    def model():
+        keras.utils.set_random_seed(1)
+        with distribute.scope(strategy):
+            net = keras.Sequential([
+                keras.Input((4,)), keras.layers.Dense(8),
+                keras.layers.BatchNormalization(momentum=0.5),
+                keras.layers.Dense(1)])
+            net.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")
+        return net
+
+    def data():  # each global batch: two halves of different scales
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(64, 4)).astype(np.float32)
+        x *= np.tile(np.repeat([1.0, 5.0], 4), 8)[:, None].astype(np.float32)
+        return tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(8)
+
+    def replica_copies(net):
+        state = net.layers[1].moving_mean.value
+        return [c.numpy() for c in strategy.experimental_local_results(state)]
+
+    straight = model()
+    straight.fit(data(), epochs=2, verbose=0,
+                 callbacks=[_checkpoint(tmp_path / "straight")])
+    first = model()
+    with pytest.raises(_Killed):
+        first.fit(data(), epochs=2, verbose=0,
+                  callbacks=[_checkpoint(tmp_path / "ckpt"), _StopAt(0, 3)])
+    # Saved after step 3: both replicas hold the saved mean.
+    a, b = replica_copies(first)
+    np.testing.assert_array_equal(a, b)
+    second = model()
+    resumed = _checkpoint(tmp_path / "ckpt")
+    assert resumed.position == ft_checkpoint.Position(0, 3)
+    second.fit(data().skip(3), epochs=1, verbose=0, callbacks=[resumed])
+    second.fit(data(), initial_epoch=1, epochs=2, verbose=0, callbacks=[resumed])
+    for x, y in zip(straight.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(replica_copies(straight), replica_copies(second)):
+        np.testing.assert_array_equal(x, y)
 
 
 class _KillAtEpochEdge(keras.callbacks.Callback):

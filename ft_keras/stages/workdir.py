@@ -219,6 +219,8 @@ class RunWorkdir(os.PathLike):
         os.makedirs(stage_dir, exist_ok=True)
         with preemption.deferred():
             for name, model in artifacts.items():
+                # Later stages use on every replica what the file holds.
+                distribute.sync_replica_means(model)
                 ft_workdir.save_model(model, os.path.join(stage_dir, name))
             ft_workdir.record_artifacts(
                 stage_dir, list(artifacts), extra=extra() if extra else None
