@@ -55,8 +55,10 @@ print(open("runs/quickstart/deployment/deployment.md").read())
 
 import argparse
 import dataclasses
+import datetime
 import importlib.util
 import os
+import shlex
 import sys
 
 from ft_keras import stages
@@ -244,10 +246,13 @@ def build_rows(measured, names, keras_top1):
     return rows
 
 
-def _summary(workdir, measured, dirs, keras_top1, rows):
+def _summary(workdir, measured, dirs, keras_top1, rows, command):
     """The JSON dict of `deployment()`."""
     first = next(iter(measured.values()))
     return {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC"),
         **{key: first[key] for key in ("dataset", "test_images", "batch",
                                        "latency_runs", "threads", "machine",
                                        "runtimes")},
@@ -401,7 +406,7 @@ def write_report(workdir, report):
     return paths + [results_path]
 
 
-def deployment(workdir, settings=None, onnx=None, **options):
+def deployment(workdir, settings=None, onnx=None, command=None, **options):
     """Exports and measures every trained network of `workdir`, and writes
     the deployment report (see the module docstring).
 
@@ -413,13 +418,16 @@ def deployment(workdir, settings=None, onnx=None, **options):
             config).
         onnx: Export ONNX files: True, False, or None for "if `tf2onnx` is
             installed".
+        command: What made the report, kept in it (the command line);
+            None: `"ft_keras.deployment.deployment()"`.
         **options: Override `settings.deployment`
             (`ft_keras.config.DeploymentConfig`) for this report:
             `latency_runs`, `batch`, `threads`, `full_integer` (also export
             and measure full-integer int8 LiteRT files).
 
     Returns:
-        A JSON-serialisable dict: `dataset`, `test_images`, `batch`,
+        A JSON-serialisable dict: `command`, `date` (UTC), `dataset`,
+        `test_images`, `batch`,
         `latency_runs`, `threads`, `machine`, `runtimes` (as
         `measure_export`), `models` (`{role: {"export_dir", "keras_top1",
         "reference", "params", "macs", "size_bytes"}}`) and `rows` (one per
@@ -451,13 +459,15 @@ def deployment(workdir, settings=None, onnx=None, **options):
             deployment=dataclasses.replace(settings.deployment, **options),
         )
     with ft_workdir.WorkdirLock(workdir):
-        return measure(workdir, settings, onnx)
+        return measure(workdir, settings, onnx,
+                       command or "ft_keras.deployment.deployment()")
 
 
-def measure(workdir, settings, onnx=None):
+def measure(workdir, settings, onnx=None, command=None):
     """`deployment()` in a workdir this process holds (the runner's
     `deployment` stage): exports, measures and writes the report, with
-    `settings.deployment`'s options."""
+    `settings.deployment`'s options; `command` (what made it) is kept in
+    the report."""
     from ft_keras import export as ft_export
 
     options = settings.deployment
@@ -476,7 +486,7 @@ def measure(workdir, settings, onnx=None):
     keras_top1 = _keras_top1(workdir)
     names = stages.network_names(settings.distillation.method)
     rows = build_rows(measured, names, keras_top1)
-    report = _summary(workdir, measured, dirs, keras_top1, rows)
+    report = _summary(workdir, measured, dirs, keras_top1, rows, command)
     write_report(workdir, report)
     return report
 
@@ -505,7 +515,9 @@ def main(argv=None):
         from ft_keras import _console
 
         _console.quiet_python_logging()
-        report = deployment(args.workdir, **options)
+        command = shlex.join(["python", "-m", "ft_keras.deployment",
+                              *(sys.argv[1:] if argv is None else argv)])
+        report = deployment(args.workdir, command=command, **options)
     except (DeploymentError, ImportError, ValueError, FileNotFoundError) as e:
         if os.environ.get("FT_KERAS_TRACEBACK"):
             raise

@@ -195,6 +195,9 @@ def test_cli_on_the_finished_workdir_measures_the_same_files(
         ["--workdir", str(workdir), "--latency_runs", "2"]) == 0
     again = json.loads((workdir / "results.json").read_text())["deployment"]
     assert again["latency_runs"] == 2  # the flag
+    assert again["command"] == (
+        f"python -m ft_keras.deployment --workdir {workdir} --latency_runs 2")
+    assert report["command"] == "the deployment stage of python -m ft_keras.train"
     assert again["threads"] == 1  # the workdir's deployment.threads
 
     def files(r):

@@ -76,7 +76,9 @@ def deployment(experiment):
         return
     from ft_keras import deployment as ft_deployment
 
-    report = ft_deployment.measure(experiment.workdir.root, experiment.settings)
+    report = ft_deployment.measure(
+        experiment.workdir.root, experiment.settings,
+        command="the deployment stage of python -m ft_keras.train")
     print(ft_deployment.markdown(report), end="", flush=True)
     print(
         "[ft_keras] deployment report: "
