@@ -90,7 +90,15 @@ def test_throughput_onednn_bfloat16_is_grapplers_rewrite_of_float32():
         options = tf.config.optimizer.get_experimental_options()
         assert options["auto_mixed_precision_onednn_bfloat16"]
         assert keras.mixed_precision.global_policy().name == "float32"
-        assert result["images_per_second"] > 0
+        # One block of one step of a batch of 4: the reported rate is the
+        # batch over the median of the blocks' seconds per step.
+        assert result["kind"] == "b"
+        assert len(result["all_seconds_per_step"]) == 1
+        assert result["all_seconds_per_step"][0] > 0
+        assert result["seconds_per_step"] == statistics.median(
+            result["all_seconds_per_step"])
+        assert result["images_per_second"] == pytest.approx(
+            4 / result["seconds_per_step"], rel=1e-12)
     finally:
         tf.config.optimizer.set_experimental_options(
             {"auto_mixed_precision_onednn_bfloat16": False})
@@ -260,8 +268,15 @@ def test_torch_peer_is_the_original_step_on_our_networks():
         assert torch.equal(value, frozen[key]), key
     result = torch_peer.measure("bfloat16", batch=4, steps=1, repeats=2,
                                 warmup=1, teacher="resnet20")
-    assert result["images_per_second"] > 0
+    # Two blocks of one step of a batch of 4: the rate is the batch over
+    # the median (the mean of two) of the blocks' seconds per step.
+    assert result["precision"] == "bfloat16"
     assert len(result["all_seconds_per_step"]) == 2
+    assert min(result["all_seconds_per_step"]) > 0
+    assert result["seconds_per_step"] == pytest.approx(
+        sum(result["all_seconds_per_step"]) / 2, rel=1e-12)
+    assert result["images_per_second"] == pytest.approx(
+        4 / result["seconds_per_step"], rel=1e-12)
 
 
 def test_throughput_vs_pytorch_prints_alternating_rounds_and_ratios():

@@ -499,11 +499,33 @@ def test_fit_under_mirrored_strategy_on_digits():
                 keras.layers.Dense(data.num_classes("digits")),
             ]
         )
+        # A learning rate at which one epoch of mixup learns the digits.
         model.compile(
-            "sgd", keras.losses.CategoricalCrossentropy(from_logits=True)
+            keras.optimizers.SGD(0.5),
+            keras.losses.CategoricalCrossentropy(from_logits=True),
         )
-    history = model.fit(ds, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+
+    class CountBatches(keras.callbacks.Callback):
+        batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
+
+    counter = CountBatches()
+    model.fit(ds, epochs=1, verbose=0, callbacks=[counter])
+    # One optimizer step per global batch of 64 (split over the replicas),
+    # every full batch of the train split once.
+    steps = int(ds.cardinality())
+    assert steps == len(list(ds)) > 0
+    assert counter.batches == steps
+    assert int(model.optimizer.iterations.numpy()) == steps
+    # It learned: top-1 on the test split far above chance (1/10); measured
+    # 0.51 to 0.67 over 11 runs.
+    test = data.build_dataset("digits", "test", batch_size=64, training=False)
+    images = np.concatenate([x.numpy() for x, _ in test])
+    labels = np.concatenate([y.numpy() for _, y in test])
+    top1 = np.mean(model.predict(images, verbose=0).argmax(-1) == labels)
+    assert top1 > 0.3
 
 
 # --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import time
 
 import keras
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 from ft_keras import data
 from ft_keras import export as ft_export
+from ft_keras.export import measure as ft_measure
 from ft_keras import models
 
 # The float files run the same float32 graph: the same argmax on all but a
@@ -22,8 +24,24 @@ FLOAT_AGREEMENT = 0.99
 INT8_TOLERANCE = 0.03
 
 
+class _RecordingClock:
+    """`time` for `ft_keras.export.measure`: the real clock, whose
+    `perf_counter` readings are kept (`_seconds` reads it before and after
+    each timed run)."""
+
+    def __init__(self):
+        self.readings = []
+
+    def perf_counter(self):
+        self.readings.append(time.perf_counter())
+        return self.readings[-1]
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory):
+def measurement(tmp_path_factory):
     keras.utils.set_random_seed(0)
     student = models.get("wrn10_1", num_classes=10, input_shape=(8, 8, 1))
     student.compile(
@@ -36,15 +54,30 @@ def measured(tmp_path_factory):
     export_dir = tmp_path_factory.mktemp("measure") / "export"
     ft_export.export_for_dataset(student, "digits", export_dir, onnx=True,
                                  full_integer=True)
-    report = ft_export.measure_export(export_dir, "digits", latency_runs=10,
-                                      batch=32, threads=2)
+    clock = _RecordingClock()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ft_measure, "time", clock)
+        report = ft_export.measure_export(export_dir, "digits",
+                                          latency_runs=10, batch=32, threads=2)
     images, labels = ft_export.read_test_split("digits")
     pixel_max, mean, std = ft_export.normalization("digits")
     normalised = (images / pixel_max - np.asarray(mean)) / np.asarray(std)
     keras_predictions = np.asarray(
         student.predict(normalised.astype(np.float32), verbose=0)
     ).argmax(-1)
-    return student, export_dir, report, images, labels, keras_predictions
+    return ((student, export_dir, report, images, labels, keras_predictions),
+            clock.readings)
+
+
+@pytest.fixture(scope="module")
+def measured(measurement):
+    return measurement[0]
+
+
+@pytest.fixture(scope="module")
+def clock_readings(measurement):
+    return measurement[1]
+
 
 
 def test_count_macs_of_a_conv_and_a_dense_is_the_hand_count():
@@ -141,11 +174,29 @@ def test_sizes_are_the_files_sizes(measured):
         os.path.join(export_dir, "student.keras"))
 
 
-def test_latency_and_throughput_are_positive_and_ordered(measured):
-    for key, entry in measured[2]["files"].items():
+def test_latency_and_throughput_are_the_timed_runs(measured, clock_readings):
+    """Each file, in the report's order, is timed on 10 batch-1 runs (the
+    latency) then max(3, 10 // 5) = 3 runs of a batch of 32 (the throughput),
+    each run between two clock readings: the report's numbers are exactly
+    those of these readings."""
+    report = measured[2]
+    assert report["batch"] == 32 and report["latency_runs"] == 10
+    files = report["files"]
+    per_file = 2 * (10 + 3)
+    assert len(clock_readings) == per_file * len(files)
+    for i, (key, entry) in enumerate(files.items()):
+        readings = np.asarray(clock_readings[i * per_file:(i + 1) * per_file])
+        seconds = readings[1::2] - readings[0::2]
+        assert np.all(seconds > 0), key
+        latency_ms = seconds[:10] * 1000
         latency = entry["latency_ms"]
+        assert latency["median"] == pytest.approx(np.median(latency_ms),
+                                                  rel=1e-12), key
+        assert latency["p90"] == pytest.approx(np.percentile(latency_ms, 90),
+                                               rel=1e-12), key
         assert latency["p90"] >= latency["median"] > 0, key
-        assert entry["images_per_second"] > 0, key
+        assert entry["images_per_second"] == pytest.approx(
+            32 / np.median(seconds[10:]), rel=1e-12), key
 
 
 def test_report_names_the_student_machine_runtimes_and_threads(measured):
