@@ -10,7 +10,10 @@ the quickstart's networks (WRN-16-2 teacher, WRN-10-1 student, digits 8x8,
    N replicas, global batch N x B, each worker on its shard;
 
 and prints steps/second (median step time over `--steps` steps after a
-warm-up epoch that traces the step) and the weak-scaling efficiency
+warm-up epoch that traces the step), the cost of the preemption check a
+run with checkpoints makes after each step on several workers
+(`ft_keras.distribute.any_worker`, median of 100 calls), and the
+weak-scaling efficiency
 
     efficiency = images/s of N workers / (N x images/s of 1 process)
                = steps/s of N workers / steps/s of 1 process
@@ -73,13 +76,34 @@ def worker(args):
     timer = _timing.StepTimes()
     distiller.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0,
                   callbacks=[timer])
+    check = _preemption_check_seconds(strategy)
     info = distribute.task_info(strategy)
     if info.is_chief:
         step = statistics.median(timer.durations)
         with open(args.out, "w") as f:
             json.dump({"replicas": replicas, "global_batch":
                        args.batch * replicas, "steps_per_second": 1 / step,
-                       "images_per_second": args.batch * replicas / step}, f)
+                       "images_per_second": args.batch * replicas / step,
+                       "preemption_check_seconds": check}, f)
+
+
+def _preemption_check_seconds(strategy, calls=100):
+    """Median time of `distribute.any_worker`, which a run with checkpoints
+    calls after each step so that a preemption signal to one worker stops
+    all at the same step (one all-reduce of a flag; nothing for one
+    worker)."""
+    import time
+
+    from ft_keras import distribute
+
+    for _ in range(5):
+        distribute.any_worker(strategy, False)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        distribute.any_worker(strategy, False)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _free_ports(count):
@@ -160,6 +184,10 @@ def main():
         print(f"{r['label']:>10} {r['replicas']:>8} {r['global_batch']:>12} "
               f"{r['steps_per_second']:>8.1f} {r['images_per_second']:>9.0f}"
               f"   {load}")
+    check = many["preemption_check_seconds"]
+    print(f"preemption check after each step ({args.workers} workers, one "
+          f"all-reduce of a flag): {check * 1e3:.2f} ms, "
+          f"{check * many['steps_per_second']:.1%} of a step")
     efficiency = many["images_per_second"] / (
         args.workers * one["images_per_second"])
     print(f"scaling efficiency: {efficiency:.2f} "

@@ -19,11 +19,12 @@ this one does:
   metric totals, so the epoch's row in the CSV log is the uninterrupted
   run's. The CSV log itself is cut back to its size at the checkpoint, so
   a rerun writes each epoch's row once, and never misses one.
-- **Replicas as a resumed run sees them.** With several replicas, each
-  keeps its own BatchNormalization moving statistics and saving writes
-  their mean (`ft_keras.distribute.scope`); each save sets every replica's
-  copy to that mean (`distribute.sync_replica_means`), so the run goes on
-  from the very state a run resumed from the checkpoint loads.
+- **Each replica's own statistics.** With several replicas, each keeps
+  its own BatchNormalization moving statistics and the weights file holds
+  their mean (`ft_keras.distribute.scope`); the checkpoint also keeps every
+  replica's copy (`distribute.replica_copies`, gathered over the workers)
+  and gives each its own back, so a run resumed at any step, on the same
+  number of replicas, goes on as the uninterrupted one.
 - **Mid-epoch resumption at the next batch.** A checkpoint taken after
   step `s` of epoch `e` restores `e` as the first epoch and counts its
   steps from `s`: the caller fits on the data of epoch `e` without its
@@ -109,7 +110,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.delete_on_end = delete_on_end
         self._found = None  # (entry, path, CSV bytes) of the one to use
         self._row_pending = False  # the last save awaits its epoch's row
-        self._preempted_at = None  # (epoch, step) to report after the row
+        self._preempted_at = None  # (signal, epoch, step) to report after the row
         self._searched = False
         self._restored = False
         self._position = Position(0, 0)
@@ -243,6 +244,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             )
         for variable, value in zip(states, saved):
             variable.assign(np.asarray(value, dtype=variable.dtype))
+        copies = entry.get("replica_copies", [])
+        if copies and len(copies[0]) == self._replicas():
+            distribute.restore_replica_copies(self.model, copies)
         self._position = Position(entry["epoch"], entry["step"])
         self._first_epoch_offset = entry["step"]
         self._pending_metrics = entry.get("metrics") if entry["step"] else None
@@ -297,13 +301,29 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             return
         if self.save_freq != "epoch" and self._since_save >= self.save_freq:
             self.save()
-        if preemption.requested():
+        signal_name = self._preemption()
+        if signal_name:
             if self._since_save:
                 self.save()
             raise preemption.Preempted(
-                preemption.requested(), self._position.epoch + 1,
-                self._position.step,
+                signal_name, self._position.epoch + 1, self._position.step,
             )
+
+    def _replicas(self):
+        strategy = getattr(self.model, "distribute_strategy", None)
+        return 1 if strategy is None else strategy.num_replicas_in_sync
+
+    def _preemption(self):
+        """The preemption signal to answer now, or None: this process's,
+        and with several workers any worker's, so that all stop at the
+        same step (one collective per step, `distribute.any_worker`)."""
+        local = preemption.requested()
+        strategy = getattr(self.model, "distribute_strategy", None)
+        if strategy is None or distribute.num_workers(strategy) < 2:
+            return local
+        if distribute.any_worker(strategy, local is not None):
+            return local or "a signal to another worker"
+        return None
 
     def on_epoch_end(self, epoch, logs=None):
         """Saves before the `CSVLogger` after this callback writes the
@@ -312,8 +332,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         steps = self._position.step
         self._position = Position(epoch + 1, 0)
         self.save(row_pending=True)
-        if preemption.requested():
-            self._preempted_at = (epoch + 1, steps)
+        signal_name = self._preemption()
+        if signal_name:
+            self._preempted_at = (signal_name, epoch + 1, steps)
 
     def _record_row(self):
         """Records in checkpoint.json that the last epoch's CSV row is
@@ -328,9 +349,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             ft_workdir.write_json(path, manifest)
             self._good = (newest, LATEST)
         if self._preempted_at is not None:
-            epoch, step = self._preempted_at
+            signal_name, epoch, step = self._preempted_at
             self._preempted_at = None
-            raise preemption.Preempted(preemption.requested(), epoch, step)
+            raise preemption.Preempted(signal_name, epoch, step)
 
     def on_train_end(self, logs=None):
         self._record_row()
@@ -349,9 +370,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         os.makedirs(self.directory, exist_ok=True)
         tmp = os.path.join(self.directory, _TMP)
         latest = os.path.join(self.directory, LATEST)
-        # The replicas go on from the state a resumed run loads.
-        distribute.sync_replica_means(self.model)
         self.model.save_weights(tmp, overwrite=True)
+        copies = distribute.replica_copies(self.model)
         entry = {
             "epoch": self._position.epoch,
             "step": self._position.step,
@@ -364,6 +384,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 np.asarray(v.numpy()).tolist()
                 for v in _metric_variables(self.model)
             ],
+            # Each replica's own BN statistics (the weights file holds their
+            # mean): restored, the replicas go on as if never stopped.
+            "replica_copies": [c.tolist() for c in copies],
             "csv_bytes": self._csv_size(),
             "row_pending": row_pending and bool(self.csv_log),
             "metadata": self.metadata,

@@ -326,6 +326,9 @@ def worker_temp_dir(workdir, task_type, task_id):
     )
 
 
+_any_flags = {}
+
+
 def barrier(strategy):
     """Waits until every worker reaches this call (no-op for one worker).
 
@@ -344,6 +347,26 @@ def barrier(strategy):
 
         _barriers[id(strategy)] = all_reduce_one
     _barriers[id(strategy)]()
+
+
+def any_worker(strategy, flag):
+    """Whether `flag` is true on any worker: the same answer on every
+    worker (for one worker, `flag`). A collective op, like `barrier`:
+    every worker calls it at the same point. The runner asks it after
+    each training step whether a worker received a preemption signal, so
+    that all stop at the same step (`ft_keras.checkpoint`)."""
+    if num_workers(strategy) < 2:
+        return bool(flag)
+    if id(strategy) not in _any_flags:
+
+        @tf.function
+        def all_reduce_flag(value):
+            flags = strategy.run(lambda: tf.identity(value))
+            return strategy.reduce("SUM", flags, axis=None)
+
+        _any_flags[id(strategy)] = all_reduce_flag
+    count = _any_flags[id(strategy)](tf.constant(1.0 if flag else 0.0))
+    return float(count) > 0
 
 
 def weights_fingerprint(model):
@@ -410,10 +433,9 @@ def sync_replica_means(model):
     BatchNormalization's moving statistics) to the mean of the copies,
     which is what saving writes and loading gives every replica.
 
-    The runner calls it wherever it saves (each checkpoint, each stage's
-    artifacts), so a run continues from exactly the state a run resumed
-    from that checkpoint starts with, and the next stage's frozen teacher
-    is the saved one on every replica. Every worker must call it together
+    The runner calls it before it saves a stage's models, so that the next
+    stage's frozen teacher is the saved one on every replica, in the run
+    that goes on as in a run resumed there. Every worker must call it together
     (the mean is a collective op), as every worker saves. Does nothing with
     one replica.
 
@@ -427,16 +449,74 @@ def sync_replica_means(model):
     strategy = getattr(model, "distribute_strategy", None)
     if strategy is None or strategy.num_replicas_in_sync == 1:
         return
-    for variable in model.non_trainable_variables:
-        state = getattr(variable, "value", variable)
-        if (
-            getattr(state, "synchronization", None) != tf.VariableSynchronization.ON_READ
-            or getattr(state, "aggregation", None) != tf.VariableAggregation.MEAN
-        ):
-            continue
+    for state in _replica_mean_state_of(model):
         mean = state.read_value()
         for copy in state.values:
             copy.assign(mean)
+
+
+def _replica_mean_state_of(model):
+    """The `tf.Variable`s of `model`'s replica-mean state (`scope`)."""
+    states = []
+    for variable in model.non_trainable_variables:
+        state = getattr(variable, "value", variable)
+        if (
+            getattr(state, "synchronization", None) == tf.VariableSynchronization.ON_READ
+            and getattr(state, "aggregation", None) == tf.VariableAggregation.MEAN
+        ):
+            states.append(state)
+    return states
+
+
+def replica_copies(model):
+    """Every replica's own copy of `model`'s replica-mean state (`scope`),
+    over all workers: one array `[replicas, ...]` per variable, in replica
+    order; `[]` with one replica. A collective op (every worker calls it,
+    as every worker saves a checkpoint). Saving writes only their mean:
+    `ft_keras.checkpoint` keeps these too, so that a run resumed at any
+    step goes on from the very copies the uninterrupted run had there.
+
+    ```python
+    copies = distribute.replica_copies(model)
+    ...
+    distribute.restore_replica_copies(model, copies)
+    ```
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    states = _replica_mean_state_of(model)
+    if strategy is None or strategy.num_replicas_in_sync == 1 or not states:
+        return []
+
+    def local_copies():
+        return [tf.expand_dims(tf.identity(state), 0) for state in states]
+
+    per_replica = strategy.run(local_copies)
+    return [strategy.gather(copies, axis=0).numpy() for copies in per_replica]
+
+
+def restore_replica_copies(model, copies):
+    """Gives each replica its own copy from `replica_copies`' output.
+
+    Raises:
+        ValueError: `copies` are of another model or number of replicas.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    states = _replica_mean_state_of(model)
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    shapes = [(replicas, *state.shape) for state in states]
+    if [tuple(np.shape(c)) for c in copies] != shapes:
+        raise ValueError(
+            f"The saved replica copies have shapes "
+            f"{[tuple(np.shape(c)) for c in copies]}; this model on "
+            f"{replicas} replicas needs {shapes}."
+        )
+
+    def assign():
+        index = tf.distribute.get_replica_context().replica_id_in_sync_group
+        for state, values in zip(states, copies):
+            state.assign(tf.gather(tf.constant(values, state.dtype), index))
+
+    strategy.run(assign)
 
 
 def shard_options(policy="auto"):

@@ -220,12 +220,11 @@ class Experiment:
 
     def _preemption_signals(self):
         """SIGTERM and SIGUSR1 stop the run at the next safe point
-        (`ft_keras.preemption`), with one process. Several workers would
-        each stop at their own step and wait for the others forever: there
-        the signal ends the process as before, and the rerun resumes from
-        the last checkpoint."""
-        if distribute.num_workers(self.strategy) > 1:
-            return contextlib.nullcontext()
+        (`ft_keras.preemption`). With several workers, a signal to any of
+        them stops all at the same training step (the checkpoint asks every
+        worker after each step, `ft_keras.checkpoint`); outside training it
+        stops the worker that received it at once, and the others fail
+        within seconds, as after a kill."""
         return preemption.handle_signals()
 
     def close(self):

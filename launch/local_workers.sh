@@ -9,7 +9,9 @@
 # Worker 0 is the chief: its output goes to this terminal, the others' to
 # $LOG_DIR/worker_<i>.log (their pids to worker_<i>.pid). If a worker fails,
 # the others are stopped (as `srun --kill-on-bad-exit`) and the script exits
-# with its status; rerun the same command to resume from the checkpoints.
+# with its status; rerun the same command to resume from the checkpoints. A
+# worker preempted by SIGTERM/SIGUSR1 exits with 75 after all the workers
+# saved at the same step; the script waits for the others and exits with 75.
 #
 # Environment:
 #   MODULE           entry point (default ft_keras.train; e.g. ft_keras.evaluate)
@@ -75,11 +77,18 @@ unset TF_CONFIG
 
 # The first worker to fail stops the others.
 status=0
+preempted=0
 running=("${PIDS[@]}")
 while ((${#running[@]} > 0)); do
   done_pid=""
   wait -n -p done_pid "${running[@]}" || status=$?
   running=($(printf '%s\n' "${running[@]}" | grep -vx "$done_pid" || true))
+  if ((status == 75)); then
+    # Preempted: every worker stops at the same step and saves; wait for them.
+    preempted=1
+    status=0
+    continue
+  fi
   if ((status != 0)); then
     echo "[local_workers] worker pid $done_pid exited with status $status;" \
       "stopping the others" >&2
@@ -89,4 +98,7 @@ while ((${#running[@]} > 0)); do
   fi
 done
 trap - EXIT
+if ((preempted)); then
+  exit 75
+fi
 exit $status

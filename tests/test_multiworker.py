@@ -7,9 +7,10 @@ one process with two logical CPU devices under `MirroredStrategy`: the same
 two replicas, each on the same half of every global batch, so that
 BatchNormalization, whose batch statistics are per replica, computes the
 same thing (a one-replica run over the whole global batch would not, so it
-cannot be the reference). Then a worker is killed mid-distillation and the
-restarted pair must resume from the chief's checkpoint and end with the
-weights of the pair that was never stopped, and the SLURM
+cannot be the reference). Then one worker gets SIGTERM mid-distillation
+(both must stop at the same step), the rerun pair loses a worker to
+SIGKILL, and the pair run again must end with the weights of the pair that
+was never stopped; and the SLURM
 launcher runs two tasks through a stand-in `srun` that starts them on this
 host with SLURM's variables.
 
@@ -38,6 +39,7 @@ import ft_keras  # noqa: F401  (registers the custom layers for loading)
 from ft_keras import _keras_multiworker
 from ft_keras import config
 from ft_keras import distribute
+from ft_keras import preemption
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 GIN = "gin/tests/multiworker.gin"
@@ -208,37 +210,63 @@ def test_two_workers_match_one_process_over_the_same_global_batches(
 # Failure and restart.
 
 
-def test_killed_worker_then_restarted_pair_resumes_exactly(two_workers, tmp_path):
-    """A worker SIGKILLed mid-distillation, then the pair started again:
-    it resumes at the next batch after the chief's last mid-epoch
-    checkpoint and ends with the weights of the uninterrupted pair
-    (`two_workers`, the same config)."""
-    workdir = tmp_path / "run"
+def _pair_until_checkpoint(workdir, log_dir, newer_than=None):
+    """Starts two workers and waits until the chief's student checkpoint
+    exists (and differs from `newer_than`); returns the launcher, running."""
     manifest = workdir / "student" / "backup" / "checkpoint.json"
-    log_dir = tmp_path / "logs"
     log_dir.mkdir()
     launcher = _start(
         ["bash", "launch/local_workers.sh", "2", f"--gin_file={GIN}",
          f"--workdir={workdir}"], log_dir / "launcher.log",
         env=_env(LOG_DIR=str(log_dir)))
-    try:
-        deadline = time.time() + 180
-        while not manifest.exists():  # the student's first checkpoint
-            assert launcher.poll() is None, (
-                "the workers finished or failed before one could be killed: "
+    deadline = time.time() + 180
+    while not manifest.exists() or manifest.read_text() == newer_than:
+        if launcher.poll() is not None or time.time() > deadline:
+            _kill(launcher)
+            raise AssertionError(
+                "no new student checkpoint while the workers ran: "
                 + (log_dir / "launcher.log").read_text()[-2000:])
-            assert time.time() < deadline, "distillation did not start"
-            time.sleep(0.02)
-        worker_pid = int((log_dir / "worker_1.pid").read_text())
-        os.kill(worker_pid, signal.SIGKILL)
-        # The launcher stops the chief and fails.
-        assert launcher.wait(timeout=60) != 0
+        time.sleep(0.02)
+    return launcher
+
+
+def test_preempted_then_killed_pair_resumes_exactly(two_workers, tmp_path):
+    """SIGTERM to worker 1 only: both workers stop after the same training
+    step, save, print the same preemption line and exit with 75 (the
+    launcher too). Rerun, worker 1 is SIGKILLed at the next checkpoint; the
+    launcher stops the chief. Rerun again, the pair resumes at the next
+    batch after the chief's last mid-epoch checkpoint and ends bit for bit
+    as the pair that was never stopped (`two_workers`, the same config)."""
+    workdir = tmp_path / "run"
+    manifest = workdir / "student" / "backup" / "checkpoint.json"
+    logs = [tmp_path / f"logs{i}" for i in range(3)]
+    launcher = _pair_until_checkpoint(workdir, logs[0])
+    try:
+        os.kill(int((logs[0] / "worker_1.pid").read_text()), signal.SIGTERM)
+        signalled = time.time()
+        assert launcher.wait(timeout=60) == preemption.EXIT_CODE, (
+            (logs[0] / "launcher.log").read_text()[-3000:])
+        stopped_within = time.time() - signalled
     finally:
         _kill(launcher)
-    position = json.loads(manifest.read_text())
+    lines = [[line for line in (logs[0] / f"worker_{i}.log").read_text()
+              .splitlines() if "preempted" in line] for i in (0, 1)]
+    assert len(lines[0]) == 1 and lines[0] == lines[1], lines
+    assert re.fullmatch(
+        r"\[ft_keras\] preempted at stage student, epoch \d, step \d+: "
+        r"checkpoint saved; rerun the same command to continue", lines[0][0])
+    assert stopped_within < 30
+
+    launcher = _pair_until_checkpoint(workdir, logs[1],
+                                      newer_than=manifest.read_text())
+    try:
+        os.kill(int((logs[1] / "worker_1.pid").read_text()), signal.SIGKILL)
+        assert launcher.wait(timeout=60) not in (0, preemption.EXIT_CODE)
+    finally:
+        _kill(launcher)
     assert not (workdir / "student" / "model.keras").exists()
 
-    status, chief, worker = _local_workers(workdir, tmp_path / "logs2")
+    status, chief, worker = _local_workers(workdir, logs[2])
     assert status == 0, chief[-3000:] + "\n--- worker 1 ---\n" + worker[-3000:]
     assert "resumed at epoch " in chief
     assert "stage teacher" not in chief and "stage paraphraser" not in chief
@@ -246,9 +274,8 @@ def test_killed_worker_then_restarted_pair_resumes_exactly(two_workers, tmp_path
     assert _fingerprints(chief, 0) == _fingerprints(worker, 1)
     assert set(_fingerprints(chief, 0)) == {"student"}
     # ... and trained it exactly as the pair that was never stopped.
-    uninterrupted = _fingerprints(two_workers[1], 0)
-    assert _fingerprints(chief, 0)["student"] == uninterrupted["student"], \
-        position
+    assert _fingerprints(chief, 0)["student"] == \
+        _fingerprints(two_workers[1], 0)["student"]
     epochs = [int(row["epoch"]) for row in _read_csv(workdir / "student" / "log.csv")]
     assert epochs == list(range(STUDENT_EPOCHS))
     for ours, theirs in zip(_weights(workdir / "student" / "model.keras"),
