@@ -382,3 +382,45 @@ def test_reproduce_stopped_by_sigterm_stops_the_run_it_started(tmp_path):
     driver.send_signal(signal.SIGTERM)
     assert driver.wait(timeout=120) == 128 + signal.SIGTERM
     assert _processes_with(f"--workdir={workdir}") == []
+
+
+# An AMD Zen 5 as /proc/cpuinfo lists it (flags trimmed to the ones that
+# matter and a few others): AVX512-BF16, no AMX.
+ZEN5_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9B45
+flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 sha_ni
+
+processor\t: 1
+model name\t: AMD EPYC 9B45
+flags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 sha_ni
+"""
+
+
+def test_record_header_names_the_cpu_its_flags_and_onednn_settings(tmp_path):
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent
+                           / "benchmarks" / "results"))
+    import record
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(ZEN5_CPUINFO)
+    assert record.cpu(cpuinfo) == ("AMD EPYC 9B45", {
+        "amx_bf16": False, "amx_tile": False, "avx512_bf16": True,
+        "avx512_vnni": True, "avx512f": True, "avx2": True})
+    lines = record.cpu_lines(cpuinfo, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+                                       "OMP_NUM_THREADS": "2"})
+    assert lines == {
+        "cpu flags": "avx512_bf16 avx512_vnni avx512f avx2; "
+                     "without amx_bf16 amx_tile",
+        "oneDNN and threads": "ONEDNN_MAX_CPU_ISA=AVX512_CORE, "
+        "TF_ENABLE_ONEDNN_OPTS=unset, OMP_NUM_THREADS=2, "
+        "TF_NUM_INTRAOP_THREADS=unset, TF_NUM_INTEROP_THREADS=unset"}
+    assert record.cpu_lines(tmp_path / "absent")["cpu flags"] == "unknown"
+    # A recorded command: this machine's header, then what it printed.
+    out = tmp_path / "out.txt"
+    assert record.main([str(out), "--", sys.executable, "-c", "print(42)"]) == 0
+    text = out.read_text().splitlines()
+    header = dict(l[2:].split(": ", 1) for l in text if l.startswith("# "))
+    assert header["cpu flags"] == record.cpu_lines()["cpu flags"]
+    assert header["command"].endswith("-c 'print(42)'")
+    assert text[-1] == "42"

@@ -4,7 +4,9 @@
         python -m ft_keras.taps --teacher wrn16_2 --student wrn10_1 --dataset fashion_mnist
 
 writes the file: a header of `# key: value` lines (the command, its exit
-status and wall time, the date, the CPU, the load average before and after,
+status and wall time, the date, the CPU with the flags that decide its
+kernels (AMX, AVX512-BF16, AVX2...) and the oneDNN and thread settings of
+the environment, the load average before and after,
 the Python, TensorFlow, Keras and NumPy versions, the git revision of the
 checkout) and then everything the command printed, stdout and stderr
 interleaved as a terminal shows them. The docs quote these files;
@@ -26,15 +28,45 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PACKAGES = ("tensorflow", "keras", "numpy", "tensorflow-datasets", "torch")
 
 
-def cpu_model():
+# The CPU flags that decide which kernels oneDNN (TensorFlow's CPU kernels)
+# and PyTorch can use, and the environment that caps oneDNN or sets threads.
+CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f",
+             "avx2")
+CPU_ENV = ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS",
+           "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def cpu(path="/proc/cpuinfo"):
+    """`(model name, {flag: present})` of the first CPU in `path`; the
+    flags are empty where it cannot be read (not Linux)."""
+    model, flags = None, None
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model is None:
+                    model = value.strip()
+                elif key.strip() == "flags" and flags is None:
+                    flags = set(value.split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    present = {} if flags is None else {f: f in flags for f in CPU_FLAGS}
+    return model or platform.processor() or platform.machine(), present
+
+
+def cpu_lines(path="/proc/cpuinfo", environ=None):
+    """The header's CPU entries: the flags present and absent, and the
+    oneDNN and thread settings of the environment."""
+    environ = os.environ if environ is None else environ
+    _, flags = cpu(path)
+    have = " ".join(f for f, on in flags.items() if on) or "none of"
+    lack = " ".join(f for f, on in flags.items() if not on)
+    text = have + (f"; without {lack}" if lack else "")
+    return {
+        "cpu flags": text if flags else "unknown",
+        "oneDNN and threads": ", ".join(
+            f"{name}={environ.get(name, 'unset')}" for name in CPU_ENV),
+    }
 
 
 def versions():
@@ -70,7 +102,8 @@ def main(argv):
         "date": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                   f"{cpu_model()}",
+                   f"{cpu()[0]}",
+        **cpu_lines(),
         "load average (1 min) before, after": f"{load_before[0]:.2f}, "
                                                f"{load_after[0]:.2f}",
         "versions": versions(),
