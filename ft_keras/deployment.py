@@ -9,7 +9,8 @@ model.keras`; the student of the distillation method, `student/model.keras`;
 the student trained alone, `baseline/model.keras`, when that stage ran) is
 exported with `ft_keras.export.export_for_dataset` into
 `<workdir>/deployment/<role>/` (the student's `<workdir>/export/` of the
-export stage is used as it is when it holds every file asked for), and
+export stage is used as it is when it holds every file asked for, and so
+is an earlier report's export of an unchanged `model.keras`), and
 measured with `ft_keras.export.measure_export` on the full test split, each
 file in its own runtime. The files are named `student_*` for every network:
 the names `export_student` writes.
@@ -169,11 +170,24 @@ def representative_images(settings):
     )
 
 
+# Beside each network's files in `<workdir>/deployment/<role>/`: the
+# fingerprint of the model.keras they were exported from.
+SOURCE_FILE = "source.json"
+
+
+def _exported_from(export_dir, model_path):
+    """Whether `export_dir` was exported from `model_path` as it is now."""
+    source = os.path.join(export_dir, SOURCE_FILE)
+    return (os.path.exists(source)
+            and ft_workdir.read_json(source) == ft_workdir.fingerprint(model_path))
+
+
 def export_models(workdir, models, settings, onnx=None, full_integer=False):
     """Exports each of `{role: model.keras path}` into
     `<workdir>/deployment/<role>/`, all calibrated on the same images; the
-    student's `<workdir>/export/` is kept when it holds every file asked
-    for. Returns `{role: export directory}`."""
+    student's `<workdir>/export/`, and an earlier report's export of the
+    same model.keras, are kept when they hold every file asked for.
+    Returns `{role: export directory}`."""
     import keras
 
     from ft_keras import export as ft_export
@@ -185,9 +199,11 @@ def export_models(workdir, models, settings, onnx=None, full_integer=False):
         if role == "student" and _holds(runner_export, wanted):
             dirs[role] = runner_export
             continue
+        dirs[role] = os.path.join(workdir, OUT_DIR, role)
+        if _holds(dirs[role], wanted) and _exported_from(dirs[role], path):
+            continue
         if images is None:
             images = representative_images(settings)
-        dirs[role] = os.path.join(workdir, OUT_DIR, role)
         ft_export.export_for_dataset(
             keras.models.load_model(path, compile=False),
             settings.dataset.name,
@@ -197,6 +213,8 @@ def export_models(workdir, models, settings, onnx=None, full_integer=False):
             onnx=onnx,
             full_integer=full_integer,
         )
+        ft_workdir.write_json(os.path.join(dirs[role], SOURCE_FILE),
+                              ft_workdir.fingerprint(path))
     return dirs
 
 

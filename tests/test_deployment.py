@@ -17,6 +17,7 @@ from ft_keras import config
 from ft_keras import deployment as ft_deployment
 from ft_keras import experiment as ft_experiment
 from ft_keras import export as ft_export
+from ft_keras import workdir as ft_workdir
 from _settings import digits_settings
 
 STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export",
@@ -200,13 +201,28 @@ def test_cli_on_the_finished_workdir_measures_the_same_files(
     assert report["command"] == "the deployment stage of python -m ft_keras.train"
     assert again["threads"] == 1  # the workdir's deployment.threads
 
+    # The same files, measured again: every network's export is kept (that
+    # of an unchanged model.keras, with every file asked for).
     def files(r):
-        return [(row["role"], row["file_key"], row["top1"]) for row in r["rows"]]
+        return [(row["role"], row["file_key"], row["top1"], row["size_bytes"])
+                for row in r["rows"]]
     assert files(again) == files(report)
-    # The stage's student export is measured as it is; the others are
-    # exported again (a SavedModel differs by a few bytes of names then).
-    students = [[row["size_bytes"] for row in r["rows"] if row["role"] == "student"]
-                for r in (report, again)]
-    assert students[0] == students[1]
+    for role in ("teacher", "baseline"):
+        source = workdir / "deployment" / role / ft_deployment.SOURCE_FILE
+        assert json.loads(source.read_text()) == ft_workdir.fingerprint(
+            workdir / role / "model.keras")
     printed = capsys.readouterr().out
     assert (workdir / "deployment" / "deployment.md").read_text() in printed
+
+
+def test_an_export_is_kept_only_for_the_model_it_came_from(tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"weights")
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
+    assert not ft_deployment._exported_from(export_dir, model)  # no record
+    (export_dir / ft_deployment.SOURCE_FILE).write_text(
+        json.dumps(ft_workdir.fingerprint(model)))
+    assert ft_deployment._exported_from(export_dir, model)
+    model.write_bytes(b"weights after --overwrite and training again")
+    assert not ft_deployment._exported_from(export_dir, model)
