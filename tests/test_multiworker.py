@@ -243,10 +243,9 @@ def test_preempted_then_killed_pair_resumes_exactly(two_workers, tmp_path):
     launcher = _pair_until_checkpoint(workdir, logs[0])
     try:
         os.kill(int((logs[0] / "worker_1.pid").read_text()), signal.SIGTERM)
-        signalled = time.time()
-        assert launcher.wait(timeout=60) == preemption.EXIT_CODE, (
+        # Stopped within 30 s of the signal, or TimeoutExpired fails the test.
+        assert launcher.wait(timeout=30) == preemption.EXIT_CODE, (
             (logs[0] / "launcher.log").read_text()[-3000:])
-        stopped_within = time.time() - signalled
     finally:
         _kill(launcher)
     lines = [[line for line in (logs[0] / f"worker_{i}.log").read_text()
@@ -255,7 +254,6 @@ def test_preempted_then_killed_pair_resumes_exactly(two_workers, tmp_path):
     assert re.fullmatch(
         r"\[ft_keras\] preempted at stage student, epoch \d, step \d+: "
         r"checkpoint saved; rerun the same command to continue", lines[0][0])
-    assert stopped_within < 30
 
     launcher = _pair_until_checkpoint(workdir, logs[1],
                                       newer_than=manifest.read_text())
