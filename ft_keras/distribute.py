@@ -486,12 +486,21 @@ def replica_copies(model):
     states = _replica_mean_state_of(model)
     if strategy is None or strategy.num_replicas_in_sync == 1 or not states:
         return []
+    key = (id(strategy), tuple(id(state) for state in states))
+    if key not in _gathers:
 
-    def local_copies():
-        return [tf.expand_dims(tf.identity(state), 0) for state in states]
+        @tf.function
+        def gather_all():  # one graph: the collectives run back to back
+            per_replica = strategy.run(
+                lambda: [tf.expand_dims(tf.identity(s), 0) for s in states])
+            return [strategy.gather(copies, axis=0) for copies in per_replica]
 
-    per_replica = strategy.run(local_copies)
-    return [strategy.gather(copies, axis=0).numpy() for copies in per_replica]
+        _gathers.clear()  # one model's function at a time: no growth
+        _gathers[key] = gather_all
+    return [copies.numpy() for copies in _gathers[key]()]
+
+
+_gathers = {}
 
 
 def restore_replica_copies(model, copies):
