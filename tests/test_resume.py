@@ -211,7 +211,27 @@ def test_two_replicas_resume_mid_epoch_exactly(tmp_path):
     """Two replicas keep their own BatchNormalization statistics; the
     weights file holds their mean, the checkpoint also each replica's copy,
     so a run resumed at any step goes on as the uninterrupted one (which
-    never saved: saving changes nothing)."""
+    never saved: saving changes nothing). In a process of its own: a second
+    MirroredStrategy later in the same process would reuse the collective
+    keys of this one's train steps (TensorFlow aborts on the shape clash)."""
+    script = (
+        "import sys, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(\n"
+        "    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        f"sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})\n"
+        "import test_resume\n"
+        f"test_resume.two_replicas_resume_mid_epoch_exactly({str(tmp_path)!r})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                            text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def two_replicas_resume_mid_epoch_exactly(tmp_path):
+    """The body of the test above, in its subprocess."""
+    tmp_path = pathlib.Path(tmp_path)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
     def model():
