@@ -7,8 +7,8 @@ Which parts run on which Keras backend (`KERAS_BACKEND`):
 
 - Any backend (JAX, TensorFlow, PyTorch; tests/test_backends.py trains
   them on each): the core, which imports no TensorFlow. `ft_keras.layers`
-  (`Paraphraser`, `Translator`), `ft_keras.losses`, `ft_keras.terms`
-  (`Term`, `FactorTransfer`, `KnowledgeDistillation`,
+  (`Paraphraser`, `Translator`), `ft_keras.losses`, `ft_keras.metrics`,
+  `ft_keras.terms` (`Term`, `FactorTransfer`, `KnowledgeDistillation`,
   `AttentionTransfer`), `ft_keras.distiller` (`Distiller`),
   `ft_keras.pretraining` (`ParaphraserTrainer`), `ft_keras.methods`,
   `ft_keras.models` and `ft_keras.optim`. `import ft_keras` imports only
@@ -44,6 +44,7 @@ with _console.tensorflow_import_quieted():
     import keras  # noqa: F401  (loads the backend, TensorFlow)
 
 from ft_keras import losses  # noqa: E402
+from ft_keras import metrics  # noqa: E402
 from ft_keras import optim  # registers EpochSchedule, used by saved models
 from ft_keras._console import quiet_console
 from ft_keras import terms  # noqa: E402
@@ -68,6 +69,7 @@ __all__ = [
     "Term",
     "Translator",
     "losses",
+    "metrics",
     "optim",
     "quiet_console",
     "terms",

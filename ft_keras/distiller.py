@@ -21,6 +21,7 @@ from keras import ops
 
 from ft_keras import _validation
 from ft_keras import features
+from ft_keras import losses as ft_losses
 from ft_keras import terms as ft_terms
 from ft_keras._training_model import TrainingModel
 from ft_keras._training_model import serialize
@@ -51,7 +52,7 @@ class _FunctionLoss(keras.losses.Loss):
 
 def _classification_loss(loss):
     if loss is None:
-        loss = "sparse_categorical_crossentropy"
+        return ft_losses.ClassificationCrossentropy(from_logits=True)
     if isinstance(loss, str) and loss in _LOGIT_LOSSES:
         return _LOGIT_LOSSES[loss](from_logits=True)
     loss = keras.losses.get(loss)
@@ -210,7 +211,9 @@ class Distiller(TrainingModel):
         Args:
             optimizer: Optimizer of the trained parts.
             loss: Classification loss on the student's logits. Defaults to
-                sparse categorical cross-entropy from logits; the strings
+                cross-entropy from logits against class indices or one-hot
+                (CutMix / MixUp) labels alike
+                (`ft_keras.losses.ClassificationCrossentropy`); the strings
                 `"sparse_categorical_crossentropy"` and
                 `"categorical_crossentropy"` are taken with
                 `from_logits=True`, since the student returns logits.

@@ -3,7 +3,8 @@
 `FactorTransferLoss` compares the student factor to the teacher factor;
 `reconstruction_loss` returns the loss that pre-trains the paraphraser;
 `KnowledgeDistillationLoss` (Hinton et al.) and `AttentionTransferLoss`
-(Zagoruyko & Komodakis) are the usual baselines.
+(Zagoruyko & Komodakis) are the usual baselines. `ClassificationCrossentropy`
+takes class indices and one-hot (mixed) labels alike.
 
 All are `keras.losses.Loss` objects with the default "sum_over_batch_size"
 reduction, written with `keras.ops` only, so they run on every Keras 3
@@ -354,3 +355,46 @@ def reconstruction_loss(name):
         f"`reconstruction` must be one of {RECONSTRUCTIONS}. Received: "
         f"reconstruction={name!r}"
     )
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ClassificationCrossentropy(keras.losses.Loss):
+    """Cross-entropy of logits against class indices or one-hot labels.
+
+    Labels of the logits' rank (one-hot, or soft after CutMix / MixUp) take
+    `keras.losses.categorical_crossentropy`, class indices
+    `sparse_categorical_crossentropy`: one compiled loss fits a training
+    split whose labels are mixed and a test split whose labels are not.
+    The rank is known when Keras traces the step, so each case runs only
+    its own loss.
+
+    Args:
+        from_logits: Whether `y_pred` are logits (ft_keras' networks
+            return logits).
+        reduction: Keras loss reduction.
+        name: Name of the loss.
+
+    Example:
+
+    >>> loss = ClassificationCrossentropy()
+    >>> logits = ops.array([[2.0, 0.0], [0.0, 2.0]])
+    >>> sparse = float(loss(ops.array([0, 1]), logits))
+    >>> one_hot = float(loss(ops.eye(2), logits))
+    >>> round(sparse, 4), round(one_hot, 4)
+    (0.1269, 0.1269)
+    """
+
+    def __init__(self, from_logits=True, reduction="sum_over_batch_size",
+                 name="classification_crossentropy"):
+        super().__init__(name=name, reduction=reduction)
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        if len(y_true.shape) == len(y_pred.shape):
+            return keras.losses.categorical_crossentropy(
+                y_true, y_pred, from_logits=self.from_logits)
+        return keras.losses.sparse_categorical_crossentropy(
+            y_true, y_pred, from_logits=self.from_logits)
+
+    def get_config(self):
+        return {**super().get_config(), "from_logits": self.from_logits}

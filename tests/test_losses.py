@@ -311,3 +311,45 @@ def test_an_all_zero_map_gets_finite_gradients(name, loss):
     np.testing.assert_allclose(float(value), expected_value, rtol=1e-6)
     # The 1e12-scaled gradients: measured <= 1.6e-7 relative.
     np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-6, atol=0)
+
+
+def test_classification_crossentropy_takes_class_indices_and_mixed_labels():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 10)).astype(np.float32)
+    indices = rng.integers(0, 10, 6).astype(np.int32)
+    # Soft labels as MixUp makes them: two classes, weights summing to 1.
+    lam = rng.uniform(size=(6, 1)).astype(np.float32)
+    soft = lam * np.eye(10, dtype=np.float32)[indices] + (1 - lam) * np.eye(
+        10, dtype=np.float32)[indices[::-1]]
+    loss = losses.ClassificationCrossentropy()
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(float(loss(indices, logits)),
+                               -log_p[np.arange(6), indices].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(loss(soft, logits)),
+                               -(soft * log_p).sum(axis=1).mean(), rtol=1e-6)
+    # The class-index case is Keras' own loss, bit for bit.
+    sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    assert float(loss(indices, logits)) == float(sparse(indices, logits))
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(loss))
+    assert isinstance(restored, losses.ClassificationCrossentropy)
+    assert restored.from_logits is True
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_top_k_accuracy_counts_mixed_labels_as_their_main_class(k):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(64, 10)).astype(np.float32)
+    indices = rng.integers(0, 10, 64).astype(np.int32)
+    soft = 0.7 * np.eye(10, dtype=np.float32)[indices] + 0.3 * np.eye(
+        10, dtype=np.float32)[(indices + 1) % 10]
+    expected = np.mean([i in np.argsort(-row)[:k]
+                        for i, row in zip(indices, logits)])
+    assert 0 < expected < 1
+    for labels in (indices, soft):
+        metric = ft_keras.metrics.TopKAccuracy(k=k)
+        metric.update_state(labels, logits)
+        np.testing.assert_allclose(float(metric.result()), expected, rtol=1e-6)
+    restored = keras.metrics.deserialize(keras.metrics.serialize(metric))
+    assert isinstance(restored, ft_keras.metrics.TopKAccuracy)
+    assert restored.k == k

@@ -9,16 +9,18 @@ import keras
 
 from ft_keras import callbacks as ft_callbacks
 from ft_keras import distribute
+from ft_keras import metrics as ft_metrics
 from ft_keras import stages
 from ft_keras import workdir as ft_workdir
 from ft_keras._validation import ConfigurationError
 
 
 def top_k_metrics(num_classes):
-    """Top-1 accuracy, and top-5 when there are more than 5 classes."""
-    metrics = [keras.metrics.SparseCategoricalAccuracy(name="top1")]
+    """Top-1 accuracy, and top-5 when there are more than 5 classes, of
+    class indices or mixed labels alike."""
+    metrics = [ft_metrics.TopKAccuracy(k=1, name="top1")]
     if num_classes > 5:
-        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"))
+        metrics.append(ft_metrics.TopKAccuracy(k=5, name="top5"))
     return metrics
 
 

@@ -13,6 +13,7 @@ import keras
 from ft_keras import config
 from ft_keras import distiller as ft_distiller
 from ft_keras import distribute
+from ft_keras import losses as ft_losses
 from ft_keras import methods
 from ft_keras.pretraining import ParaphraserTrainer
 from ft_keras.stages import fit
@@ -135,7 +136,8 @@ def train_classifier(experiment, stage, model):
     with distribute.scope(experiment.strategy):
         model.compile(
             optimizer=fit.optimizer(experiment, scope),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            # Class indices, or one-hot labels where `augment` mixes.
+            loss=ft_losses.ClassificationCrossentropy(from_logits=True),
             metrics=top_k_metrics(experiment.num_classes),
         )
     fit.fit(experiment,

@@ -1,0 +1,58 @@
+"""Metrics of a classifier whose labels may be mixed.
+
+`TopKAccuracy` takes class indices and one-hot or soft (CutMix / MixUp)
+labels alike, as `ft_keras.losses.ClassificationCrossentropy` does, so one
+compiled model trains on mixed batches and validates on plain labels.
+"""
+
+import keras
+from keras import ops
+
+_PACKAGE = "ft_keras"
+
+
+def class_indices(y_true, y_pred):
+    """`y_true` as class indices: one-hot or soft (mixed) labels, with the
+    rank of `y_pred`, become their argmax."""
+    if len(y_true.shape) == len(y_pred.shape):
+        return ops.argmax(y_true, axis=-1)
+    return y_true
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TopKAccuracy(keras.metrics.MeanMetricWrapper):
+    """Top-k accuracy against class indices or one-hot labels.
+
+    One-hot or soft (mixed) labels count as their argmax class, so a step
+    on CutMix / MixUp batches and an evaluation on plain labels report the
+    same metric. `k=1` is `keras.metrics.SparseCategoricalAccuracy`'s
+    value, other `k` `SparseTopKCategoricalAccuracy`'s.
+
+    Args:
+        k: How many of the highest scores may hold the label.
+        name: Name of the metric.
+        dtype: Dtype of the result.
+
+    Example:
+
+    >>> metric = TopKAccuracy(k=1, name="top1")
+    >>> metric.update_state(ops.array([[0.2, 0.8]]), ops.array([[1.0, 3.0]]))
+    >>> float(metric.result())
+    1.0
+    """
+
+    def __init__(self, k=1, name="top_k_accuracy", dtype=None):
+        super().__init__(self._accuracy, name=name, dtype=dtype)
+        self.k = k
+        # Higher is better, for callbacks that monitor it.
+        self._direction = "up"
+
+    def _accuracy(self, y_true, y_pred):
+        labels = class_indices(y_true, y_pred)
+        if self.k == 1:
+            return keras.metrics.sparse_categorical_accuracy(labels, y_pred)
+        return keras.metrics.sparse_top_k_categorical_accuracy(
+            labels, y_pred, k=self.k)
+
+    def get_config(self):
+        return {"k": self.k, "name": self.name, "dtype": self.dtype}
