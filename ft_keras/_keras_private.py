@@ -93,3 +93,23 @@ def optimizer_variable_index(optimizer, variable):
     private `_get_variable_index`. Checked against Keras 3.15.1.
     """
     return optimizer._get_variable_index(variable)
+
+
+def tf_data_seed_generator(layer):
+    """The seed generator a Keras core preprocessing `layer` draws from
+    when `tf.data` runs it, or None for a layer without one (keras-cv's).
+
+    Missing public API: a preprocessing layer (`keras.layers.RandAugment`,
+    `CutMix`, `MixUp`, ...) draws through the private `_get_seed_generator`,
+    which under another Keras backend makes a TensorFlow generator of its
+    own the first time `tf.data` calls the layer; the layer has no way to
+    draw from a given seed. This makes that generator now, with the layer's
+    backend set as `tf.data` sets it. Checked against Keras 3.15.1.
+    """
+    if not hasattr(layer, "_get_seed_generator"):
+        return None
+    layer.backend.set_backend("tensorflow")
+    try:
+        return layer._get_seed_generator("tensorflow")
+    finally:
+        layer.backend.reset()

@@ -125,7 +125,8 @@ def _private_module(path):
 
 # The private Keras attributes ft_keras reads (`ft_keras._keras_private`).
 _PRIVATE_KERAS_NAMES = {"_flatten_layers", "_nodes_by_depth", "_keras_history",
-                        "_use_weight_decay", "_get_variable_index"}
+                        "_use_weight_decay", "_get_variable_index",
+                        "_get_seed_generator"}
 
 # The modules that compute on any Keras backend: the core.
 _CORE = ("layers.py", "losses.py", "distiller.py", "terms.py", "features.py",

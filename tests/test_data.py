@@ -376,6 +376,31 @@ def test_keras_augmentations_are_repeatable_with_deterministic(cifar_dir):
     np.testing.assert_array_equal(ya, yb)
 
 
+def test_keras_augmentations_resume_exactly_in_a_rebuilt_pipeline():
+    """A run resumed mid-epoch builds its pipeline afresh, creates and
+    drops one iterator per finished epoch and skips the batches already
+    trained on: the augmentation layers must then draw what the
+    uninterrupted pipeline drew, although their seed generators start
+    afresh."""
+    def build():
+        return data.build_dataset(
+            "digits", "train", batch_size=64, training=True, seed=3,
+            deterministic=True, augment=["randaugment", "cutmix", "mixup"])
+
+    running = build()
+    first, second = batches(running), batches(running)
+    resumed = build()
+    iter(resumed)  # the finished epoch
+    rest = batches(resumed.skip(7))
+    assert len(rest) == len(second) - 7 > 0
+    for (x, y), (x_resumed, y_resumed) in zip(second[7:], rest):
+        np.testing.assert_array_equal(x, x_resumed)
+        np.testing.assert_array_equal(y, y_resumed)
+    # Each epoch draws other augmentations, and mixing did mix.
+    assert not np.array_equal(first[7][0], second[7][0])
+    assert 0 < np.mean(np.max(second[7][1], axis=1) < 1)
+
+
 def test_keras_cv_augmentations_need_keras_cv(cifar_dir):
     try:
         import keras_cv  # noqa: F401

@@ -114,3 +114,20 @@ def test_optimizer_variable_index_finds_the_slot_of_each_variable():
         index = _keras_private.optimizer_variable_index(optimizer, variable)
         assert index == i
         assert optimizer.momentums[index].shape == variable.shape
+
+
+def test_tf_data_seed_generator_is_what_the_layer_draws_from_in_tf_data():
+    layer = keras.layers.MixUp(seed=7)
+    generator = _keras_private.tf_data_seed_generator(layer)
+    images = tf.random.stateless_uniform((4, 8, 8, 3), seed=(1, 2))
+    labels = tf.one_hot([0, 1, 2, 3], 4)
+
+    def mixed(seed):
+        generator.state.assign(tf.cast(seed, generator.state.dtype))
+        return layer({"images": images, "labels": labels})["images"]
+
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant([[5, 6], [5, 6], [8, 9]]))
+    out = [x.numpy() for x in ds.map(mixed)]
+    np.testing.assert_array_equal(out[0], out[1])  # the same seed
+    assert not np.array_equal(out[0], out[2])
+    assert _keras_private.tf_data_seed_generator(keras.layers.Dense(2)) is None

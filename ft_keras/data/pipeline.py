@@ -11,7 +11,8 @@
    shuffled and repeated (`_shuffle_and_repeat`);
 3. `_transform_examples`: the recipe's crop and flip (`_crop_and_flip`),
    seeded per example, then the per-image Keras layers of `augment`
-   (RandAugment);
+   (RandAugment; in a deterministic pipeline seeded per example too,
+   `_map_layer`);
 4. `_batch_normalize_and_mix`: batch, normalise, CutMix / MixUp, prefetch.
 
 The recipes of training pipelines (`training=True`, step 3):
@@ -28,8 +29,6 @@ The recipes of training pipelines (`training=True`, step 3):
 Evaluation pipelines normalise only (ImageNet: resize the shorter side to
 256, center crop 224).
 """
-
-import functools
 
 import numpy as np
 import tensorflow as tf
@@ -290,11 +289,16 @@ def _transform_examples(ds, spec, opts, training):
     ds = _crop_and_flip(ds, spec, opts, training)
     per_example, per_batch = _augmentation_layers(spec, opts, training)
     for _, layer in per_example:
-        ds = ds.map(
-            lambda image, label, layer=layer: (layer(image), label),
-            num_parallel_calls=_layer_calls(opts),
-        )
+        ds = _map_layer(ds, layer, opts, _image_only)
     return ds, per_batch
+
+
+def _seed_stream(seed):
+    """A `(2,)` int64 seed per element, a new stream for each iterator
+    (epoch): random, yet repeatable and resumable by counting iterators."""
+    return tf.data.Dataset.random(
+        seed=seed, rerandomize_each_iteration=True
+    ).batch(2, drop_remainder=True)
 
 
 def _crop_and_flip(ds, spec, opts, training):
@@ -302,10 +306,7 @@ def _crop_and_flip(ds, spec, opts, training):
     seed per example from `opts.seed`), ImageNet's center crop otherwise."""
     crop = opts.image_size[0] if opts.image_size else 224
     if training:
-        seeds = tf.data.Dataset.random(
-            seed=opts.seed, rerandomize_each_iteration=True
-        ).batch(2, drop_remainder=True)
-        ds = tf.data.Dataset.zip((ds, seeds))
+        ds = tf.data.Dataset.zip((ds, _seed_stream(opts.seed)))
 
         # The dataset's own padding and flip, or (`recipe="cifar"` for
         # another dataset) CIFAR's.
@@ -337,6 +338,42 @@ def _augmentation_layers(spec, opts, training):
             opts.augment, spec.max_value, opts.seed
         )
     return (), ()
+
+
+def _map_layer(ds, layer, opts, apply):
+    """`ds` mapped by `apply(images, labels, call)`, `call` running an
+    `augment` layer.
+
+    In a deterministic pipeline the layer's draws come from a seed per
+    element (`transforms.seeded_call`, from a stream seeded by the layer's
+    own seed), so they depend on the seed, the epoch and the position
+    only, and a pipeline rebuilt to resume a run augments as the one it
+    continues; the calls run one at a time. Otherwise (or for keras-cv
+    layers) the layer draws from its own generator, in parallel.
+    """
+    seeded = transforms.seeded_call(layer) if opts.deterministic else None
+    if seeded is None:
+        return ds.map(
+            lambda images, labels: apply(images, labels, layer),
+            num_parallel_calls=_layer_calls(opts),
+        )
+
+    def call_with(seed):
+        return lambda data: seeded(data, seed)
+
+    ds = tf.data.Dataset.zip((ds, _seed_stream(layer.seed)))
+    return ds.map(
+        lambda example, seed: apply(*example, call_with(seed)),
+        num_parallel_calls=1,
+    )
+
+
+def _image_only(images, labels, call):
+    return call(images), labels
+
+
+def _mixed(images, labels, call):
+    return transforms.mix(images, labels, layer=call)
 
 
 def _layer_calls(opts):
@@ -371,17 +408,11 @@ def _batch_normalize_and_mix(ds, spec, opts, batch_size, per_batch):
     # MixUp on normalised images and one-hot labels.
     for item, layer in per_batch:
         if item == "keras_cv.randaugment":
-            ds = ds.map(
-                lambda images, labels, layer=layer: (layer(images), labels),
-                num_parallel_calls=_layer_calls(opts),
-            )
+            ds = _map_layer(ds, layer, opts, _image_only)
     ds = ds.map(normalize, num_parallel_calls=AUTOTUNE)
     for item, layer in per_batch:
         if item != "keras_cv.randaugment":
-            ds = ds.map(
-                functools.partial(transforms.mix, layer=layer),
-                num_parallel_calls=_layer_calls(opts),
-            )
+            ds = _map_layer(ds, layer, opts, _mixed)
     return ds.prefetch(AUTOTUNE)
 
 

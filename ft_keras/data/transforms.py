@@ -9,13 +9,18 @@ them.
 
 `augment` names Keras layers instead (`AUGMENTATIONS`): RandAugment per
 image on raw pixels, CutMix / MixUp per batch on normalised images with
-one-hot labels.
+one-hot labels. A Keras layer draws from a stateful seed generator;
+`seeded_call` makes its draws a function of a `(2,)` seed per call
+instead, so a seeded pipeline resumed mid-run augments as the run it
+continues.
 """
 
 import math
 
 import keras
 import tensorflow as tf
+
+from ft_keras import _keras_private
 
 __all__ = [
     "AUGMENTATIONS",
@@ -26,6 +31,7 @@ __all__ = [
     "mix",
     "pad_crop_flip",
     "resize",
+    "seeded_call",
 ]
 
 AUGMENTATIONS = (
@@ -231,7 +237,43 @@ def augmentation_layers(augment, max_value, seed):
     return per_example, per_batch
 
 
+def seeded_call(layer):
+    """`call(data, seed)`: `layer(data)` with the layer's random draws a
+    function of `seed` alone, or `None` for a layer that does not draw
+    from a Keras core seed generator (the keras-cv layers).
+
+    A Keras preprocessing layer run by `tf.data` draws from a seed
+    generator whose state lives in the process: a pipeline rebuilt after a
+    restart starts it afresh, and the next element's augmentation would
+    depend on how many came before. `call` sets that state to `seed` (a
+    `(2,)` int tensor, drawn per example or batch by the pipeline) before
+    each call. Calls must run one at a time (`num_parallel_calls=1`): the
+    state is shared.
+
+    Example:
+
+    >>> layer = keras.layers.RandAugment(value_range=(0, 255), seed=1)
+    >>> call = seeded_call(layer)
+    >>> image = tf.cast(tf.reshape(tf.range(192) % 256, (8, 8, 3)), tf.uint8)
+    >>> seed = tf.constant([3, 4], tf.int64)
+    >>> a, b = call(image, seed), call(image, seed)
+    >>> bool(tf.reduce_all(a == b))
+    True
+    """
+    generator = _keras_private.tf_data_seed_generator(layer)
+    if generator is None:
+        return None
+    state = generator.state
+
+    def call(data, seed):
+        state.assign(tf.cast(seed, state.dtype))
+        return layer(data)
+
+    return call
+
+
 def mix(images, labels, layer):
-    """Applies a CutMix/MixUp layer to a batch with one-hot labels."""
+    """Applies a CutMix/MixUp layer (or its `seeded_call`) to a batch with
+    one-hot labels."""
     out = layer({"images": images, "labels": labels})
     return out["images"], out["labels"]
