@@ -319,11 +319,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         same step (one collective per step, `distribute.any_worker`)."""
         local = preemption.requested()
         strategy = getattr(self.model, "distribute_strategy", None)
-        if strategy is None or distribute.num_workers(strategy) < 2:
+        if strategy is None or not distribute.any_worker(strategy, local is not None):
             return local
-        if distribute.any_worker(strategy, local is not None):
-            return local or "a signal to another worker"
-        return None
+        return local or "a signal to another worker"
 
     def on_epoch_end(self, epoch, logs=None):
         """Saves before the `CSVLogger` after this callback writes the
