@@ -62,12 +62,20 @@ KINDS = {
     "e": "connectors (paraphraser enc. fwd + translator fwd/bwd)",
 }
 TAPS = {"resnet20": "stage3", "resnet56": "stage3", "resnet18": "stage4",
-        "resnet50": "stage4"}
+        "resnet50": "stage4", "resnet34": "stage4", "wrn40_2": "stage3",
+        "wrn16_2": "stage3", "wrn10_1": "stage3", "wrn16_1": "stage3",
+        "wrn40_1": "stage3", "imagenet_resnet18": "stage4",
+        "imagenet_resnet34": "stage4", "imagenet_resnet50": "stage4"}
 
 
 def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
-            mixed_precision, profile):
-    """Runs in the subprocess: times one step kind, returns a dict."""
+            mixed_precision, profile, image_size=32, classes=10):
+    """Runs in the subprocess: times one step kind, returns a dict.
+
+    Inputs are `image_size` x `image_size` x 3 images and `classes` logits
+    (CIFAR shapes by default). Under `KERAS_BACKEND=jax` every step is
+    jit-compiled (`xla` is then always on) and (b), (b_tap) run
+    `jax.jit(model.stateless_call)`; (e) and `profile` need TensorFlow."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import numpy as np
@@ -83,15 +91,20 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
             {"auto_mixed_precision_onednn_bfloat16": True})
     elif mixed_precision:
         keras.mixed_precision.set_global_policy(mixed_precision)
+    jax = keras.config.backend() == "jax"
+    xla = xla or jax  # JAX's fit without jit runs op by op: not a step.
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32))
-    y = tf.constant(rng.integers(0, 10, size=(batch,)).astype(np.int32))
+    shape = (image_size, image_size, 3)
+    x = tf.constant(rng.normal(size=(batch, *shape)).astype(np.float32))
+    y = tf.constant(rng.integers(0, classes, size=(batch,)).astype(np.int32))
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
     sgd = lambda: keras.optimizers.SGD(0.01, momentum=0.9)  # noqa: E731
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    teacher = models.get(teacher_name, model_name="teacher")
-    student = models.get(student_name, model_name="student")
+    teacher = models.get(teacher_name, model_name="teacher",
+                         num_classes=classes, input_shape=shape)
+    student = models.get(student_name, model_name="student",
+                         num_classes=classes, input_shape=shape)
     t_tap, s_tap = TAPS[teacher_name], TAPS[student_name]
 
     if kind in ("b", "b_tap", "e"):
@@ -123,13 +136,16 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
             # The frozen teacher as the distillers run it: each BN folded
             # into the conv before it.
             network = models.fold_batch_norm(teacher if kind == "b" else to_tap)
-            forward = tf.function(
-                lambda images: network(images, training=False), jit_compile=xla)
+            forward = _jax_forward(network) if jax else tf.function(
+                lambda images: network(images, training=False),
+                jit_compile=xla)
+            if jax:  # on the device once, as a tf.constant is
+                x = keras.ops.convert_to_tensor(np.asarray(x))
 
         def run(n):
             for _ in range(n):
                 out = forward(x)
-            out.numpy()
+            np.asarray(out)  # waits for the (asynchronous) last step
     else:
         if kind == "a":
             model = student
@@ -176,16 +192,30 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
     }
 
 
-def connector_macs(teacher_name, student_name):
-    """Analytic MACs: networks, and the connectors on their taps."""
-    import keras
+def _jax_forward(network):
+    """`network(images, training=False)` as one jitted JAX function."""
+    import jax
 
+    call = jax.jit(lambda trainable, other, images: network.stateless_call(
+        trainable, other, images, training=False)[0])
+    trainable = [v.value for v in network.trainable_variables]
+    other = [v.value for v in network.non_trainable_variables]
+    return lambda images: call(trainable, other, images)
+
+
+def connector_mac_counts(teacher_name, student_name, image_size=32,
+                         classes=10):
+    """Analytic MACs per image, as numbers: `teacher`, `student` (forward
+    passes), `encoder` (the paraphraser's encoder forward on the teacher's
+    tap), `translator` (its forward on the student's tap), and the taps'
+    shapes `teacher_map`, `student_map` (height, width, channels)."""
     import ft_keras
     from ft_keras import models
     from ft_keras.export import count_macs
 
-    teacher = models.get(teacher_name)
-    student = models.get(student_name)
+    shape = (image_size, image_size, 3)
+    teacher = models.get(teacher_name, num_classes=classes, input_shape=shape)
+    student = models.get(student_name, num_classes=classes, input_shape=shape)
     t_map = teacher.get_layer(TAPS[teacher_name]).output.shape
     s_map = student.get_layer(TAPS[student_name]).output.shape
     m = ft_keras.layers.factor_channels(t_map[-1], 0.5)
@@ -193,14 +223,24 @@ def connector_macs(teacher_name, student_name):
     def convs(h, w, channels):
         return sum(h * w * 9 * a * b for a, b in zip(channels, channels[1:]))
 
-    encoder = convs(t_map[1], t_map[2], [t_map[-1], t_map[-1], m, m])
-    translator = convs(s_map[1], s_map[2], [s_map[-1], s_map[-1], m, m])
+    return {
+        "teacher": int(count_macs(teacher)),
+        "student": int(count_macs(student)),
+        "encoder": convs(t_map[1], t_map[2], [t_map[-1], t_map[-1], m, m]),
+        "translator": convs(s_map[1], s_map[2], [s_map[-1], s_map[-1], m, m]),
+        "teacher_map": list(t_map[1:]),
+        "student_map": list(s_map[1:]),
+    }
+
+
+def connector_macs(teacher_name, student_name, image_size=32, classes=10):
+    """Analytic MACs: networks, and the connectors on their taps."""
+    c = connector_mac_counts(teacher_name, student_name, image_size, classes)
     g = lambda v: f"{v / 1e9:.3f}G"  # noqa: E731
-    del keras
-    return (f"teacher fwd {g(count_macs(teacher))}, student fwd "
-            f"{g(count_macs(student))}, paraphraser encoder fwd {g(encoder)} "
-            f"on {tuple(t_map[1:])}, translator fwd {g(translator)} on "
-            f"{tuple(s_map[1:])}")
+    return (f"teacher fwd {g(c['teacher'])}, student fwd "
+            f"{g(c['student'])}, paraphraser encoder fwd {g(c['encoder'])} "
+            f"on {tuple(c['teacher_map'])}, translator fwd "
+            f"{g(c['translator'])} on {tuple(c['student_map'])}")
 
 
 def machine():
@@ -242,6 +282,9 @@ def main():
              "TensorFlow's grappler rewrites the graph to bfloat16 for oneDNN "
              "(auto_mixed_precision_onednn_bfloat16)")
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--image_size", type=int, default=32,
+                        help="square input images (default 32: CIFAR)")
+    parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--vs_pytorch", action="store_true",
                         help="time (d) beside the PyTorch peer, float32 and "
                              "bfloat16, in alternating rounds")
@@ -258,7 +301,8 @@ def main():
         kind, teacher, student, steps = args._child.split(",")
         print(json.dumps(measure(kind, teacher, student, args.batch,
                                  int(steps), args.repeats, args.xla,
-                                 args.mixed_precision, args.profile)))
+                                 args.mixed_precision, args.profile,
+                                 args.image_size, args.classes)))
         return
 
     print(f"machine: {machine()}")

@@ -424,3 +424,90 @@ def test_record_header_names_the_cpu_its_flags_and_onednn_settings(tmp_path):
     assert header["cpu flags"] == record.cpu_lines()["cpu flags"]
     assert header["command"].endswith("-c 'print(42)'")
     assert text[-1] == "42"
+
+
+def test_cost_curve_records_every_field_and_rerenders_from_json(
+        tmp_path, capsys):
+    import json
+
+    import cost_curve
+    import throughput
+
+    # Each child's real measurement, in this process instead of a fresh
+    # process per kind (the throughput tests run real child processes).
+    commands = []
+
+    def measured_here(command, backend):
+        assert backend == "tensorflow"
+        commands.append(command)
+        flag = lambda name: command[command.index(name) + 1]  # noqa: E731
+        kind, teacher, student, steps = flag("--_child").split(",")
+        return throughput.measure(
+            kind, teacher, student, batch=int(flag("--batch")),
+            steps=int(steps), repeats=int(flag("--repeats")), xla=False,
+            mixed_precision=None, profile=None,
+            image_size=int(flag("--image_size")),
+            classes=int(flag("--classes")))
+
+    assert cost_curve.main(
+        ["--pairs", "resnet20:resnet20", "--batches", "4", "--steps", "1",
+         "--repeats", "1", "--rounds", "1", "--precisions", "float32",
+         "--backends", "tensorflow", "--results_dir", str(tmp_path),
+         "--name", "smoke"], run=measured_here) == 0
+    measured = capsys.readouterr().out
+    assert [c[c.index("--_child") + 1] for c in commands] == [
+        "a,resnet20,resnet20,1", "b,resnet20,resnet20,1",
+        "d,resnet20,resnet20,1"]
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert (tmp_path / "smoke.png").stat().st_size > 0
+    assert {"command", "date", "machine", "cpu flags", "oneDNN and threads",
+            "versions", "revision"} <= set(result["header"])
+    assert result["settings"]["pairs"] == ["resnet20:resnet20"]
+    assert result["complete"]
+    [row] = result["rows"]
+    assert (row["pair"], row["batch"], row["precision"], row["backend"],
+            row["image_size"], row["classes"]) == (
+                "resnet20:resnet20", 4, "float32", "tensorflow", 32, 10)
+    t = row["seconds_per_step"]
+    [round_] = row["rounds"]
+    assert {k: round_[k] for k in "abd"} == t
+    assert row["overhead"] == pytest.approx(
+        t["d"] / (t["a"] + t["b"]), abs=1e-9)
+    for kind in "abd":
+        assert row["images_per_second"][kind] == pytest.approx(
+            4 / t[kind], rel=1e-12)
+    macs = throughput.connector_mac_counts("resnet20", "resnet20")
+    assert row["macs"] == macs
+    assert row["mac_fraction"] == pytest.approx(
+        (macs["encoder"] + macs["translator"]) / macs["student"], rel=1e-12)
+    connectors = ((macs["encoder"] + 3 * macs["translator"]) * t["a"]
+                  / (3 * macs["student"]))
+    assert row["connector_seconds"] == pytest.approx(connectors, rel=1e-9)
+    assert row["framework_overhead_seconds"] == pytest.approx(
+        t["d"] - t["a"] - t["b"] - connectors, abs=1e-9)
+
+    table = measured[measured.index("| pair |"):].split("\n\n")[0]
+    assert table.count("| resnet20 -> resnet20 | 32x32, 10 classes | 4 |") == 1
+    (tmp_path / "smoke.png").unlink()
+    assert cost_curve.main(["--from_json", str(tmp_path / "smoke.json")]) == 0
+    again = capsys.readouterr().out
+    assert again[again.index("| pair |"):].split("\n\n")[0] == table
+    assert (tmp_path / "smoke.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batches", "3"], "--batches must be even and at least 2, got 3."),
+    (["--backends", "torch"],
+     "--backends: unknown 'torch'; use tensorflow or jax."),
+    (["--pairs", "resnet20"], "--pairs: 'resnet20' is not teacher:student"),
+    (["--pairs", "vgg8:resnet20"], "--pairs: no tap known for 'vgg8'"),
+    (["--rounds", "0"], "--rounds must be at least 1, got 0."),
+])
+def test_cost_curve_bad_flag_is_one_clear_line(argv, message, capsys):
+    import cost_curve
+
+    with pytest.raises(SystemExit) as exit_:
+        cost_curve.parse(argv)
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error
