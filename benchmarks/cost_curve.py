@@ -198,17 +198,22 @@ def plot(rows, path):
 
     lines = {}
     for r in rows:
-        label = (f"{r['teacher']} -> {r['student']}, {r['precision']}, "
-                 f"{r['backend']}")
-        lines.setdefault(label, []).append(r)
+        lines.setdefault((r["pair"], r["precision"], r["backend"]), []).append(r)
+    # A colour per pair, a line style and marker per precision and backend.
+    pairs = list(dict.fromkeys(key[0] for key in lines))
+    kinds = list(dict.fromkeys(key[1:] for key in lines))
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
     figure, (speed, ratio) = plt.subplots(1, 2, figsize=(13, 5))
-    for label, points in lines.items():
+    for (pair, precision, backend), points in lines.items():
         points = sorted(points, key=lambda r: r["batch"])
         batches = [r["batch"] for r in points]
+        linestyle, marker = styles[kinds.index((precision, backend)) % 4]
+        style = dict(color=f"C{pairs.index(pair) % 10}", linestyle=linestyle,
+                     marker=marker, label=f"{pair.replace(':', ' -> ')}, "
+                                          f"{precision}, {backend}")
         speed.plot(batches, [r["images_per_second"]["d"] for r in points],
-                   marker="o", label=label)
-        ratio.plot(batches, [r["overhead"] for r in points], marker="o",
-                   label=label)
+                   **style)
+        ratio.plot(batches, [r["overhead"] for r in points], **style)
     batches = sorted({r["batch"] for r in rows})
     for axes in (speed, ratio):
         axes.set_xscale("log", base=2)

@@ -252,7 +252,14 @@ def test_every_quoted_result_file_holds_machine_versions_and_date():
         text = (REPO / name).read_text()
         if name.endswith(".json"):
             data = json.loads(text)
-            if "benchmarks/reproduce.py" not in data["command"]:
+            if "header" in data:
+                # A cost curve: record.py's header, and every row measured.
+                assert data["header"]["command"].startswith(
+                    "python benchmarks/cost_curve.py "), name
+                assert {"date", "machine", "cpu flags", "oneDNN and threads",
+                        "versions"} <= set(data["header"]), name
+                assert data["complete"], name
+            elif "benchmarks/reproduce.py" not in data["command"]:
                 # A deployment report: its command, date and machine.
                 assert data["command"].startswith(
                     "python -m ft_keras.deployment "), name
