@@ -44,7 +44,9 @@ and thread settings, load average, versions, revision) and NAME.png (images
 per second of (d) against the batch, one line per pair and precision or
 backend, and the overhead ratio), and prints the markdown table. NAME
 defaults to the CPU's model. The JSON is rewritten after each row
-(`"complete": false` until the last), so a stopped run keeps its rows.
+(`"complete": false` until the last), so a stopped run keeps its rows, and
+the same command run again on the same machine measures only the rows
+still missing (its wall time adds up).
 """
 
 import argparse
@@ -264,7 +266,8 @@ def default_name():
 
 def measure_all(args, path):
     """Measures every configuration; rewrites `path` after each row (a run
-    stopped midway keeps its rows) and returns the result dict."""
+    stopped midway keeps its rows, and the same command continues it:
+    `kept_rows`) and returns the result dict."""
     start, load = time.monotonic(), os.getloadavg()
     configs = configurations(args)
     macs = {}
@@ -272,22 +275,45 @@ def measure_all(args, path):
         "pairs", "batches", "imagenet_batches", "precisions", "backends",
         "steps", "repeats", "rounds")}
     command = shlex.join(["python", "benchmarks/cost_curve.py"] + args.argv)
-    result = {"settings": settings, "rows": []}
+    rows, earlier_seconds = kept_rows(path, settings, configs)
+    result = {"settings": settings, "rows": rows}
     print(f"{len(configs)} configurations x {args.rounds} rounds x "
           f"{len(KINDS)} kinds", flush=True)
-    for config in configs:
+    if rows:
+        print(f"continuing the unfinished run in {path}: {len(rows)} of "
+              f"{len(configs)} rows kept", flush=True)
+    for config in configs[len(rows):]:
         pair = config[0]
         if pair not in macs:
             macs[pair] = throughput.connector_mac_counts(
                 *pair.split(":"), *shape_of(pair))
         result["rows"].append(measure_row(config, args, macs[pair]))
         print(table(result["rows"][-1:]).splitlines()[-1], flush=True)
-        result["header"] = header(command, start, load)
+        result["header"] = header(command, start - earlier_seconds, load)
         result["complete"] = len(result["rows"]) == len(configs)
         with open(path, "w") as f:
             json.dump(result, f, indent=2)
             f.write("\n")
     return result
+
+
+def kept_rows(path, settings, configs):
+    """`(rows, wall seconds)` of an unfinished run at `path` with these
+    settings, on this machine: what a rerun keeps; `([], 0.0)` otherwise
+    (a finished run, other settings or another machine start afresh)."""
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+        rows, old = earlier["rows"], earlier["header"]
+    except (OSError, ValueError, KeyError):
+        return [], 0.0
+    done = [(r["pair"], r["batch"], r["precision"], r["backend"]) for r in rows]
+    now = header("", time.monotonic(), os.getloadavg())
+    if (earlier.get("complete") or earlier.get("settings") != settings
+            or done != [tuple(c) for c in configs[:len(done)]]
+            or any(old.get(k) != now[k] for k in ("machine", "cpu flags"))):
+        return [], 0.0
+    return rows, float(old["wall time"].split()[0])
 
 
 def parse(argv):

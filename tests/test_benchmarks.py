@@ -426,7 +426,7 @@ def test_record_header_names_the_cpu_its_flags_and_onednn_settings(tmp_path):
     assert text[-1] == "42"
 
 
-def test_cost_curve_records_every_field_and_rerenders_from_json(
+def test_cost_curve_records_every_field_continues_and_rerenders(
         tmp_path, capsys):
     import json
 
@@ -439,6 +439,8 @@ def test_cost_curve_records_every_field_and_rerenders_from_json(
 
     def measured_here(command, backend):
         assert backend == "tensorflow"
+        if len(commands) == stop_after:
+            raise KeyboardInterrupt  # the run stopped by hand
         commands.append(command)
         flag = lambda name: command[command.index(name) + 1]  # noqa: E731
         kind, teacher, student, steps = flag("--_child").split(",")
@@ -449,25 +451,36 @@ def test_cost_curve_records_every_field_and_rerenders_from_json(
             image_size=int(flag("--image_size")),
             classes=int(flag("--classes")))
 
-    assert cost_curve.main(
-        ["--pairs", "resnet20:resnet20", "--batches", "4", "--steps", "1",
-         "--repeats", "1", "--rounds", "1", "--precisions", "float32",
-         "--backends", "tensorflow", "--results_dir", str(tmp_path),
-         "--name", "smoke"], run=measured_here) == 0
+    argv = ["--pairs", "resnet20:resnet20", "--batches", "4", "6", "--steps",
+            "1", "--repeats", "1", "--rounds", "1", "--precisions", "float32",
+            "--backends", "tensorflow", "--results_dir", str(tmp_path),
+            "--name", "smoke"]
+    # Stopped in the second row's first child: the first row is kept.
+    stop_after = 3
+    with pytest.raises(KeyboardInterrupt):
+        cost_curve.main(argv, run=measured_here)
+    stopped = json.loads((tmp_path / "smoke.json").read_text())
+    assert not stopped["complete"] and len(stopped["rows"]) == 1
+    # The same command measures only the missing row.
+    commands, stop_after = [], None
+    assert cost_curve.main(argv, run=measured_here) == 0
     measured = capsys.readouterr().out
+    assert "continuing the unfinished run" in measured
     assert [c[c.index("--_child") + 1] for c in commands] == [
         "a,resnet20,resnet20,1", "b,resnet20,resnet20,1",
         "d,resnet20,resnet20,1"]
+    assert {c[c.index("--batch") + 1] for c in commands} == {"6"}
     result = json.loads((tmp_path / "smoke.json").read_text())
+    assert result["rows"][0] == stopped["rows"][0]
     assert (tmp_path / "smoke.png").stat().st_size > 0
     assert {"command", "date", "machine", "cpu flags", "oneDNN and threads",
             "versions", "revision"} <= set(result["header"])
     assert result["settings"]["pairs"] == ["resnet20:resnet20"]
     assert result["complete"]
-    [row] = result["rows"]
+    row = result["rows"][1]
     assert (row["pair"], row["batch"], row["precision"], row["backend"],
             row["image_size"], row["classes"]) == (
-                "resnet20:resnet20", 4, "float32", "tensorflow", 32, 10)
+                "resnet20:resnet20", 6, "float32", "tensorflow", 32, 10)
     t = row["seconds_per_step"]
     [round_] = row["rounds"]
     assert {k: round_[k] for k in "abd"} == t
@@ -475,7 +488,7 @@ def test_cost_curve_records_every_field_and_rerenders_from_json(
         t["d"] / (t["a"] + t["b"]), abs=1e-9)
     for kind in "abd":
         assert row["images_per_second"][kind] == pytest.approx(
-            4 / t[kind], rel=1e-12)
+            6 / t[kind], rel=1e-12)
     macs = throughput.connector_mac_counts("resnet20", "resnet20")
     assert row["macs"] == macs
     assert row["mac_fraction"] == pytest.approx(
@@ -487,7 +500,7 @@ def test_cost_curve_records_every_field_and_rerenders_from_json(
         t["d"] - t["a"] - t["b"] - connectors, abs=1e-9)
 
     table = measured[measured.index("| pair |"):].split("\n\n")[0]
-    assert table.count("| resnet20 -> resnet20 | 32x32, 10 classes | 4 |") == 1
+    assert table.count("| resnet20 -> resnet20 | 32x32, 10 classes | ") == 2
     (tmp_path / "smoke.png").unlink()
     assert cost_curve.main(["--from_json", str(tmp_path / "smoke.json")]) == 0
     again = capsys.readouterr().out
@@ -511,3 +524,23 @@ def test_cost_curve_bad_flag_is_one_clear_line(argv, message, capsys):
     assert exit_.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in error
+
+
+def test_small_map_conv_im2col_is_the_same_convolution_and_gradients():
+    import small_map_conv
+
+    conv, im2col, kernel = small_map_conv.functions(tf, 5, 7, tf.float32)
+    x = tf.random.stateless_normal((2, 4, 4, 5), (1, 1))
+    np.testing.assert_allclose(im2col(x), conv(x), rtol=1e-5, atol=1e-6)
+    for a, b in zip(small_map_conv.with_gradients(tf, conv, kernel)(x),
+                    small_map_conv.with_gradients(tf, im2col, kernel)(x)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    line = small_map_conv.row(tf, ("a:b", "paraphraser", 2, 4, 5, 7),
+                              "bfloat16", steps=1, repeats=1)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:4] == ["a:b", "paraphraser", "2x4x4x5 -> 7", "bfloat16"]
+    numbers = [float(c) for c in cells[4:]]
+    assert len(numbers) == 8 and min(numbers) >= 0
+    assert numbers[3] > 0 and numbers[6] > 0  # the two conv / im2col ratios
+    # The two forms differ by bfloat16 rounding only (outputs of about 0.1).
+    assert 0 <= float(cells[11]) < 2e-3
