@@ -196,3 +196,63 @@ def test_connectors_compute_in_float32_under_a_mixed_policy():
     assert keras.backend.standardize_dtype(paraphraser(x).dtype) == "float32"
     assert keras.backend.standardize_dtype(translator(x).dtype) == "float32"
     assert explicit.compute_dtype == "bfloat16"
+
+
+def test_patch_conv2d_equals_conv2d_values_and_gradients():
+    import tensorflow as tf
+
+    from ft_keras.layers import PatchConv2D
+
+    x = tf.random.stateless_normal((3, 4, 4, 6), (2, 3))
+    conv = keras.layers.Conv2D(5, 3, padding="same")
+    patch = PatchConv2D(5, 3, padding="same")
+    conv.build(x.shape)
+    patch.build(x.shape)
+    patch.set_weights(conv.get_weights())
+    assert [w.name for w in patch.weights] == [w.name for w in conv.weights]
+
+    def gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.range(5, dtype=tf.float32))
+        return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+
+    for got, expected in zip(gradients(patch), gradients(conv)):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # A 5x5 kernel pads two each side, as "same" does.
+    wide, wide_patch = (keras.layers.Conv2D(2, 5, padding="same"),
+                        PatchConv2D(2, 5, padding="same"))
+    wide.build(x.shape)
+    wide_patch.build(x.shape)
+    wide_patch.set_weights(wide.get_weights())
+    np.testing.assert_allclose(wide_patch(x), wide(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="strides=.*Received: strides=\\(2, 2\\)"):
+        PatchConv2D(5, 3, strides=2, padding="same")
+
+
+def test_connectors_use_the_patch_conv_on_small_wide_maps_only():
+    from ft_keras.layers import PatchConv2D
+
+    def kinds(layer, shape):
+        layer.build(shape)
+        blocks = getattr(layer, "blocks", None) or layer.encoder_blocks
+        return [type(block[0]) is PatchConv2D for block in blocks]
+
+    # ResNet-50's tap at CIFAR shapes, and a translator from 1,024 channels.
+    assert kinds(ft_keras.Translator(8), (None, 4, 4, 1024)) == [
+        True, True, False]
+    assert kinds(ft_keras.Translator(8), (None, 8, 8, 1024)) == [False] * 3
+    assert kinds(ft_keras.Translator(8), (None, 4, 4, 512)) == [False] * 3
+    assert kinds(ft_keras.Paraphraser(0.5), (None, 8, 8, 64)) == [False] * 3
+
+
+def test_a_patch_conv_translator_round_trips_through_a_keras_file(tmp_path):
+    model = keras.Sequential([keras.Input((4, 4, 1024)), ft_keras.Translator(4)])
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 1024)).astype("float32")
+    path = tmp_path / "translator.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert type(restored.layers[-1].blocks[0][0]).__name__ == "PatchConv2D"
+    np.testing.assert_array_equal(restored.predict(x, verbose=0),
+                                  model.predict(x, verbose=0))
