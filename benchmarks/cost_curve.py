@@ -241,14 +241,18 @@ def header(command, start, load_before):
         "wall time": f"{time.monotonic() - start:.1f} s",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                   f"{record.cpu()[0]}",
+        "machine": machine(),
         **record.cpu_lines(),
         "load average (1 min) before, after": f"{load_before[0]:.2f}, "
                                                f"{load_after[0]:.2f}",
         "versions": record.versions() + jax_version(),
         "revision": record.revision(),
     }
+
+
+def machine():
+    """The header's machine line: architecture, cores and CPU model."""
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {record.cpu()[0]}"
 
 
 def jax_version():
@@ -308,10 +312,10 @@ def kept_rows(path, settings, configs):
     except (OSError, ValueError, KeyError):
         return [], 0.0
     done = [(r["pair"], r["batch"], r["precision"], r["backend"]) for r in rows]
-    now = header("", time.monotonic(), os.getloadavg())
     if (earlier.get("complete") or earlier.get("settings") != settings
             or done != [tuple(c) for c in configs[:len(done)]]
-            or any(old.get(k) != now[k] for k in ("machine", "cpu flags"))):
+            or old.get("machine") != machine()
+            or old.get("cpu flags") != record.cpu_lines()["cpu flags"]):
         return [], 0.0
     return rows, float(old["wall time"].split()[0])
 

@@ -16,6 +16,8 @@ gradients are those of the global batch.
 import keras
 from keras import ops
 
+from ft_keras import metrics
+
 _PACKAGE = "ft_keras"
 _EPSILON = 1e-12  # torch.nn.functional.normalize's default eps.
 
@@ -390,7 +392,7 @@ class ClassificationCrossentropy(keras.losses.Loss):
         self.from_logits = from_logits
 
     def call(self, y_true, y_pred):
-        if len(y_true.shape) == len(y_pred.shape):
+        if metrics.holds_distributions(y_true, y_pred):
             return keras.losses.categorical_crossentropy(
                 y_true, y_pred, from_logits=self.from_logits)
         return keras.losses.sparse_categorical_crossentropy(

@@ -11,10 +11,17 @@ from keras import ops
 _PACKAGE = "ft_keras"
 
 
+def holds_distributions(y_true, y_pred):
+    """Whether `y_true` are one-hot or soft (mixed) labels, one score per
+    class as `y_pred`, rather than class indices: they have `y_pred`'s
+    rank."""
+    return len(y_true.shape) == len(y_pred.shape)
+
+
 def class_indices(y_true, y_pred):
     """`y_true` as class indices: one-hot or soft (mixed) labels, with the
     rank of `y_pred`, become their argmax."""
-    if len(y_true.shape) == len(y_pred.shape):
+    if holds_distributions(y_true, y_pred):
         return ops.argmax(y_true, axis=-1)
     return y_true
 

@@ -461,6 +461,15 @@ def test_cost_curve_records_every_field_continues_and_rerenders(
         cost_curve.main(argv, run=measured_here)
     stopped = json.loads((tmp_path / "smoke.json").read_text())
     assert not stopped["complete"] and len(stopped["rows"]) == 1
+    # Rows measured on another CPU are not kept.
+    args = cost_curve.parse(argv)
+    settings, configs = stopped["settings"], cost_curve.configurations(args)
+    assert len(cost_curve.kept_rows(tmp_path / "smoke.json", settings,
+                                    configs)[0]) == 1
+    moved = dict(stopped, header={**stopped["header"], "cpu flags": "avx2"})
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    assert cost_curve.kept_rows(tmp_path / "moved.json", settings,
+                                configs) == ([], 0.0)
     # The same command measures only the missing row.
     commands, stop_after = [], None
     assert cost_curve.main(argv, run=measured_here) == 0
