@@ -1,14 +1,15 @@
-"""The connectors' 3x3 convolutions on small maps: oneDNN's convolution
-against the same convolution as one matrix product (im2col + matmul).
+"""The connectors' 3x3 convolutions on small maps: Keras' convolution
+layers (oneDNN's kernels) against ft_keras' patch forms (one matrix
+product).
 
 The paraphraser and translator run 3x3 convolutions on the tapped map,
 which for the shipped pairs is small (4x4x2048 for ResNet-50 at CIFAR
-shapes). `cost_curve.py` found the ResNet-50 -> ResNet-18 step far slower
-than its multiply-accumulates explain; this times each pair's largest
-connector convolution alone, forward and forward + backward (gradients of
-the input and the kernel, as the translator trains), in float32 and
-bfloat16, as `tf.nn.conv2d` and as `tf.image.extract_patches` + `tf.matmul`,
-and prints the largest difference of the two outputs.
+shapes). This times each pair's largest connector convolutions alone,
+forward and forward + backward (gradients of the input and the variables,
+as the connectors train), in float32 and bfloat16: `keras.layers.Conv2D`
+against `ft_keras.layers.PatchConv2D`, and the paraphraser decoder's
+`keras.layers.Conv2DTranspose` against `PatchConv2DTranspose`, with the
+same weights, and prints the largest difference of the two outputs.
 
     python benchmarks/small_map_conv.py
     python benchmarks/small_map_conv.py --repeats 5 --steps 10
@@ -24,46 +25,55 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# (pair, connector, batch, map side, input channels, output channels): the
-# first convolution of each pair's paraphraser encoder and translator at
-# the batch the cost curve measured.
+# (pair, connector, layer, batch, map side, input channels, output
+# channels): each pair's widest connector convolutions at the batch the
+# cost curve measured. "conv" is a paraphraser encoder or translator
+# convolution, "transpose" a paraphraser decoder's.
 SHAPES = [
-    ("resnet56:resnet20", "paraphraser/translator", 128, 8, 64, 64),
-    ("wrn40_2:wrn16_2", "paraphraser/translator", 128, 8, 128, 128),
-    ("resnet50:resnet18", "paraphraser", 32, 4, 2048, 2048),
-    ("resnet50:resnet18", "translator", 32, 4, 512, 512),
-    ("imagenet_resnet34:imagenet_resnet18", "paraphraser/translator", 32, 7,
+    ("resnet56:resnet20", "paraphraser/translator", "conv", 128, 8, 64, 64),
+    ("resnet56:resnet20", "paraphraser", "transpose", 128, 8, 64, 64),
+    ("wrn40_2:wrn16_2", "paraphraser/translator", "conv", 128, 8, 128, 128),
+    ("wrn40_2:wrn16_2", "paraphraser", "transpose", 128, 8, 128, 128),
+    ("resnet50:resnet18", "paraphraser", "conv", 32, 4, 2048, 2048),
+    ("resnet50:resnet18", "paraphraser", "transpose", 32, 4, 2048, 2048),
+    ("resnet50:resnet18", "paraphraser", "transpose", 32, 4, 1024, 1024),
+    ("resnet50:resnet18", "translator", "conv", 32, 4, 512, 512),
+    ("imagenet_resnet34:imagenet_resnet18", "paraphraser/translator", "conv",
+     32, 7, 512, 512),
+    ("imagenet_resnet34:imagenet_resnet18", "paraphraser", "transpose", 32, 7,
      512, 512),
 ]
 
 
-def functions(tf, channels_in, channels_out, dtype, seed=0):
-    """`(conv, im2col, kernel)`: the two forms of one 3x3 'same' conv."""
-    kernel = tf.Variable(tf.random.stateless_normal(
-        (3, 3, channels_in, channels_out), (seed, 1)) * 0.01)
+def layers(kind, channels_in, channels_out, dtype, seed=0):
+    """`(keras_layer, patch_layer)`: one 3x3 'same' convolution ("conv") or
+    transposed convolution ("transpose") in both forms, same weights."""
+    import keras
 
-    def conv(x):
-        return tf.nn.conv2d(x, tf.cast(kernel, dtype), 1, "SAME")
+    from ft_keras import layers as ft_layers
 
-    def im2col(x):
-        patches = tf.image.extract_patches(
-            x, [1, 3, 3, 1], [1, 1, 1, 1], [1, 1, 1, 1], "SAME")
-        shape = tf.shape(x)
-        flat = tf.reshape(patches, (-1, 9 * channels_in))
-        out = tf.matmul(flat, tf.reshape(tf.cast(kernel, dtype),
-                                         (9 * channels_in, channels_out)))
-        return tf.reshape(out, (shape[0], shape[1], shape[2], channels_out))
+    base, patch = {
+        "conv": (keras.layers.Conv2D, ft_layers.PatchConv2D),
+        "transpose": (keras.layers.Conv2DTranspose,
+                      ft_layers.PatchConv2DTranspose),
+    }[kind]
+    pair = [cls(channels_out, 3, padding="same", dtype=dtype,
+                kernel_initializer=keras.initializers.RandomNormal(
+                    stddev=0.01, seed=seed))
+            for cls in (base, patch)]
+    for layer in pair:
+        layer.build((None, None, None, channels_in))
+    pair[1].set_weights(pair[0].get_weights())
+    return tuple(pair)
 
-    return conv, im2col, kernel
 
-
-def with_gradients(tf, fn, kernel):
-    """`fn` with the gradients of its input and kernel, as a trained layer."""
+def with_gradients(tf, layer):
+    """`layer` with the gradients of its input and variables."""
     def step(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = tf.reduce_sum(tf.cast(fn(x), tf.float32))
-        return tape.gradient(loss, [x, kernel])
+            loss = tf.reduce_sum(tf.cast(layer(x), tf.float32))
+        return tape.gradient(loss, [x] + layer.trainable_variables)
 
     return step
 
@@ -83,26 +93,26 @@ def seconds(tf, fn, x, steps, repeats):
 
 
 def row(tf, shape, dtype_name, steps, repeats):
-    pair, connector, batch, side, cin, cout = shape
-    dtype = getattr(tf, dtype_name)
+    pair, connector, kind, batch, side, cin, cout = shape
     x = tf.cast(tf.random.stateless_normal((batch, side, side, cin), (0, 2)),
-                dtype)
-    conv, im2col, kernel = functions(tf, cin, cout, dtype)
+                dtype_name)
+    base, patch = layers(kind, cin, cout, dtype_name)
     difference = float(tf.reduce_max(tf.abs(
-        tf.cast(conv(x), tf.float32) - tf.cast(im2col(x), tf.float32))))
+        tf.cast(base(x), tf.float32) - tf.cast(patch(x), tf.float32))))
     times = {
-        "forward": [seconds(tf, f, x, steps, repeats) for f in (conv, im2col)],
+        "forward": [seconds(tf, f, x, steps, repeats) for f in (base, patch)],
         "forward + backward": [
-            seconds(tf, with_gradients(tf, f, kernel), x, steps, repeats)
-            for f in (conv, im2col)],
+            seconds(tf, with_gradients(tf, f), x, steps, repeats)
+            for f in (base, patch)],
     }
     macs = batch * side * side * 9 * cin * cout
     cells = []
-    for conv_s, im2col_s in times.values():
-        cells += [f"{1000 * conv_s:.1f}", f"{1000 * im2col_s:.1f}",
-                  f"{conv_s / im2col_s:.2f}"]
-    return (f"| {pair} | {connector} | {batch}x{side}x{side}x{cin} -> {cout} | "
-            f"{dtype_name} | {macs / times['forward'][0] / 1e9:.0f} | "
+    for base_s, patch_s in times.values():
+        cells += [f"{1000 * base_s:.1f}", f"{1000 * patch_s:.1f}",
+                  f"{base_s / patch_s:.2f}"]
+    return (f"| {pair} | {connector} | {type(base).__name__} | {batch}x{side}x"
+            f"{side}x{cin} -> {cout} | {dtype_name} | "
+            f"{macs / times['forward'][0] / 1e9:.0f} | "
             + " | ".join(cells) + f" | {difference:.2g} |")
 
 
@@ -118,10 +128,11 @@ def main():
 
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; median "
           f"of {args.repeats} blocks of {args.steps} calls")
-    print("| pair | connector | input -> channels | dtype | conv GMAC/s | "
-          "forward: conv ms | im2col ms | conv / im2col | fwd + bwd: conv ms "
-          "| im2col ms | conv / im2col | largest difference |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| pair | connector | Keras layer | input -> channels | dtype | "
+          "Keras GMAC/s | forward: Keras ms | patch ms | Keras / patch | "
+          "fwd + bwd: Keras ms | patch ms | Keras / patch | "
+          "largest difference |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for shape in SHAPES:
         for dtype_name in ("float32", "bfloat16"):
             print(row(tf, shape, dtype_name, args.steps, args.repeats),

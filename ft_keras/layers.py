@@ -183,39 +183,98 @@ class PatchConv2D(keras.layers.Conv2D):
 
     def __init__(self, filters, kernel_size, **kwargs):
         super().__init__(filters, kernel_size, **kwargs)
-        wrong = {
-            "strides": (self.strides, (1, 1)),
-            "padding": (self.padding, "same"),
-            "dilation_rate": (self.dilation_rate, (1, 1)),
-            "groups": (self.groups, 1),
-            "data_format": (self.data_format, "channels_last"),
-        }
-        for name, (value, needed) in wrong.items():
-            if value != needed:
-                raise ValueError(
-                    f"PatchConv2D computes {name}={needed!r} only; use "
-                    f"keras.layers.Conv2D for others. Received: "
-                    f"{name}={value!r}"
-                )
+        _validate_patch_settings(self, "Conv2D")
 
     def convolution_op(self, inputs, kernel):
-        height, width = inputs.shape[1], inputs.shape[2]
-        if height is None or width is None:
+        if inputs.shape[1] is None or inputs.shape[2] is None:
             return super().convolution_op(inputs, kernel)
-        kh, kw, channels, filters = kernel.shape
-        top, left = (kh - 1) // 2, (kw - 1) // 2
-        padded = keras.ops.pad(
-            inputs,
-            [[0, 0], [top, kh - 1 - top], [left, kw - 1 - left], [0, 0]],
+        kh, kw = kernel.shape[:2]
+        return _patch_product(inputs, kernel, (kh - 1) // 2, (kw - 1) // 2)
+
+
+def _validate_patch_settings(layer, base):
+    """Raises unless `layer`, a subclass of `keras.layers.<base>`, is a
+    stride-1 `"same"` convolution that a patch product computes."""
+    wrong = {
+        "strides": (layer.strides, (1, 1)),
+        "padding": (layer.padding, "same"),
+        "dilation_rate": (layer.dilation_rate, (1, 1)),
+        "groups": (getattr(layer, "groups", 1), 1),
+        "output_padding": (getattr(layer, "output_padding", None), None),
+        "data_format": (layer.data_format, "channels_last"),
+    }
+    for name, (value, needed) in wrong.items():
+        if value != needed:
+            raise ValueError(
+                f"{type(layer).__name__} computes {name}={needed!r} only; "
+                f"use keras.layers.{base} for others. Received: "
+                f"{name}={value!r}"
+            )
+
+
+def _patch_product(inputs, kernel, top, left):
+    """Correlation of `inputs` (batch, height, width, channels) with
+    `kernel` (kh, kw, channels, filters), the map zero-padded by `top` rows
+    above and `left` columns on the left to keep its size: `kh * kw` shifted
+    slices concatenated (im2col) and one matrix product."""
+    height, width = inputs.shape[1], inputs.shape[2]
+    kh, kw, channels, filters = kernel.shape
+    padded = keras.ops.pad(
+        inputs, [[0, 0], [top, kh - 1 - top], [left, kw - 1 - left], [0, 0]]
+    )
+    patches = keras.ops.concatenate(
+        [padded[:, i:i + height, j:j + width, :]
+         for i in range(kh) for j in range(kw)],
+        axis=-1,
+    )
+    return keras.ops.matmul(
+        patches, keras.ops.reshape(kernel, (kh * kw * channels, filters))
+    )
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PatchConv2DTranspose(keras.layers.Conv2DTranspose):
+    """A stride-1 `"same"` `Conv2DTranspose` computed as one matrix product.
+
+    With stride 1, a transposed convolution is a convolution with the
+    kernel flipped in space and its two channel axes swapped, so it runs as
+    `PatchConv2D` does: `k * k` shifted slices and one matrix product. The
+    variables and the result (to float rounding) are
+    `keras.layers.Conv2DTranspose`'s. The paraphraser's decoder uses it
+    where its encoder uses `PatchConv2D`.
+
+    Example:
+
+    >>> x = keras.random.normal((2, 4, 4, 6), seed=0)
+    >>> patch = PatchConv2DTranspose(5, 3, padding="same")
+    >>> deconv = keras.layers.Conv2DTranspose(5, 3, padding="same")
+    >>> deconv.build(x.shape)
+    >>> patch.build(x.shape)
+    >>> patch.set_weights(deconv.get_weights())
+    >>> float(keras.ops.max(keras.ops.abs(patch(x) - deconv(x)))) < 1e-5
+    True
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        _validate_patch_settings(self, "Conv2DTranspose")
+
+    def call(self, inputs):
+        if inputs.shape[1] is None or inputs.shape[2] is None:
+            return super().call(inputs)
+        kh, kw = self.kernel_size
+        # (kh, kw, filters, channels) -> flipped (kh, kw, channels, filters).
+        kernel = keras.ops.transpose(
+            keras.ops.flip(keras.ops.flip(self.kernel, 0), 1), (0, 1, 3, 2)
         )
-        patches = keras.ops.concatenate(
-            [padded[:, i:i + height, j:j + width, :]
-             for i in range(kh) for j in range(kw)],
-            axis=-1,
+        outputs = _patch_product(
+            inputs, kernel, kh - 1 - (kh - 1) // 2, kw - 1 - (kw - 1) // 2
         )
-        return keras.ops.matmul(
-            patches, keras.ops.reshape(kernel, (kh * kw * channels, filters))
-        )
+        if self.use_bias:
+            outputs = keras.ops.add(outputs, self.bias)
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
 
 
 def _conv_class(input_shape, channels):

@@ -535,21 +535,23 @@ def test_cost_curve_bad_flag_is_one_clear_line(argv, message, capsys):
     assert message in error
 
 
-def test_small_map_conv_im2col_is_the_same_convolution_and_gradients():
+@pytest.mark.parametrize("kind", ["conv", "transpose"])
+def test_small_map_conv_times_two_forms_of_one_convolution(kind):
     import small_map_conv
 
-    conv, im2col, kernel = small_map_conv.functions(tf, 5, 7, tf.float32)
+    base, patch = small_map_conv.layers(kind, 5, 7, "float32")
     x = tf.random.stateless_normal((2, 4, 4, 5), (1, 1))
-    np.testing.assert_allclose(im2col(x), conv(x), rtol=1e-5, atol=1e-6)
-    for a, b in zip(small_map_conv.with_gradients(tf, conv, kernel)(x),
-                    small_map_conv.with_gradients(tf, im2col, kernel)(x)):
+    np.testing.assert_allclose(patch(x), base(x), rtol=1e-5, atol=1e-6)
+    for a, b in zip(small_map_conv.with_gradients(tf, base)(x),
+                    small_map_conv.with_gradients(tf, patch)(x)):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
-    line = small_map_conv.row(tf, ("a:b", "paraphraser", 2, 4, 5, 7),
+    line = small_map_conv.row(tf, ("a:b", "paraphraser", kind, 2, 4, 5, 7),
                               "bfloat16", steps=1, repeats=1)
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[:4] == ["a:b", "paraphraser", "2x4x4x5 -> 7", "bfloat16"]
-    numbers = [float(c) for c in cells[4:]]
+    assert cells[:5] == ["a:b", "paraphraser", type(base).__name__,
+                         "2x4x4x5 -> 7", "bfloat16"]
+    numbers = [float(c) for c in cells[5:]]
     assert len(numbers) == 8 and min(numbers) >= 0
-    assert numbers[3] > 0 and numbers[6] > 0  # the two conv / im2col ratios
+    assert numbers[3] > 0 and numbers[6] > 0  # the two Keras / patch ratios
     # The two forms differ by bfloat16 rounding only (outputs of about 0.1).
-    assert 0 <= float(cells[11]) < 2e-3
+    assert 0 <= float(cells[12]) < 2e-3

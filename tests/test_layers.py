@@ -198,18 +198,26 @@ def test_connectors_compute_in_float32_under_a_mixed_policy():
     assert explicit.compute_dtype == "bfloat16"
 
 
-def test_patch_conv2d_equals_conv2d_values_and_gradients():
+@pytest.mark.parametrize("forms", [
+    ("Conv2D", "PatchConv2D"), ("Conv2DTranspose", "PatchConv2DTranspose")])
+def test_patch_forms_equal_keras_convolutions_values_and_gradients(forms):
     import tensorflow as tf
 
-    from ft_keras.layers import PatchConv2D
+    from ft_keras import layers as ft_layers
 
-    x = tf.random.stateless_normal((3, 4, 4, 6), (2, 3))
-    conv = keras.layers.Conv2D(5, 3, padding="same")
-    patch = PatchConv2D(5, 3, padding="same")
-    conv.build(x.shape)
-    patch.build(x.shape)
-    patch.set_weights(conv.get_weights())
-    assert [w.name for w in patch.weights] == [w.name for w in conv.weights]
+    base_cls, patch_cls = getattr(keras.layers, forms[0]), getattr(
+        ft_layers, forms[1])
+    x = tf.random.stateless_normal((3, 4, 5, 6), (2, 3))
+
+    def pair(kernel_size):
+        base = base_cls(5, kernel_size, padding="same",
+                        bias_initializer="random_normal")
+        patch = patch_cls(5, kernel_size, padding="same")
+        base.build(x.shape)
+        patch.build(x.shape)
+        patch.set_weights(base.get_weights())
+        assert [w.name for w in patch.weights] == [w.name for w in base.weights]
+        return base, patch
 
     def gradients(layer):
         with tf.GradientTape() as tape:
@@ -218,17 +226,17 @@ def test_patch_conv2d_equals_conv2d_values_and_gradients():
             loss = tf.reduce_sum(y * tf.range(5, dtype=tf.float32))
         return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
 
-    for got, expected in zip(gradients(patch), gradients(conv)):
+    base, patch = pair(3)
+    for got, expected in zip(gradients(patch), gradients(base)):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    # A 5x5 kernel pads two each side, as "same" does.
-    wide, wide_patch = (keras.layers.Conv2D(2, 5, padding="same"),
-                        PatchConv2D(2, 5, padding="same"))
-    wide.build(x.shape)
-    wide_patch.build(x.shape)
-    wide_patch.set_weights(wide.get_weights())
-    np.testing.assert_allclose(wide_patch(x), wide(x), rtol=1e-5, atol=1e-5)
+    # Even and 5x5 kernels pad as "same" does, on each side.
+    for kernel_size in (2, 5):
+        base, patch = pair(kernel_size)
+        np.testing.assert_allclose(patch(x), base(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="strides=.*Received: strides=\\(2, 2\\)"):
-        PatchConv2D(5, 3, strides=2, padding="same")
+        patch_cls(5, 3, strides=2, padding="same")
+    with pytest.raises(ValueError, match=f"use keras.layers.{forms[0]} for"):
+        patch_cls(5, 3, padding="valid")
 
 
 def test_connectors_use_the_patch_conv_on_small_wide_maps_only():
