@@ -145,23 +145,24 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return outputs
 
 
-# A connector's 3x3 convolution on a map of at most this many positions and
-# at least this many input channels runs as one matrix product
-# (`PatchConv2D`): on ResNet-50's 4x4x2048 tap it is 2.4-3.1x faster on a
-# CPU than the convolution kernel, while on the other shipped pairs' maps
-# (8x8x64, 7x7x512, 4x4x512 with its backward pass) the kernel is faster
-# (`python benchmarks/small_map_conv.py`).
+# A connector's 3x3 convolution (or transposed convolution) on a map of at
+# most this many positions and at least this many input channels runs as
+# matrix products (`PatchConv2D`, `PatchConv2DTranspose`): on ResNet-50's
+# 4x4x2048 tap they are 2.3-3.8x faster on a CPU than the convolution
+# kernels, and 1.3-2.1x on its 4x4x1024 factor, while on the other shipped
+# pairs' maps (8x8x64, 8x8x128, 7x7x512, 4x4x512 with its backward pass)
+# the kernels are faster (`python benchmarks/small_map_conv.py`).
 PATCH_CONV_MAX_POSITIONS = 16
 PATCH_CONV_MIN_CHANNELS = 1024
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class PatchConv2D(keras.layers.Conv2D):
-    """A stride-1 `"same"` `Conv2D` computed as one matrix product.
+    """A stride-1 `"same"` `Conv2D` computed as matrix products.
 
-    Each position's `k x k` patch of the zero-padded map is gathered from
-    `k * k` shifted slices (im2col) and multiplied by the kernel reshaped to
-    `(k * k * in_channels, filters)`. The variables, their shapes and the
+    Each of the `k * k` kernel taps is an `(in_channels, filters)` matrix;
+    the output is the sum over taps of the zero-padded map, shifted by the
+    tap's offset, times that matrix. The variables, their shapes and the
     result (to float rounding) are `keras.layers.Conv2D`'s, so weights move
     between the two. It pays on small maps with many channels, where a
     convolution kernel reaches a fraction of the matrix-product rate; the
@@ -189,7 +190,7 @@ class PatchConv2D(keras.layers.Conv2D):
         if inputs.shape[1] is None or inputs.shape[2] is None:
             return super().convolution_op(inputs, kernel)
         kh, kw = kernel.shape[:2]
-        return _patch_product(inputs, kernel, (kh - 1) // 2, (kw - 1) // 2)
+        return _tap_products(inputs, kernel, (kh - 1) // 2, (kw - 1) // 2)
 
 
 def _validate_patch_settings(layer, base):
@@ -212,33 +213,53 @@ def _validate_patch_settings(layer, base):
             )
 
 
-def _patch_product(inputs, kernel, top, left):
+def _tap_products(inputs, kernel, top, left, transposed=False):
     """Correlation of `inputs` (batch, height, width, channels) with
     `kernel` (kh, kw, channels, filters), the map zero-padded by `top` rows
-    above and `left` columns on the left to keep its size: `kh * kw` shifted
-    slices concatenated (im2col) and one matrix product."""
-    height, width = inputs.shape[1], inputs.shape[2]
-    kh, kw, channels, filters = kernel.shape
+    above and `left` columns on the left to keep its size, as a sum of
+    `kh * kw` matrix products: each tap's `(channels, filters)` matrix times
+    the map shifted by the tap's offset. With `transposed`, `kernel` is a
+    transposed convolution's (kh, kw, filters, channels), used flipped.
+
+    A tap's matrix is a slice of the kernel, so no copy of the whole kernel
+    is made (forward or backward), and the products run on two-dimensional
+    operands, whose kernel gradient is one matrix product. Products in a
+    16-bit dtype are summed in float32, as a convolution kernel
+    accumulates, and rounded once."""
+    height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+    kh, kw = kernel.shape[:2]
+    filters = kernel.shape[2] if transposed else kernel.shape[3]
     padded = keras.ops.pad(
         inputs, [[0, 0], [top, kh - 1 - top], [left, kw - 1 - left], [0, 0]]
     )
-    patches = keras.ops.concatenate(
-        [padded[:, i:i + height, j:j + width, :]
-         for i in range(kh) for j in range(kw)],
-        axis=-1,
+    taps = keras.ops.unstack(
+        keras.ops.reshape(kernel, (kh * kw,) + tuple(kernel.shape[2:]))
     )
-    return keras.ops.matmul(
-        patches, keras.ops.reshape(kernel, (kh * kw * channels, filters))
-    )
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    sum_dtype = "float32" if dtype in ("bfloat16", "float16") else dtype
+    outputs = None
+    for i in range(kh):
+        for j in range(kw):
+            rows = keras.ops.reshape(
+                padded[:, i:i + height, j:j + width, :], (-1, channels)
+            )
+            if transposed:
+                tap = keras.ops.transpose(taps[(kh - 1 - i) * kw + kw - 1 - j])
+            else:
+                tap = taps[i * kw + j]
+            product = keras.ops.cast(keras.ops.matmul(rows, tap), sum_dtype)
+            outputs = product if outputs is None else outputs + product
+    outputs = keras.ops.cast(outputs, inputs.dtype)
+    return keras.ops.reshape(outputs, (-1, height, width, filters))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class PatchConv2DTranspose(keras.layers.Conv2DTranspose):
-    """A stride-1 `"same"` `Conv2DTranspose` computed as one matrix product.
+    """A stride-1 `"same"` `Conv2DTranspose` computed as matrix products.
 
     With stride 1, a transposed convolution is a convolution with the
     kernel flipped in space and its two channel axes swapped, so it runs as
-    `PatchConv2D` does: `k * k` shifted slices and one matrix product. The
+    `PatchConv2D` does, one matrix product per kernel tap. The
     variables and the result (to float rounding) are
     `keras.layers.Conv2DTranspose`'s. The paraphraser's decoder uses it
     where its encoder uses `PatchConv2D`.
@@ -263,12 +284,12 @@ class PatchConv2DTranspose(keras.layers.Conv2DTranspose):
         if inputs.shape[1] is None or inputs.shape[2] is None:
             return super().call(inputs)
         kh, kw = self.kernel_size
-        # (kh, kw, filters, channels) -> flipped (kh, kw, channels, filters).
-        kernel = keras.ops.transpose(
-            keras.ops.flip(keras.ops.flip(self.kernel, 0), 1), (0, 1, 3, 2)
-        )
-        outputs = _patch_product(
-            inputs, kernel, kh - 1 - (kh - 1) // 2, kw - 1 - (kw - 1) // 2
+        outputs = _tap_products(
+            inputs,
+            self.kernel,
+            kh - 1 - (kh - 1) // 2,
+            kw - 1 - (kw - 1) // 2,
+            transposed=True,
         )
         if self.use_bias:
             outputs = keras.ops.add(outputs, self.bias)
@@ -277,25 +298,28 @@ class PatchConv2DTranspose(keras.layers.Conv2DTranspose):
         return outputs
 
 
-def _conv_class(input_shape, channels):
-    """`PatchConv2D` for a 3x3 convolution of `channels` input channels on
-    the map of `input_shape` where it is the faster, else `Conv2D`."""
+def _conv_class(input_shape, channels, transpose=False):
+    """The patch form of a 3x3 convolution (`transpose`: transposed
+    convolution) of `channels` input channels on the map of `input_shape`
+    where it is the faster, else Keras' layer."""
     height, width = input_shape[1], input_shape[2]
-    if (
+    patch = (
         height is not None
         and width is not None
         and height * width <= PATCH_CONV_MAX_POSITIONS
         and channels >= PATCH_CONV_MIN_CHANNELS
-    ):
-        return PatchConv2D
-    return keras.layers.Conv2D
+    )
+    if transpose:
+        return PatchConv2DTranspose if patch else keras.layers.Conv2DTranspose
+    return PatchConv2D if patch else keras.layers.Conv2D
 
 
 class _ConvStack(keras.layers.Layer):
     """Shared machinery: a stack of 3x3 'same' convolutions, each followed by
     optional BatchNormalization and a LeakyReLU. A convolution on a small
-    map with many channels is a `PatchConv2D` (one matrix product), the
-    others `keras.layers.Conv2D`: the same variables either way.
+    map with many channels is a `PatchConv2D` (or `PatchConv2DTranspose`:
+    matrix products), the others Keras' layers: the same variables either
+    way.
 
     The connectors compute in float32 unless a `dtype` is given, also under
     a `mixed_bfloat16` or `mixed_float16` global policy: the factor transfer
@@ -457,16 +481,18 @@ class Paraphraser(_ConvStack):
             self.channels, self.rate, self.rounding
         )
         c, m = self.channels, self.factor_channels
-        deconv = keras.layers.Conv2DTranspose
         self.encoder_blocks = [
             self._make_block(_conv_class(input_shape, c), c, "encoder_0"),
             self._make_block(_conv_class(input_shape, c), m, "encoder_1"),
             self._make_block(_conv_class(input_shape, m), m, "encoder_2"),
         ]
         self.decoder_blocks = [
-            self._make_block(deconv, m, "decoder_0"),
-            self._make_block(deconv, c, "decoder_1"),
-            self._make_block(deconv, c, "decoder_2"),
+            self._make_block(
+                _conv_class(input_shape, m, transpose=True), m, "decoder_0"),
+            self._make_block(
+                _conv_class(input_shape, m, transpose=True), c, "decoder_1"),
+            self._make_block(
+                _conv_class(input_shape, c, transpose=True), c, "decoder_2"),
         ]
         factor_shape = self._build_blocks(self.encoder_blocks, input_shape)
         self._build_blocks(self.decoder_blocks, factor_shape)

@@ -253,6 +253,18 @@ def test_connectors_use_the_patch_conv_on_small_wide_maps_only():
     assert kinds(ft_keras.Translator(8), (None, 8, 8, 1024)) == [False] * 3
     assert kinds(ft_keras.Translator(8), (None, 4, 4, 512)) == [False] * 3
     assert kinds(ft_keras.Paraphraser(0.5), (None, 8, 8, 64)) == [False] * 3
+    # The decoder's transposed convolutions follow the same rule.
+    from ft_keras.layers import PatchConv2DTranspose
+
+    def decoder(shape):
+        paraphraser = ft_keras.Paraphraser(0.5)
+        paraphraser.build(shape)
+        return [type(block[0]) is PatchConv2DTranspose
+                for block in paraphraser.decoder_blocks]
+
+    assert decoder((None, 4, 4, 2048)) == [True] * 3
+    assert decoder((None, 4, 4, 1024)) == [False, False, True]
+    assert decoder((None, 8, 8, 2048)) == [False] * 3
 
 
 def test_a_patch_conv_translator_round_trips_through_a_keras_file(tmp_path):
