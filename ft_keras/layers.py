@@ -162,7 +162,8 @@ class PatchConv2D(keras.layers.Conv2D):
 
     Each of the `k * k` kernel taps is an `(in_channels, filters)` matrix;
     the output is the sum over taps of the zero-padded map, shifted by the
-    tap's offset, times that matrix. The variables, their shapes and the
+    tap's offset, times that matrix (in bfloat16 or float16, one product
+    over the shifted maps side by side, rounded once). The variables, their shapes and the
     result (to float rounding) are `keras.layers.Conv2D`'s, so weights move
     between the two. It pays on small maps with many channels, where a
     convolution kernel reaches a fraction of the matrix-product rate; the
@@ -190,7 +191,7 @@ class PatchConv2D(keras.layers.Conv2D):
         if inputs.shape[1] is None or inputs.shape[2] is None:
             return super().convolution_op(inputs, kernel)
         kh, kw = kernel.shape[:2]
-        return _tap_products(inputs, kernel, (kh - 1) // 2, (kw - 1) // 2)
+        return _correlate(inputs, kernel, (kh - 1) // 2, (kw - 1) // 2)
 
 
 def _validate_patch_settings(layer, base):
@@ -213,43 +214,63 @@ def _validate_patch_settings(layer, base):
             )
 
 
-def _tap_products(inputs, kernel, top, left, transposed=False):
+def _correlate(inputs, kernel, top, left, transposed=False):
     """Correlation of `inputs` (batch, height, width, channels) with
     `kernel` (kh, kw, channels, filters), the map zero-padded by `top` rows
-    above and `left` columns on the left to keep its size, as a sum of
-    `kh * kw` matrix products: each tap's `(channels, filters)` matrix times
-    the map shifted by the tap's offset. With `transposed`, `kernel` is a
-    transposed convolution's (kh, kw, filters, channels), used flipped.
+    above and `left` columns on the left to keep its size, as matrix
+    products. With `transposed`, `kernel` is a transposed convolution's
+    (kh, kw, filters, channels), used flipped.
 
-    A tap's matrix is a slice of the kernel, so no copy of the whole kernel
-    is made (forward or backward), and the products run on two-dimensional
-    operands, whose kernel gradient is one matrix product. Products in a
-    16-bit dtype are summed in float32, as a convolution kernel
-    accumulates, and rounded once."""
-    height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
-    kh, kw = kernel.shape[:2]
-    filters = kernel.shape[2] if transposed else kernel.shape[3]
+    A 32-bit map sums one product per kernel tap: a tap's matrix is a slice
+    of the kernel, so nothing as large as the kernel is copied, forward or
+    backward. A 16-bit map is one product over all taps' patches (im2col),
+    so each output is rounded once, as a convolution kernel rounds it; the
+    transposed form then copies the kernel flipped."""
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    if dtype not in ("bfloat16", "float16"):
+        return _tap_products(inputs, kernel, top, left, transposed)
+    if transposed:
+        kernel = keras.ops.transpose(
+            keras.ops.flip(keras.ops.flip(kernel, 0), 1), (0, 1, 3, 2)
+        )
+    kh, kw, channels, filters = kernel.shape
+    patches = keras.ops.concatenate(
+        _shifted_maps(inputs, kh, kw, top, left), axis=-1
+    )
+    return keras.ops.matmul(
+        patches, keras.ops.reshape(kernel, (kh * kw * channels, filters))
+    )
+
+
+def _shifted_maps(inputs, kh, kw, top, left):
+    """The zero-padded map shifted by each tap's offset, taps in row-major
+    order, each of `inputs`' shape."""
+    height, width = inputs.shape[1], inputs.shape[2]
     padded = keras.ops.pad(
         inputs, [[0, 0], [top, kh - 1 - top], [left, kw - 1 - left], [0, 0]]
     )
+    return [padded[:, i:i + height, j:j + width, :]
+            for i in range(kh) for j in range(kw)]
+
+
+def _tap_products(inputs, kernel, top, left, transposed):
+    """`_correlate` as a sum of one matrix product per kernel tap, each on
+    two-dimensional operands (whose kernel gradient is one product)."""
+    height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+    kh, kw = kernel.shape[:2]
+    filters = kernel.shape[2] if transposed else kernel.shape[3]
     taps = keras.ops.unstack(
         keras.ops.reshape(kernel, (kh * kw,) + tuple(kernel.shape[2:]))
     )
-    dtype = keras.backend.standardize_dtype(inputs.dtype)
-    sum_dtype = "float32" if dtype in ("bfloat16", "float16") else dtype
     outputs = None
-    for i in range(kh):
-        for j in range(kw):
-            rows = keras.ops.reshape(
-                padded[:, i:i + height, j:j + width, :], (-1, channels)
-            )
-            if transposed:
-                tap = keras.ops.transpose(taps[(kh - 1 - i) * kw + kw - 1 - j])
-            else:
-                tap = taps[i * kw + j]
-            product = keras.ops.cast(keras.ops.matmul(rows, tap), sum_dtype)
-            outputs = product if outputs is None else outputs + product
-    outputs = keras.ops.cast(outputs, inputs.dtype)
+    for index, shifted in enumerate(_shifted_maps(inputs, kh, kw, top, left)):
+        rows = keras.ops.reshape(shifted, (-1, channels))
+        if transposed:  # flipped: the last tap goes with the first offset
+            tap = keras.ops.transpose(taps[kh * kw - 1 - index])
+        else:
+            tap = taps[index]
+        product = keras.ops.matmul(rows, tap)
+        outputs = product if outputs is None else outputs + product
     return keras.ops.reshape(outputs, (-1, height, width, filters))
 
 
@@ -284,7 +305,7 @@ class PatchConv2DTranspose(keras.layers.Conv2DTranspose):
         if inputs.shape[1] is None or inputs.shape[2] is None:
             return super().call(inputs)
         kh, kw = self.kernel_size
-        outputs = _tap_products(
+        outputs = _correlate(
             inputs,
             self.kernel,
             kh - 1 - (kh - 1) // 2,

@@ -239,6 +239,28 @@ def test_patch_forms_equal_keras_convolutions_values_and_gradients(forms):
         patch_cls(5, 3, padding="valid")
 
 
+@pytest.mark.parametrize("name", ["PatchConv2D", "PatchConv2DTranspose"])
+def test_patch_forms_round_a_bfloat16_output_once(name):
+    import tensorflow as tf
+
+    from ft_keras import layers as ft_layers
+
+    # Summed in float32 and rounded once, each output is within half a
+    # bfloat16 step of the float32 result of the same bfloat16 inputs; a
+    # bfloat16 sum of the nine products misses that on many outputs.
+    patch = getattr(ft_layers, name)(32, 3, padding="same", dtype="bfloat16")
+    exact = getattr(ft_layers, name)(32, 3, padding="same", dtype="float32")
+    x = tf.cast(tf.random.stateless_normal((4, 4, 4, 64), (5, 6)), "bfloat16")
+    patch.build(x.shape)
+    exact.build(x.shape)
+    exact.set_weights([tf.cast(tf.cast(w, "bfloat16"), "float32")
+                       for w in patch.get_weights()])
+    reference = exact(tf.cast(x, "float32")).numpy()
+    half_step = 2.0 ** (np.floor(np.log2(np.abs(reference) + 1e-30)) - 8)
+    error = np.abs(tf.cast(patch(x), "float32").numpy() - reference)
+    assert np.all(error <= half_step * 1.01 + 1e-6)
+
+
 def test_connectors_use_the_patch_conv_on_small_wide_maps_only():
     from ft_keras.layers import PatchConv2D
 
