@@ -14,7 +14,10 @@ step, and splits the cost of (d) beyond (a) + (b):
     connectors' time = the connectors' MACs in a step (encoder forward,
                        translator forward and backward: 3x its forward,
                        as a train step counts 3x the forward) at the MAC rate
-                       of (a), 3 x student forward MACs x batch / time(a)
+                       of (a), 3 x student forward MACs x batch / time(a);
+                       for a mixed-precision row, the rate of (a) in the
+                       float32 row of the same pair and batch, as the
+                       connectors compute in float32 under a mixed policy
     framework overhead = time(d) - time(a) - time(b) - connectors' time
 
 so the method's own cost (the connectors' arithmetic) is told apart from what
@@ -136,11 +139,31 @@ def derived(row):
     row["connector_step_macs"] = macs["encoder"] + 3 * macs["translator"]
     row["student_macs_per_second"] = (3 * macs["student"] * row["batch"]
                                       / t["a"])
-    row["connector_seconds"] = (row["connector_step_macs"] * row["batch"]
-                                / row["student_macs_per_second"])
-    row["framework_overhead_seconds"] = (t["d"] - t["a"] - t["b"]
-                                         - row["connector_seconds"])
     return row
+
+
+def split(rows):
+    """Splits each row's time(d) - time(a) - time(b) into the connectors'
+    arithmetic (their MACs in a step at a student step's MAC rate) and the
+    rest, framework overhead. The connectors compute in float32 under a
+    mixed policy (`ft_keras.layers`), so a mixed-precision row takes the
+    rate of the float32 row of its pair, batch and backend where the run
+    has one (`connector_rate` says which), else its own student's."""
+    float32 = {(r["pair"], r["batch"], r["backend"]): r for r in rows
+               if r["precision"] == "float32"}
+    for row in rows:
+        own = row["precision"] == "float32" or (
+            (row["pair"], row["batch"], row["backend"]) not in float32)
+        rate_row = row if own else float32[
+            (row["pair"], row["batch"], row["backend"])]
+        row["connector_rate"] = ("own student step" if own
+                                 else "float32 student step")
+        t = row["seconds_per_step"]
+        row["connector_seconds"] = (row["connector_step_macs"] * row["batch"]
+                                    / rate_row["student_macs_per_second"])
+        row["framework_overhead_seconds"] = (t["d"] - t["a"] - t["b"]
+                                             - row["connector_seconds"])
+    return rows
 
 
 def measure_row(config, args, macs):
@@ -292,6 +315,7 @@ def measure_all(args, path):
             macs[pair] = throughput.connector_mac_counts(
                 *pair.split(":"), *shape_of(pair))
         result["rows"].append(measure_row(config, args, macs[pair]))
+        split(result["rows"])
         print(table(result["rows"][-1:]).splitlines()[-1], flush=True)
         result["header"] = header(command, start - earlier_seconds, load)
         result["complete"] = len(result["rows"]) == len(configs)
@@ -395,6 +419,7 @@ def main(argv=None, run=run_child):
         with open(args.from_json) as f:
             result = json.load(f)
         path = os.path.splitext(args.from_json)[0]
+        split(result["rows"])
     else:
         args.run_child = run
         os.makedirs(args.results_dir, exist_ok=True)

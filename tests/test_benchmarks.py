@@ -507,6 +507,17 @@ def test_cost_curve_records_every_field_continues_and_rerenders(
     assert row["connector_seconds"] == pytest.approx(connectors, rel=1e-9)
     assert row["framework_overhead_seconds"] == pytest.approx(
         t["d"] - t["a"] - t["b"] - connectors, abs=1e-9)
+    # A mixed-precision row's connectors (float32) run at the float32 row's
+    # student rate; without such a row, at its own.
+    mixed = {**row, "precision": "mixed_bfloat16",
+             "student_macs_per_second": 2 * row["student_macs_per_second"]}
+    cost_curve.split([mixed, row])
+    assert mixed["connector_rate"] == "float32 student step"
+    assert mixed["connector_seconds"] == pytest.approx(connectors, rel=1e-9)
+    cost_curve.split([mixed])
+    assert mixed["connector_rate"] == "own student step"
+    assert mixed["connector_seconds"] == pytest.approx(connectors / 2,
+                                                       rel=1e-9)
 
     table = measured[measured.index("| pair |"):].split("\n\n")[0]
     assert table.count("| resnet20 -> resnet20 | 32x32, 10 classes | ") == 2
