@@ -148,10 +148,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
 # A connector's 3x3 convolution (or transposed convolution) on a map of at
 # most this many positions and at least this many input channels runs as
 # matrix products (`PatchConv2D`, `PatchConv2DTranspose`): on ResNet-50's
-# 4x4x2048 tap they are 2.3-3.8x faster on a CPU than the convolution
-# kernels, and 1.3-2.1x on its 4x4x1024 factor, while on the other shipped
-# pairs' maps (8x8x64, 8x8x128, 7x7x512, 4x4x512 with its backward pass)
-# the kernels are faster (`python benchmarks/small_map_conv.py`).
+# 4x4x2048 tap they are 2.4-4.9x faster on a CPU than the convolution
+# kernels forward and backward, and 1.3-1.5x on its 4x4x1024 factor, while
+# on the other shipped pairs' maps (8x8x64, 8x8x128, 7x7x512, 4x4x512 with
+# its backward pass) the kernels are faster
+# (`python benchmarks/small_map_conv.py`).
 PATCH_CONV_MAX_POSITIONS = 16
 PATCH_CONV_MIN_CHANNELS = 1024
 
