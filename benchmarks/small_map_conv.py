@@ -1,6 +1,6 @@
 """The connectors' 3x3 convolutions on small maps: Keras' convolution
-layers (oneDNN's kernels) against ft_keras' patch forms (one matrix
-product).
+layers (oneDNN's kernels) against ft_keras' patch layers (matrix
+products).
 
 The paraphraser and translator run 3x3 convolutions on the tapped map,
 which for the shipped pairs is small (4x4x2048 for ResNet-50 at CIFAR
