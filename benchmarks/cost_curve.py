@@ -57,7 +57,6 @@ import datetime
 import importlib.metadata
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -152,11 +151,9 @@ def split(rows):
     float32 = {(r["pair"], r["batch"], r["backend"]): r for r in rows
                if r["precision"] == "float32"}
     for row in rows:
-        own = row["precision"] == "float32" or (
-            (row["pair"], row["batch"], row["backend"]) not in float32)
-        rate_row = row if own else float32[
-            (row["pair"], row["batch"], row["backend"])]
-        row["connector_rate"] = ("own student step" if own
+        rate_row = float32.get((row["pair"], row["batch"], row["backend"]),
+                               row)
+        row["connector_rate"] = ("own student step" if rate_row is row
                                  else "float32 student step")
         t = row["seconds_per_step"]
         row["connector_seconds"] = (row["connector_step_macs"] * row["batch"]
@@ -264,18 +261,13 @@ def header(command, start, load_before):
         "wall time": f"{time.monotonic() - start:.1f} s",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": record.machine(),
         **record.cpu_lines(),
         "load average (1 min) before, after": f"{load_before[0]:.2f}, "
                                                f"{load_after[0]:.2f}",
         "versions": record.versions() + jax_version(),
         "revision": record.revision(),
     }
-
-
-def machine():
-    """The header's machine line: architecture, cores and CPU model."""
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {record.cpu()[0]}"
 
 
 def jax_version():
@@ -338,7 +330,7 @@ def kept_rows(path, settings, configs):
     done = [(r["pair"], r["batch"], r["precision"], r["backend"]) for r in rows]
     if (earlier.get("complete") or earlier.get("settings") != settings
             or done != [tuple(c) for c in configs[:len(done)]]
-            or old.get("machine") != machine()
+            or old.get("machine") != record.machine()
             or old.get("cpu flags") != record.cpu_lines()["cpu flags"]):
         return [], 0.0
     return rows, float(old["wall time"].split()[0])

@@ -164,9 +164,9 @@ class PatchConv2D(keras.layers.Conv2D):
     Each of the `k * k` kernel taps is an `(in_channels, filters)` matrix;
     the output is the sum over taps of the zero-padded map, shifted by the
     tap's offset, times that matrix (in bfloat16 or float16, one product
-    over the shifted maps side by side, rounded once). The variables, their shapes and the
-    result (to float rounding) are `keras.layers.Conv2D`'s, so weights move
-    between the two. It pays on small maps with many channels, where a
+    over the shifted maps side by side, rounded once). The variables, their
+    shapes and the result (to float rounding) are `keras.layers.Conv2D`'s,
+    so weights move between the two. It pays on small maps with many channels, where a
     convolution kernel reaches a fraction of the matrix-product rate; the
     connectors use it there (`PATCH_CONV_MAX_POSITIONS`,
     `PATCH_CONV_MIN_CHANNELS`). A map whose height or width is unknown when
@@ -281,8 +281,7 @@ class PatchConv2DTranspose(keras.layers.Conv2DTranspose):
 
     With stride 1, a transposed convolution is a convolution with the
     kernel flipped in space and its two channel axes swapped, so it runs as
-    `PatchConv2D` does, one matrix product per kernel tap. The
-    variables and the result (to float rounding) are
+    `PatchConv2D` does. The variables and the result (to float rounding) are
     `keras.layers.Conv2DTranspose`'s. The paraphraser's decoder uses it
     where its encoder uses `PatchConv2D`.
 

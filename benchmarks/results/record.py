@@ -54,6 +54,11 @@ def cpu(path="/proc/cpuinfo"):
     return model or platform.processor() or platform.machine(), present
 
 
+def machine():
+    """The header's machine line: architecture, cores and CPU model."""
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {cpu()[0]}"
+
+
 def cpu_lines(path="/proc/cpuinfo", environ=None):
     """The header's CPU entries: the flags present and absent, and the
     oneDNN and thread settings of the environment."""
@@ -101,8 +106,7 @@ def main(argv):
         "wall time": f"{wall:.1f} s",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                   f"{cpu()[0]}",
+        "machine": machine(),
         **cpu_lines(),
         "load average (1 min) before, after": f"{load_before[0]:.2f}, "
                                                f"{load_after[0]:.2f}",
