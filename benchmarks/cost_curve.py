@@ -311,9 +311,10 @@ def measure_all(args, path):
         print(table(result["rows"][-1:]).splitlines()[-1], flush=True)
         result["header"] = header(command, start - earlier_seconds, load)
         result["complete"] = len(result["rows"]) == len(configs)
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
+        with open(path + ".tmp", "w") as f:  # a kill mid-write keeps the
+            json.dump(result, f, indent=2)   # last complete file
             f.write("\n")
+        os.replace(path + ".tmp", path)
     return result
 
 
