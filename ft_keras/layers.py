@@ -10,6 +10,8 @@ import math
 
 import keras
 
+from ft_keras import _rounding
+
 _PACKAGE = "ft_keras"
 
 
@@ -163,8 +165,10 @@ class PatchConv2D(keras.layers.Conv2D):
 
     Each of the `k * k` kernel taps is an `(in_channels, filters)` matrix;
     the output is the sum over taps of the zero-padded map, shifted by the
-    tap's offset, times that matrix (in bfloat16 or float16, one product
-    over the shifted maps side by side, rounded once). The variables, their
+    tap's offset, times that matrix. In bfloat16 or float16 each output is
+    rounded once, as a convolution kernel rounds it, on every CPU: one
+    16-bit product over the shifted maps side by side where this machine's
+    16-bit `matmul` rounds once, else float32 products. The variables, their
     shapes and the result (to float rounding) are `keras.layers.Conv2D`'s,
     so weights move between the two. It pays on small maps with many channels, where a
     convolution kernel reaches a fraction of the matrix-product rate; the
@@ -224,12 +228,20 @@ def _correlate(inputs, kernel, top, left, transposed=False):
 
     A 32-bit map sums one product per kernel tap: a tap's matrix is a slice
     of the kernel, so nothing as large as the kernel is copied, forward or
-    backward. A 16-bit map is one product over all taps' patches (im2col),
-    so each output is rounded once, as a convolution kernel rounds it; the
-    transposed form then copies the kernel flipped."""
+    backward. A 16-bit map must be rounded once per output, as a
+    convolution kernel rounds it: where this machine's 16-bit `matmul` does
+    that (`_rounding.matmul_rounds_once`: oneDNN on AVX-512 CPUs), one
+    product over all taps' patches (im2col), the transposed form copying the
+    kernel flipped; elsewhere (Eigen's bfloat16 kernels) the float32 tap
+    products, rounded to 16 bits once at the end."""
     dtype = keras.backend.standardize_dtype(inputs.dtype)
     if dtype not in ("bfloat16", "float16"):
         return _tap_products(inputs, kernel, top, left, transposed)
+    if not _rounding.matmul_rounds_once(dtype):
+        outputs = _tap_products(keras.ops.cast(inputs, "float32"),
+                                keras.ops.cast(kernel, "float32"),
+                                top, left, transposed)
+        return keras.ops.cast(outputs, dtype)
     if transposed:
         kernel = keras.ops.transpose(
             keras.ops.flip(keras.ops.flip(kernel, 0), 1), (0, 1, 3, 2)
