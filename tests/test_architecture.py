@@ -129,7 +129,7 @@ _PRIVATE_KERAS_NAMES = {"_flatten_layers", "_nodes_by_depth", "_keras_history",
                         "_get_seed_generator"}
 
 # The modules that compute on any Keras backend: the core.
-_CORE = ("layers.py", "losses.py", "metrics.py", "distiller.py", "terms.py",
+_CORE = ("layers.py", "losses.py", "metrics.py", "distiller.py", "terms",
          "features.py", "pretraining.py", "_training_model.py", "models")
 
 

@@ -1,0 +1,51 @@
+"""Distillation terms: what a `ft_keras.Distiller` adds to the student's loss.
+
+A term is a serialisable Keras layer that names the taps it needs (teacher
+and student layer names; `None` for a network's output, its logits), owns
+its connectors (trainable layers between a tap and the loss, such as Factor
+Transfer's translator) and has a weight. The `Distiller` runs the teacher
+and the student once per step over the union of its terms' taps and trains
+the student on
+
+    student_loss_weight * CE(y, logits) + sum of weight * term
+
+- `FactorTransfer`: the paper's term, through a frozen pre-trained
+  `Paraphraser` (teacher factor) and a trained `Translator` (student
+  factor); `paraphraser_trainer(teacher)` is its pre-training model.
+- `KnowledgeDistillation`: Hinton's KD on the logits, `T^2 * KL`.
+- `AttentionTransfer`: Zagoruyko & Komodakis' attention maps at tap pairs.
+
+FT, KD, AT, FT+KD and any new combination are lists of terms. A term of
+your own is a subclass that overrides `compute_loss` (and `call` when it
+has connectors):
+
+```python
+import keras
+import ft_keras
+
+class FeatureL2(ft_keras.Term):
+    \"\"\"Mean squared difference of two maps of the same shape.\"\"\"
+
+    def compute_loss(self, teacher, student):
+        return keras.ops.mean(keras.ops.square(teacher[0] - student[0]),
+                              axis=(1, 2, 3))
+
+term = FeatureL2(teacher_layers=["stage3"], student_layers=["stage3"],
+                 weight=10.0, name="l2")
+term.loss_name  # 'l2_loss': the column `fit` logs, before the weight
+```
+"""
+
+from ft_keras.terms.attention_transfer import AttentionTransfer
+from ft_keras.terms.base import Term
+from ft_keras.terms.factor_transfer import FactorTransfer
+from ft_keras.terms.factor_transfer import check_factor_shapes
+from ft_keras.terms.knowledge_distillation import KnowledgeDistillation
+
+__all__ = [
+    "AttentionTransfer",
+    "FactorTransfer",
+    "KnowledgeDistillation",
+    "Term",
+    "check_factor_shapes",
+]
