@@ -27,6 +27,7 @@ steps. Train steps are timed between batch ends inside one `fit` call
     python benchmarks/throughput.py --profile /tmp/prof   # TF profile of (d),
                                                           # time per part
     python benchmarks/throughput.py --vs_pytorch --rounds 3
+    python benchmarks/throughput.py --vs_pytorch --precisions float32
 
 `--vs_pytorch` times (d), ResNet-56 -> ResNet-20, beside the original
 code's training step in PyTorch (`torch_peer.py`; torch from the
@@ -34,7 +35,10 @@ code's training step in PyTorch (`torch_peer.py`; torch from the
 policy; `torch.autocast` for PyTorch), in alternating rounds: each round
 runs ft_keras and PyTorch one after the other in fresh subprocesses, so
 both see the same machine state. It prints each round's images/second and
-ratio, then the medians and spreads.
+ratio, then the medians and spreads, and whether TensorFlow ran its oneDNN
+kernels (each child imports ft_keras first, as a user's script does, so an
+AVX2 CPU runs them: `ft_keras._onednn`; `TF_ENABLE_ONEDNN_OPTS=0` times
+TensorFlow's Eigen kernels instead).
 """
 
 import argparse
@@ -52,6 +56,8 @@ import profile_summary
 
 PROFILED_STEPS = 3
 ONEDNN_BF16 = "onednn_bfloat16"
+# --vs_pytorch's precisions: name -> Keras policy (None: float32).
+PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16"}
 KINDS = {
     "a": "student train step",
     "b": "teacher inference step",
@@ -77,11 +83,13 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
     jit-compiled (`xla` is then always on) and (b), (b_tap) run
     `jax.jit(model.stateless_call)`; (e) and `profile` need TensorFlow."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import ft_keras  # first, as a user's script: oneDNN where TF leaves it off
+
     import keras
     import numpy as np
     import tensorflow as tf
 
-    import ft_keras
+    from ft_keras import _onednn
     from ft_keras import models
 
     if mixed_precision == ONEDNN_BF16:
@@ -189,6 +197,7 @@ def measure(kind, teacher_name, student_name, batch, steps, repeats, xla,
         "images_per_second": batch / step,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "all_seconds_per_step": seconds,
+        "onednn": _onednn.enabled(),
     }
 
 
@@ -247,6 +256,7 @@ def machine():
     """A summary line, then `machine_info:` and the JSON of what decides the
     speeds (`ft_keras.precision.machine_info`: CPU model and AMX /
     AVX512-BF16 / AVX2 flags, cores, threads, oneDNN settings, versions)."""
+    import ft_keras  # noqa: F401  (first, as in the measuring children)
     import keras
     import tensorflow as tf
 
@@ -288,6 +298,10 @@ def main():
     parser.add_argument("--vs_pytorch", action="store_true",
                         help="time (d) beside the PyTorch peer, float32 and "
                              "bfloat16, in alternating rounds")
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS),
+                        choices=list(PRECISIONS),
+                        help="with --vs_pytorch: the precisions to time "
+                             "(default both)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="alternating rounds, each step kind in a fresh "
                              "process per round (default: 1, and 3 with "
@@ -388,10 +402,12 @@ def vs_pytorch(args):
     teacher, student = (args.pairs or ["resnet56:resnet20"])[0].split(":")
     steps = args.steps or 10
     here = os.path.dirname(os.path.abspath(__file__))
-    precisions = {"float32": None, "bfloat16": "mixed_bfloat16"}
+    precisions = {p: policy for p, policy in PRECISIONS.items()
+                  if p in args.precisions}
     ours = {p: [] for p in precisions}
     peer = {p: [] for p in precisions}
     rounds = args.rounds or 3
+    onednn = set()
     print(f"FT step {teacher} -> {student}, batch {args.batch}, {steps} steps "
           f"x {args.repeats} blocks per measurement (median), "
           f"{rounds} alternating rounds")
@@ -402,7 +418,9 @@ def vs_pytorch(args):
                        "--_child", f"d,{teacher},{student},{steps}"]
             if policy:
                 command += ["--mixed_precision", policy]
-            ours[precision].append(_child_result(command)["images_per_second"])
+            result = _child_result(command)
+            ours[precision].append(result["images_per_second"])
+            onednn.add(result.get("onednn"))
             peer[precision].append(_child_result([
                 sys.executable, os.path.join(here, "torch_peer.py"),
                 "--precision", precision, "--batch", str(args.batch),
@@ -422,6 +440,10 @@ def vs_pytorch(args):
               f"{_spread(peer[precision])} | "
               f"{' / '.join(f'{r:.2f}' for r in ratios)} | "
               f"{statistics.median(ratios):.2f} |")
+    print(f"ft_keras ran TensorFlow's oneDNN kernels: "
+          f"{' / '.join(str(v) for v in sorted(onednn, key=str))}")
+    if len(precisions) < 2:
+        return ours, peer
     own = [b / f for b, f in zip(ours["bfloat16"], ours["float32"])]
     theirs = [b / f for b, f in zip(peer["bfloat16"], peer["float32"])]
     print(f"bfloat16 / float32, same round: ft_keras "

@@ -28,6 +28,12 @@ and the TFLite converter's printout are hidden; ft_keras' lines, Keras'
 progress and Python warnings show. `FT_KERAS_VERBOSE=1` in the environment
 keeps TensorFlow's own console; `ft_keras.quiet_console(False)` turns the
 quiet console off later (`ft_keras._console` says what each part does).
+
+Fast CPU kernels: on a Linux x86 CPU with AVX2 but without AVX512-VNNI,
+AVX-VNNI or AMX, where TensorFlow leaves its oneDNN kernels off, `import
+ft_keras` before TensorFlow turns them on (`TF_ENABLE_ONEDNN_OPTS=1`) and
+says so in one line; a `TF_ENABLE_ONEDNN_OPTS` set in the environment wins
+(`ft_keras._onednn` says what it measured and what changes numerically).
 """
 
 __version__ = "0.1.0"
@@ -35,11 +41,15 @@ __version__ = "0.1.0"
 import sys as _sys
 
 from ft_keras import _console
+from ft_keras import _cpu
+from ft_keras import _onednn
 
 # Before TensorFlow loads: the quiet console (ft_keras._console), also for
 # the tools (`python -m ft_keras.<tool>`, while Python imports this package,
-# whose absl `--verbosity` flag asks for TensorFlow's logs).
+# whose absl `--verbosity` flag asks for TensorFlow's logs), and oneDNN's
+# kernels where TensorFlow would leave them off (ft_keras._onednn).
 _console.quiet_on_import(_sys.argv[1:] if _sys.argv[:1] == ["-m"] else ())
+_onednn.enable_on_import(_cpu.read_cpuinfo()[1])
 with _console.tensorflow_import_quieted():
     import keras  # noqa: F401  (loads the backend, TensorFlow)
 
@@ -54,15 +64,21 @@ from ft_keras.layers import Translator
 from ft_keras.losses import FactorTransferLoss
 from ft_keras.pretraining import ParaphraserTrainer
 from ft_keras.terms import AttentionTransfer
+from ft_keras.terms import DecoupledKD
 from ft_keras.terms import FactorTransfer
+from ft_keras.terms import FitNets
+from ft_keras.terms import HintRegressor
 from ft_keras.terms import KnowledgeDistillation
 from ft_keras.terms import Term
 
 __all__ = [
     "AttentionTransfer",
+    "DecoupledKD",
     "Distiller",
     "FactorTransfer",
     "FactorTransferLoss",
+    "FitNets",
+    "HintRegressor",
     "KnowledgeDistillation",
     "Paraphraser",
     "ParaphraserTrainer",

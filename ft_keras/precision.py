@@ -35,7 +35,9 @@ import time
 import keras
 import numpy as np
 
+from ft_keras import _onednn
 from ft_keras import _validation
+from ft_keras._cpu import read_cpuinfo  # noqa: F401  (also ours to callers)
 
 # `experiment.precision_check`.
 CHECKS = ("warn", "fallback", "off")
@@ -52,25 +54,6 @@ CPU_FLAGS = ("amx_bf16", "amx_fp16", "avx512_bf16", "avx512_fp16", "avx2")
 ONEDNN_ENV = ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS")
 THREAD_ENV = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
               "TF_NUM_INTEROP_THREADS")
-
-
-def read_cpuinfo(path="/proc/cpuinfo"):
-    """`(model name, set of flags)` of the first CPU listed in `path`; None
-    for what cannot be read (not Linux)."""
-    model, flags = None, None
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model is None:
-                    model = value.strip()
-                elif key.strip() == "flags" and flags is None:
-                    flags = set(value.split())
-                if model is not None and flags is not None:
-                    break
-    except OSError:
-        pass
-    return model, flags
 
 
 def cpu_info(path="/proc/cpuinfo"):
@@ -100,7 +83,8 @@ def cpu_info(path="/proc/cpuinfo"):
 def machine_info():
     """What decides a speed measured here, as a JSON-serialisable dict: the
     CPU model and flags (`cpu_info`), cores, the thread and oneDNN settings
-    of the environment (None: not set), TensorFlow's thread pools and GPUs
+    of the environment (None: not set) and whether TensorFlow runs oneDNN
+    (`onednn.enabled`, None before TensorFlow loads), TensorFlow's thread pools and GPUs
     (when TensorFlow is loaded) and the library versions.
 
     Example:
@@ -134,7 +118,8 @@ def machine_info():
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "threads": threads,
-        "onednn": {name: os.environ.get(name) for name in ONEDNN_ENV},
+        "onednn": {**{name: os.environ.get(name) for name in ONEDNN_ENV},
+                   "enabled": _onednn.enabled()},
         "gpus": gpus,
         "versions": versions,
     }

@@ -1,8 +1,9 @@
 """Test-wide TensorFlow setup.
 
-Runs before any test imports TensorFlow's runtime: the CPU is split into two
-logical devices so that `tf.distribute.MirroredStrategy` tests have two
-replicas on a machine without GPUs.
+Runs before any test imports TensorFlow's runtime: ft_keras is imported
+first, and the CPU is split into two logical devices so that
+`tf.distribute.MirroredStrategy` tests have two replicas on a machine
+without GPUs.
 """
 
 import os
@@ -21,6 +22,11 @@ if _worker:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+# First, as users get it: on a CPU where TensorFlow leaves oneDNN's kernels
+# off (AVX2 without AVX512-VNNI), `import ft_keras` turns them on before
+# TensorFlow loads (ft_keras._onednn); TF_ENABLE_ONEDNN_OPTS=0 in the
+# environment keeps Eigen's kernels, as TensorFlow's default there.
+import ft_keras  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")

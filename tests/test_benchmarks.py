@@ -1,6 +1,7 @@
 """The measuring tools under benchmarks/ measure what they say."""
 
 import pathlib
+import platform
 import statistics
 import sys
 
@@ -295,6 +296,11 @@ def test_throughput_vs_pytorch_prints_alternating_rounds_and_ratios():
     assert [row.split("|")[1].strip() for row in rows] == [
         "FT step, float32", "FT step, bfloat16"]
     assert "bfloat16 / float32, same round: ft_keras" in out
+    # The children import ft_keras first, as this process did (conftest).
+    from ft_keras import _onednn
+
+    assert (f"ft_keras ran TensorFlow's oneDNN kernels: {_onednn.enabled()}\n"
+            in out)
 
 
 def test_throughput_overhead_rounds_alternate_kinds_and_take_the_median(
@@ -414,7 +420,19 @@ def test_record_header_names_the_cpu_its_flags_and_onednn_settings(tmp_path):
                      "without amx_bf16 amx_tile",
         "oneDNN and threads": "ONEDNN_MAX_CPU_ISA=AVX512_CORE, "
         "TF_ENABLE_ONEDNN_OPTS=unset, OMP_NUM_THREADS=2, "
-        "TF_NUM_INTRAOP_THREADS=unset, TF_NUM_INTEROP_THREADS=unset"}
+        "TF_NUM_INTRAOP_THREADS=unset, TF_NUM_INTEROP_THREADS=unset",
+        # Where the platform is Linux x86-64, as here.
+        **({"oneDNN kernels": "on: TensorFlow's default on this CPU"}
+           if platform.system() == "Linux" and platform.machine() == "x86_64"
+           else {"oneDNN kernels": "off: TensorFlow's default on this CPU"})}
+    # An AVX2 CPU: ft_keras turns oneDNN on, unless the environment says.
+    cpuinfo.write_text(ZEN5_CPUINFO.replace(
+        " avx512f avx512_vnni avx512_bf16", " fma"))
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        assert record.cpu_lines(cpuinfo, {})["oneDNN kernels"] == (
+            "on: set by ft_keras (TensorFlow leaves it off on this CPU)")
+    assert record.cpu_lines(cpuinfo, {"TF_ENABLE_ONEDNN_OPTS": "0"})[
+        "oneDNN kernels"] == "off: TF_ENABLE_ONEDNN_OPTS=0 in the environment"
     assert record.cpu_lines(tmp_path / "absent")["cpu flags"] == "unknown"
     # A recorded command: this machine's header, then what it printed.
     out = tmp_path / "out.txt"

@@ -17,6 +17,7 @@ imports nothing heavy.
 
 import datetime
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import shlex
@@ -36,20 +37,24 @@ CPU_ENV = ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS",
            "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
+def _ft_keras_module(name):
+    """`ft_keras.<name>` loaded from its file, without importing the package
+    (which loads TensorFlow); the module must import nothing of ft_keras."""
+    spec = importlib.util.spec_from_file_location(
+        f"_record_{name}", os.path.join(REPO, "ft_keras", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_cpu = _ft_keras_module("_cpu")
+_onednn = _ft_keras_module("_onednn")
+
+
 def cpu(path="/proc/cpuinfo"):
     """`(model name, {flag: present})` of the first CPU in `path`; the
     flags are empty where it cannot be read (not Linux)."""
-    model, flags = None, None
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model is None:
-                    model = value.strip()
-                elif key.strip() == "flags" and flags is None:
-                    flags = set(value.split())
-    except OSError:
-        pass
+    model, flags = _cpu.read_cpuinfo(path)
     present = {} if flags is None else {f: f in flags for f in CPU_FLAGS}
     return model or platform.processor() or platform.machine(), present
 
@@ -67,11 +72,16 @@ def cpu_lines(path="/proc/cpuinfo", environ=None):
     have = " ".join(f for f, on in flags.items() if on) or "none of"
     lack = " ".join(f for f, on in flags.items() if not on)
     text = have + (f"; without {lack}" if lack else "")
-    return {
+    lines = {
         "cpu flags": text if flags else "unknown",
         "oneDNN and threads": ", ".join(
             f"{name}={environ.get(name, 'unset')}" for name in CPU_ENV),
     }
+    _, all_flags = _cpu.read_cpuinfo(path)
+    if all_flags is not None:
+        lines["oneDNN kernels"] = _onednn.expected(
+            all_flags, environ, platform.system(), platform.machine())[1]
+    return lines
 
 
 def versions():
