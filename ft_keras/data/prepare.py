@@ -60,8 +60,8 @@ import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core.download import checksums
 
+from ft_keras import _tfds_private
 
 __all__ = [
     "DATASETS",
@@ -539,29 +539,9 @@ def prepare(name, source, data_dir=None, verbose=True):
                 link = os.path.join(staging, os.path.basename(path))
                 if not os.path.exists(link):
                     os.symlink(path, link)
-                manual[urls[registered]] = checksums.compute_url_info(
-                    link, checksum_cls=hashlib.sha256
-                )
-
-            def download_manager(download_dir, download_config):
-                # TFDS takes a file from `manual_dir` when its name and
-                # checksum are those of `url_infos`: give it these files'.
-                del download_dir, download_config
-                return tfds.download.DownloadManager(
-                    download_dir=os.path.join(tmp, "downloads"),
-                    extract_dir=os.path.join(tmp, "extracted"),
-                    manual_dir=staging,
-                    url_infos=manual,
-                    dataset_name=builder.name,
-                )
-
-            builder._make_download_manager = download_manager
+                manual[urls[registered]] = _tfds_private.url_info(link)
             tfds.disable_progress_bar()  # a log line per example otherwise
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(
-                    try_download_gcs=False
-                )
-            )
+            _tfds_private.prepare_from_files(builder, staging, manual, tmp)
         splits = ", ".join(
             f"{k} {v.num_examples}" for k, v in builder.info.splits.items()
         )
