@@ -5,7 +5,8 @@
            + the student's and the terms' connectors' regularization
 
 The terms (`ft_keras.terms`: `FactorTransfer`, `KnowledgeDistillation`,
-`AttentionTransfer`, or a user's own `Term`) name the maps they need. Per
+`AttentionTransfer`, `DecoupledKD`, `FitNets`, or a user's own `Term`) name
+the maps they need, and whether they need the labels or the epoch. Per
 step the teacher runs once, frozen, in inference mode and with its
 BatchNormalizations folded, over the union of the terms' teacher taps; the
 student runs once over its logits and the union of the student taps; each
@@ -15,6 +16,8 @@ update on every backend. `compute_loss` adds the terms, as Keras core's
 callbacks, mixed precision and `tf.distribute` work as for any Keras model
 on the JAX, TensorFlow and PyTorch backends.
 """
+
+import inspect
 
 import keras
 from keras import ops
@@ -66,15 +69,43 @@ def _classification_loss(loss):
 class _TermLoss(keras.losses.Loss):
     """A term's `compute_loss` as a Keras loss: its inputs cast to float32,
     its values averaged over the batch and scaled across replicas as
-    Keras scales every loss. A scalar counts as the batch's loss."""
+    Keras scales every loss. A scalar counts as the batch's loss.
+
+    Called as `loss((teacher maps, keyword inputs), student maps)`, the
+    keyword inputs being what the term declared it needs (`labels`,
+    `epoch`)."""
 
     def __init__(self, term):
         super().__init__(name=term.loss_name)
         self.term = term
 
     def call(self, y_true, y_pred):
-        values = self.term.compute_loss(y_true, y_pred)
+        teacher, inputs = y_true
+        values = self.term.compute_loss(teacher, y_pred, **inputs)
         return ops.reshape(values, (1,)) if len(values.shape) == 0 else values
+
+
+class _EpochCounter(keras.callbacks.Callback):
+    """Sets a `Distiller`'s `epoch` variable at each epoch's start: Keras'
+    epoch index plus one, so 1 in a first `fit`'s first epoch and `k + 1`
+    in a `fit` resumed with `initial_epoch=k` (as `BackupAndRestore` and
+    `ft_keras.checkpoint.ResumableCheckpoint` resume)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch.assign(epoch + 1)
+
+
+def _with_callback(callbacks, callback):
+    """`fit`'s `callbacks` argument with `callback` too: a list, or the
+    `CallbackList` given (which `fit` uses as it is)."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks.callbacks.append(callback)
+        return callbacks
+    return [callback] + list(callbacks or [])
 
 
 def _tap_union(tap_lists):
@@ -92,7 +123,8 @@ def _checked_terms(terms):
         if not isinstance(term, ft_terms.Term):
             raise ValueError(
                 "Each of `terms` must be an `ft_keras.Term` (`FactorTransfer`, "
-                "`KnowledgeDistillation`, `AttentionTransfer` or a subclass). "
+                "`KnowledgeDistillation`, `AttentionTransfer`, `DecoupledKD`, "
+                "`FitNets` or a subclass). "
                 f"Received: {term!r}"
             )
     if not terms:
@@ -132,6 +164,22 @@ class Distiller(TrainingModel):
     [...]}}` as each term's `call` returned them; `predict` and the metrics
     use the logits. `distiller.student` is the plain student model to save
     or export.
+
+    A term that needs the labels (`needs_labels`, e.g. `DecoupledKD`) gets
+    `fit`'s and `evaluate`'s `y`. If a term needs the epoch (`needs_epoch`,
+    e.g. `DecoupledKD`'s warm-up), the Distiller has a non-trainable
+    variable `epoch` (else `epoch` is None): the epoch in progress counted
+    from 1, which `fit` sets at each epoch's start from Keras' epoch index,
+    so a `fit` resumed with `initial_epoch=k` (as
+    `keras.callbacks.BackupAndRestore` and
+    `ft_keras.checkpoint.ResumableCheckpoint` resume) continues at epoch
+    `k + 1` exactly, with no callback of yours. As for Keras' own
+    epoch-indexed callbacks (`LearningRateScheduler`), each `fit` counts
+    from its `initial_epoch`: a second `fit(epochs=1)` is epoch 1 again,
+    `fit(initial_epoch=1, epochs=2)` epoch 2. The variable is saved with the
+    weights; it is 1 before the first `fit`, and `evaluate` uses its
+    value. Outside `fit` (`train_on_batch`, a loop of your own) set it
+    yourself: `distiller.epoch.assign(3)`.
 
     Args:
         teacher: A trained functional `keras.Model`. Frozen by this call.
@@ -182,6 +230,11 @@ class Distiller(TrainingModel):
                          [_shape(student, n) for n in term.student_layers])
         self.terms = terms
         self._term_losses = [_TermLoss(term) for term in terms]
+        self.epoch = None
+        if any(term.needs_epoch for term in terms):
+            self.epoch = self.add_weight(
+                shape=(), initializer="ones", dtype="float32",
+                trainable=False, name="epoch")
         self.built = True
 
     def _taps(self, inputs, training):
@@ -224,6 +277,31 @@ class Distiller(TrainingModel):
         self._compiled_loss_arg = loss
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
 
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; with a term that needs the epoch, it also
+        sets `epoch` at each epoch's start (see the class docstring)."""
+        if self.epoch is None:
+            return super().fit(*args, **kwargs)
+        arguments = inspect.signature(super().fit).bind(*args, **kwargs).arguments
+        arguments["callbacks"] = _with_callback(
+            arguments.get("callbacks"), _EpochCounter(self.epoch))
+        return super().fit(**arguments)
+
+    def _term_inputs(self, term, y):
+        """What `term.compute_loss` gets besides the maps."""
+        inputs = {}
+        if term.needs_labels:
+            if y is None:
+                raise ValueError(
+                    f"The term {term.name!r} needs the labels: pass them to "
+                    "`fit` and `evaluate` (`y`, or `(x, y)` batches). "
+                    "Received: y=None"
+                )
+            inputs["labels"] = y
+        if term.needs_epoch:
+            inputs["epoch"] = self.epoch
+        return inputs
+
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
@@ -234,13 +312,16 @@ class Distiller(TrainingModel):
                 "The Distiller is not compiled: call `compile(...)` before "
                 "training or evaluating it."
             )
+        inputs = [self._term_inputs(term, y) for term in self.terms]
         y_pred = self._outputs(x, y_pred, training)
         values = {"ce_loss": self._classification_loss(
             y, y_pred["logits"], sample_weight=sample_weight)}
         loss = self.student_loss_weight * values["ce_loss"]
-        for term, term_loss in zip(self.terms, self._term_losses):
+        for term, term_loss, term_inputs in zip(
+                self.terms, self._term_losses, inputs):
             maps = y_pred["terms"][term.name]
-            values[term.loss_name] = term_loss(maps["teacher"], maps["student"])
+            values[term.loss_name] = term_loss(
+                (maps["teacher"], term_inputs), maps["student"])
             loss = loss + term.weight * values[term.loss_name]
         return self._finish_loss(
             loss, values, x, y, y_pred, sample_weight, training

@@ -868,3 +868,59 @@ def test_factor_transfer_makes_a_translator_with_the_factor_channels(tmp_path):
     restored = keras.models.load_model(tmp_path / "d.keras", compile=False)
     x, _ = data(8)
     assert_outputs_equal(restored(x), distiller(x))
+
+
+class LabelledMargin(ft_keras.Term):
+    """A term of a user that reads the labels and the epoch: the student's
+    logit of the label's class, times the epoch."""
+
+    needs_labels = True
+    needs_epoch = True
+
+    def __init__(self, **kwargs):
+        super().__init__([None], [None], **kwargs)
+
+    def compute_loss(self, teacher, student, labels, epoch):
+        classes = ft_keras.metrics.class_indices(labels, student[0])
+        mask = keras.ops.one_hot(keras.ops.cast(classes, "int32"), 5)
+        return epoch * keras.ops.sum(mask * student[0], axis=-1)
+
+
+def test_terms_that_declare_labels_and_epoch_get_them_and_others_do_not():
+    x, y = data(16)
+    distiller = ft_keras.Distiller(
+        trained_teacher(), small_net("student", 8, seed=2),
+        [LabelledMargin(name="margin", weight=0.0), LogitL2(name="l2")])
+    distiller.compile(keras.optimizers.SGD(0.0))
+    logits = np.asarray(distiller.student(x))
+    margin = logits[np.arange(16), y].mean()
+    # One-hot labels reach the term as they are; it takes their class.
+    for labels in (y, np.eye(5, dtype="float32")[y]):
+        result = distiller.evaluate(x, labels, batch_size=16, verbose=0,
+                                    return_dict=True)
+        np.testing.assert_allclose(result["margin_loss"], margin, rtol=1e-5)
+    distiller.epoch.assign(3.0)
+    result = distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    np.testing.assert_allclose(result["margin_loss"], 3.0 * margin, rtol=1e-5)
+
+
+def test_fit_sets_the_epoch_with_callbacks_given_any_way():
+    x, y = data(16)
+    distiller = ft_keras.Distiller(
+        trained_teacher(), small_net("student", 8, seed=2),
+        [LabelledMargin(name="margin", weight=0.0)])
+    distiller.compile(keras.optimizers.SGD(0.0))
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(float(distiller.epoch)))
+    # Positional arguments as keras.Model.fit takes them, callbacks too.
+    distiller.fit(x, y, 8, 2, 0, [record])
+    distiller.fit(x, y, batch_size=8, epochs=4, initial_epoch=2, verbose=0,
+                  callbacks=keras.callbacks.CallbackList([record]))
+    assert seen == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_no_epoch_variable_without_a_term_that_needs_it():
+    distiller = make_distiller()
+    assert distiller.epoch is None
+    assert not any("epoch" in v.path for v in distiller.weights)

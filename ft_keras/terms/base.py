@@ -44,6 +44,18 @@ class Term(keras.layers.Layer):
     - `connect(teacher_shapes, student_shapes)` checks the taps' shapes and
       builds the connectors; the `Distiller` calls it once.
 
+    A term that needs more than the maps says so, and `compute_loss` gets
+    it as a keyword argument; the others are called as above, so a term
+    written for `compute_loss(teacher, student)` keeps working:
+
+    - `needs_labels = True`: `labels=`, the batch's labels as `fit` and
+      `evaluate` got them (class indices, or one-hot or soft CutMix /
+      MixUp labels of the logits' shape), cast to float32 as the maps are.
+    - `needs_epoch = True`: `epoch=`, the number of the epoch in progress,
+      counted from 1, a float32 scalar, the same for every step of an
+      epoch (the `Distiller`'s `epoch` variable, which its `fit` sets at
+      each epoch's start).
+
     Terms do not cast their inputs to a mixed precision policy's compute
     dtype (`autocast=False`): their connectors keep their own policy.
 
@@ -81,6 +93,10 @@ class Term(keras.layers.Layer):
     ```
     """
 
+    # What `compute_loss` receives besides the maps (see above).
+    needs_labels = False
+    needs_epoch = False
+
     def __init__(self, teacher_layers=(), student_layers=(), weight=1.0, **kwargs):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
@@ -112,7 +128,8 @@ class Term(keras.layers.Layer):
     def compute_loss(self, teacher, student):
         raise NotImplementedError(
             f"{type(self).__name__} must implement `compute_loss(teacher, "
-            "student)`, returning the loss per example."
+            "student)` (with `labels=` if it sets `needs_labels`, `epoch=` "
+            "if it sets `needs_epoch`), returning the loss per example."
         )
 
     def get_config(self):
