@@ -3,7 +3,8 @@
 `FactorTransferLoss` compares the student factor to the teacher factor;
 `reconstruction_loss` returns the loss that pre-trains the paraphraser;
 `KnowledgeDistillationLoss` (Hinton et al.) and `AttentionTransferLoss`
-(Zagoruyko & Komodakis) are the usual baselines. `ClassificationCrossentropy`
+(Zagoruyko & Komodakis) are the usual baselines, `decoupled_kd` (Zhao et
+al.) and `hint_loss` (Romero et al.) two more. `ClassificationCrossentropy`
 takes class indices and one-hot (mixed) labels alike.
 
 All are `keras.losses.Loss` objects with the default "sum_over_batch_size"
@@ -328,6 +329,80 @@ class NormalizedL2Loss(keras.losses.Loss):
         t = _l2_normalize_rows(_flatten_per_example(ops.cast(y_true, "float32")))
         s = _l2_normalize_rows(_flatten_per_example(ops.cast(y_pred, "float32")))
         return ops.sum(ops.square(s - t), axis=-1)
+
+
+def _kl_div(target, log_input):
+    """PyTorch's `F.kl_div(log_input, target)` summed over the last axis:
+    `xlogy(target, target) - target * log_input`, 0 where `target` is 0."""
+    positive = target > 0
+    safe = ops.where(positive, target, 1.0)
+    entropy = ops.where(positive, target * ops.log(safe), 0.0)
+    return ops.sum(entropy - target * log_input, axis=-1)
+
+
+def decoupled_kd(teacher_logits, student_logits, target, temperature=4.0):
+    """Decoupled knowledge distillation's two parts per example (Zhao et
+    al., "Decoupled Knowledge Distillation", CVPR 2022).
+
+    mdistiller's `dkd_loss` (`mdistiller/distillers/DKD.py`), before its
+    `alpha` and `beta`. With `p = softmax(logits / T)` and `g` the one-hot
+    mask of the target class:
+
+    - TCKD: `T^2 * KL(b_t || b_s)` of the binary distributions `b = (sum
+      p * g, sum p * (1 - g))` (its `cat_mask`, and `torch.log` of `b_s`);
+    - NCKD: `T^2 * KL(q_t || q_s)` of `q = softmax(logits / T - 1000 g)`,
+      the distribution over the non-target classes (the target's
+      probability underflows to 0, as in mdistiller).
+
+    KL is PyTorch's `kl_div` summed over the classes; mdistiller's sum over
+    the batch (`size_average=False`) divided by the batch size is the batch
+    mean of these values. Computed in float32.
+
+    Args:
+        teacher_logits: `(batch, classes)`.
+        student_logits: `(batch, classes)`.
+        target: Class indices, `(batch,)` integers.
+        temperature: `T` (4 in mdistiller).
+
+    Returns:
+        `(tckd, nckd)`, each of shape `(batch,)`.
+
+    Example:
+
+    >>> logits = ops.array([[2.0, 0.0, 1.0]])
+    >>> tckd, nckd = decoupled_kd(logits, logits, ops.array([0]))
+    >>> round(float(tckd[0]), 5), round(float(nckd[0]), 5)
+    (0.0, 0.0)
+    """
+    t = ops.cast(teacher_logits, "float32") / temperature
+    s = ops.cast(student_logits, "float32") / temperature
+    gt = ops.one_hot(ops.cast(target, "int32"), s.shape[-1], dtype="float32")
+
+    def binary(p):
+        return ops.stack([ops.sum(p * gt, -1), ops.sum(p * (1.0 - gt), -1)], -1)
+
+    b_t = binary(ops.softmax(t, axis=-1))
+    b_s = binary(ops.softmax(s, axis=-1))
+    tckd = _kl_div(b_t, ops.log(b_s))
+    nckd = _kl_div(ops.softmax(t - 1000.0 * gt, axis=-1),
+                   ops.log_softmax(s - 1000.0 * gt, axis=-1))
+    return tckd * temperature**2, nckd * temperature**2
+
+
+def hint_loss(teacher_map, student_map):
+    """FitNets' hint loss per example (Romero et al., ICLR 2015): the mean
+    squared difference over each example's elements, whose batch mean is
+    PyTorch's `nn.MSELoss()` (RepDistiller's `HintLoss`,
+    `distiller_zoo/FitNet.py`). Computed in float32.
+
+    Example:
+
+    >>> x = ops.ones((2, 4, 4, 3))
+    >>> [float(v) for v in hint_loss(x, 2.0 * x)]
+    [1.0, 1.0]
+    """
+    diff = ops.cast(student_map, "float32") - ops.cast(teacher_map, "float32")
+    return ops.mean(ops.square(_flatten_per_example(diff)), axis=-1)
 
 
 def reconstruction_loss(name):

@@ -14,10 +14,16 @@ the student on
   factor); `paraphraser_trainer(teacher)` is its pre-training model.
 - `KnowledgeDistillation`: Hinton's KD on the logits, `T^2 * KL`.
 - `AttentionTransfer`: Zagoruyko & Komodakis' attention maps at tap pairs.
+- `DecoupledKD`: Zhao et al.'s DKD on the logits, `alpha * TCKD + beta *
+  NCKD` with mdistiller's warm-up; it needs the labels and the epoch.
+- `FitNets`: Romero et al.'s hint, the mean squared difference of the
+  teacher's map and a trained `HintRegressor` of the student's.
 
-FT, KD, AT, FT+KD and any new combination are lists of terms. A term of
-your own is a subclass that overrides `compute_loss` (and `call` when it
-has connectors):
+One module per term (`ft_keras.terms.factor_transfer`, ...); this package
+exports them all. FT, KD, AT, FT+KD and any new combination are lists of
+terms. A term of your own is a subclass that overrides `compute_loss` (and
+`call` when it has connectors; `needs_labels` / `needs_epoch` when its loss
+reads the labels / the epoch, see `Term`):
 
 ```python
 import keras
@@ -38,13 +44,19 @@ term.loss_name  # 'l2_loss': the column `fit` logs, before the weight
 
 from ft_keras.terms.attention_transfer import AttentionTransfer
 from ft_keras.terms.base import Term
+from ft_keras.terms.decoupled_kd import DecoupledKD
 from ft_keras.terms.factor_transfer import FactorTransfer
 from ft_keras.terms.factor_transfer import check_factor_shapes
+from ft_keras.terms.fitnets import FitNets
+from ft_keras.terms.fitnets import HintRegressor
 from ft_keras.terms.knowledge_distillation import KnowledgeDistillation
 
 __all__ = [
     "AttentionTransfer",
+    "DecoupledKD",
     "FactorTransfer",
+    "FitNets",
+    "HintRegressor",
     "KnowledgeDistillation",
     "Term",
     "check_factor_shapes",
