@@ -31,6 +31,8 @@ KD_WEIGHT = 0.5
 TEMPERATURE = 4.0
 AT_WEIGHT = 100.0
 AT_LAYERS = ["stage2", "stage3"]
+DKD_WARMUP = 2
+FITNETS_WEIGHT = 100.0
 
 
 # ----------------------------------------------------------------------
@@ -62,6 +64,27 @@ def np_kd(teacher_logits, student_logits, temperature):
     log_ps = np_log_softmax(np.asarray(student_logits) / temperature)
     kl = (np.exp(log_pt) * (log_pt - log_ps)).sum(axis=1)
     return float(kl.mean() * temperature**2)
+
+
+def np_dkd(teacher_logits, student_logits, labels, alpha, beta, temperature):
+    """mdistiller's `dkd_loss` in NumPy (float64): TCKD on the binary
+    target / non-target distributions, NCKD on the logits with the target's
+    pushed down by 1000, each KL times T^2, averaged over the batch."""
+    t = np.asarray(teacher_logits, np.float64) / temperature
+    s = np.asarray(student_logits, np.float64) / temperature
+    gt = np.eye(t.shape[1])[labels]
+
+    def binary(logits):
+        p = np.exp(np_log_softmax(logits))
+        return np.stack([(p * gt).sum(1), (p * (1 - gt)).sum(1)], 1)
+
+    def kl(log_p, log_q):
+        p = np.exp(log_p)
+        return np.where(p > 0, p * (log_p - log_q), 0.0).sum(1)
+
+    tckd = kl(np.log(binary(t)), np.log(binary(s)))
+    nckd = kl(np_log_softmax(t - 1000 * gt), np_log_softmax(s - 1000 * gt))
+    return float((alpha * tckd + beta * nckd).mean() * temperature**2)
 
 
 def np_at(teacher_map, student_map):
@@ -237,6 +260,63 @@ def _restoring_weights(*objs):
                 obj.set_weights(weights)
 
     return block()
+
+
+def _dkd_fitnets(x, y, x_train, y_train, workdir):
+    """DKD (warm-up over DKD_WARMUP epochs) and FitNets at stage2 in one
+    Distiller: the warm-up factor of each epoch's first batch, training,
+    evaluation against NumPy and the `.keras` round trip."""
+    import keras
+
+    import ft_keras
+
+    teacher, student = networks()
+    dkd = ft_keras.DecoupledKD(warmup_epochs=DKD_WARMUP)
+    fitnets = ft_keras.FitNets("stage2", "stage2", weight=FITNETS_WEIGHT)
+    distiller = ft_keras.Distiller(teacher, student, [dkd, fitnets])
+    # At learning rate 0 each epoch's first batch gives the same DKD times
+    # that epoch's factor.
+    distiller.compile(keras.optimizers.SGD(0.0))
+    first_batch, first_dkd = _first_batch_logs(), []
+
+    class EachEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            first_dkd.append(first_batch.logs["dkd_loss"])
+
+    distiller.fit(x_train, y_train, batch_size=BATCH, epochs=3, shuffle=False,
+                  verbose=0, callbacks=[first_batch, EachEpoch()])
+    teacher_before = _snapshot(teacher)
+    trained_before = [_numpy(v) for v in distiller.trainable_weights]
+    distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+    history = distiller.fit(x_train, y_train, batch_size=BATCH, epochs=4,
+                            initial_epoch=3, verbose=0).history
+    teacher_logits, teacher_map = _taps(teacher, ["stage2"], x)
+    logits, student_map = _taps(student, ["stage2"], x)
+    regressed = _numpy(fitnets.regressor(student_map, training=False))
+    path = os.path.join(workdir, "dkd_fitnets.keras")
+    distiller.save(path)
+    restored = keras.models.load_model(path, compile=False)
+    return {
+        "first_batch_dkd": first_dkd,
+        "epoch": float(_numpy(distiller.epoch)),
+        "history": history,
+        "teacher_unchanged": _unchanged(teacher_before, teacher),
+        "trained_changed": all(
+            not np.array_equal(a, _numpy(v))
+            for a, v in zip(trained_before, distiller.trainable_weights)),
+        "regressor_trained": len(fitnets.regressor.trainable_weights) > 0 and {
+            id(v) for v in fitnets.regressor.trainable_weights} <= {
+            id(v) for v in distiller.trainable_weights},
+        "evaluate": _evaluate(distiller, x, y),
+        "np_evaluate": {
+            "ce_loss": np_ce(logits, y),
+            "dkd_loss": np_dkd(teacher_logits, logits, y, 1.0, 8.0, 4.0),
+            "fitnets_loss": float(np.mean((regressed - teacher_map) ** 2)),
+        },
+        "round_trip_predict_equal": bool(np.array_equal(
+            restored.predict(x, verbose=0), distiller.predict(x, verbose=0))),
+        "round_trip_epoch": float(_numpy(restored.epoch)),
+    }
 
 
 def measure_backend(report_path, workdir):
@@ -449,6 +529,7 @@ def measure_backend(report_path, workdir):
         report[name]["round_trip_predict_equal"] = bool(np.array_equal(
             restored.predict(x, verbose=0), baseline.predict(x, verbose=0)))
 
+    report["dkd_fitnets"] = _dkd_fitnets(x, y, x_train, y_train, workdir)
     report["zero_row_gradients"] = _zero_row_gradients()
     with open(report_path, "w") as f:
         json.dump(report, f)
@@ -621,6 +702,30 @@ def test_baselines_train_only_the_student_and_match_numpy(report, method, terms)
         _close(got["at_loss"], expected["at_loss"])
         total = got["ce_loss"] + AT_WEIGHT * got["at_loss"]
     _close(got["loss"], total)
+
+
+def test_dkd_warmup_follows_the_epoch(report):
+    r = report["dkd_fitnets"]
+    # Epochs 1, 2, 3 at learning rate 0: factors 1/2, 1, 1 of one value
+    # (a traced step that froze the epoch would repeat the first).
+    first = np.asarray(r["first_batch_dkd"])
+    _close(first / first[1], [0.5, 1.0, 1.0])
+    assert r["epoch"] == 4.0 and r["round_trip_epoch"] == 4.0
+
+
+def test_dkd_and_fitnets_train_and_match_numpy(report):
+    r = report["dkd_fitnets"]
+    assert set(r["history"]) == {"loss", "ce_loss", "dkd_loss", "fitnets_loss"}
+    assert r["teacher_unchanged"] and r["trained_changed"]
+    assert r["regressor_trained"]
+    got, expected = r["evaluate"], r["np_evaluate"]
+    _close(got["ce_loss"], expected["ce_loss"])
+    # DKD of two nearly uniform distributions: a small difference of logs.
+    _close(got["dkd_loss"], expected["dkd_loss"], rtol=1e-4, atol=KD_ATOL)
+    _close(got["fitnets_loss"], expected["fitnets_loss"])
+    _close(got["loss"], got["ce_loss"] + got["dkd_loss"]
+           + FITNETS_WEIGHT * got["fitnets_loss"])
+    assert r["round_trip_predict_equal"]
 
 
 def _tf_zero_row_gradients():
