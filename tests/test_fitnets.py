@@ -314,3 +314,77 @@ def test_bad_target_shape_is_rejected(target_shape):
     with pytest.raises(ValueError, match=r"three positive integers. Received: "
                                          r"target_shape="):
         ft_keras.HintRegressor(target_shape)
+
+
+# ----------------------------------------------------------------------
+# The paper's first stage.
+
+
+def test_hint_trainer_trains_the_students_lower_layers_and_the_regressor():
+    teacher = trained_teacher()
+    student = digits_net("student", 8, seed=2)
+    term = ft_keras.FitNets("stage2", "stage1")
+    trainer = term.hint_trainer(teacher, student)
+    lower = ["conv1", "bn1"]
+    assert {id(v) for v in trainer.trainable_variables} == {
+        id(v) for name in lower
+        for v in student.get_layer(name).trainable_variables} | {
+        id(v) for v in term.regressor.trainable_variables}
+    teacher_before = snapshot(teacher)
+    upper_before = [np.array(v) for name in ("conv2", "logits")
+                    for v in student.get_layer(name).weights]
+    lower_before = [np.array(v) for v in student.get_layer("conv1").weights]
+    trainer.compile(keras.optimizers.SGD(0.01, momentum=0.9))
+    x, y = digits(256)
+    history = trainer.fit(x, y, batch_size=32, epochs=3, verbose=0).history
+    assert list(history) == ["loss"]
+    assert history["loss"][-1] < history["loss"][0]
+    for a, b in zip(teacher_before, snapshot(teacher)):
+        np.testing.assert_array_equal(a, b)
+    for a, v in zip(upper_before, [v for name in ("conv2", "logits")
+                                   for v in student.get_layer(name).weights]):
+        np.testing.assert_array_equal(a, np.array(v))
+    assert all(not np.array_equal(a, np.array(v)) for a, v in
+               zip(lower_before, student.get_layer("conv1").weights))
+    # The loss: the mean squared difference of hint and regressed map.
+    result = trainer.evaluate(x[:64], batch_size=64, verbose=0)
+    hint = keras.Model(teacher.input, teacher.get_layer("stage2").output)(x[:64])
+    student_map = keras.Model(student.input,
+                              student.get_layer("stage1").output)(x[:64])
+    regressed = term.regressor(student_map, training=False)
+    np.testing.assert_allclose(
+        result, np.mean((np.asarray(regressed) - np.asarray(hint)) ** 2),
+        rtol=1e-5)
+    # The second stage keeps the pre-trained regressor.
+    regressor, weights = term.regressor, term.regressor.get_weights()
+    ft_keras.Distiller(teacher, student, [ft_keras.KnowledgeDistillation(),
+                                          term])
+    assert term.regressor is regressor
+    for a, b in zip(weights, term.regressor.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_hint_trainer_keras_round_trip(tmp_path):
+    term = ft_keras.FitNets("stage2", "stage2")
+    trainer = term.hint_trainer(trained_teacher(),
+                                digits_net("student", 8, seed=2))
+    trainer.compile(keras.optimizers.SGD(0.01))
+    x, _ = digits(64)
+    trainer.fit(x, batch_size=32, epochs=1, verbose=0)
+    trainer.save(tmp_path / "hint.keras")
+    restored = keras.models.load_model(tmp_path / "hint.keras", compile=False)
+    assert isinstance(restored, ft_keras.pretraining.HintTrainer)
+    assert (restored.teacher_layer, restored.student_layer,
+            restored.regressor.case) == ("stage2", "stage2", "valid")
+    np.testing.assert_array_equal(restored.predict(x, verbose=0),
+                                  trainer.predict(x, verbose=0))
+
+
+def test_hint_trainer_rejects_a_regressor_for_other_taps():
+    regressor = ft_keras.HintRegressor((8, 8, 16))
+    with pytest.raises(ValueError, match=r"student layer 'stage2' \(None, 4, 4, "
+                                         r"16\) to \(None, 8, 8, 16\).*'stage2' "
+                                         r"\(None, 4, 4, 32\)"):
+        ft_keras.pretraining.HintTrainer(
+            trained_teacher(), digits_net("student", 8, seed=2), regressor,
+            "stage2", "stage2")

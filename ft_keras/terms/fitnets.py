@@ -2,8 +2,10 @@
 
 import keras
 
+from ft_keras import features
 from ft_keras import layers as ft_layers
 from ft_keras import losses as ft_losses
+from ft_keras.pretraining import HintTrainer
 from ft_keras.terms.base import Term
 
 _PACKAGE = "ft_keras"
@@ -188,7 +190,8 @@ class FitNets(Term):
       together from the first epoch on `1 * CE + 100 * hint` (`-r 1 -a 0 -b
       100` in `scripts/run_cifar_distill.sh`; mdistiller's
       `CFG.FITNET.LOSS.FEAT_WEIGHT` is 100 too), without the paper's
-      separate hint pre-training stage;
+      separate hint pre-training stage, which `hint_trainer(teacher,
+      student)` offers;
     - its tap is `--hint_layer 2`, the output of the network's second
       stage (`layer2` of its CIFAR ResNets): `"stage2"` in
       `ft_keras.models`.
@@ -242,9 +245,10 @@ class FitNets(Term):
                     "FitNets tap must be a (batch, height, width, channels) "
                     "feature map of known size, such as a stage output."
                 )
-        self.regressor = HintRegressor(
-            teacher_map[1:], use_relu=self.use_relu,
-            kernel_regularizer=self.kernel_regularizer, name="regressor")
+        if self.regressor is None:  # else `hint_trainer` made it
+            self.regressor = HintRegressor(
+                teacher_map[1:], use_relu=self.use_relu,
+                kernel_regularizer=self.kernel_regularizer, name="regressor")
         regressed = self.regressor.compute_output_shape(student_map)
         if tuple(regressed[1:]) != teacher_map[1:]:
             raise ValueError(
@@ -254,8 +258,24 @@ class FitNets(Term):
                 "chooses its convolution by the heights alone, so the widths "
                 "must scale as the heights do. Tap layers whose maps do."
             )
-        self.regressor.build(student_map)
+        if not self.regressor.built:
+            self.regressor.build(student_map)
         self.built = True
+
+    def hint_trainer(self, teacher, student, **kwargs):
+        """The paper's first stage for this term's taps: a
+        `ft_keras.pretraining.HintTrainer` of `student`'s layers up to
+        `student_layer` and of this term's regressor (made here if the term
+        has none yet). A `Distiller` made with this term afterwards keeps
+        the pre-trained regressor."""
+        if self.regressor is None:
+            self.connect(
+                [features.feature_extractor(
+                    teacher, [self.teacher_layer], "teacher").output.shape],
+                [features.feature_extractor(
+                    student, [self.student_layer], "student").output.shape])
+        return HintTrainer(teacher, student, self.regressor,
+                           self.teacher_layer, self.student_layer, **kwargs)
 
     def call(self, teacher, student, training=None):
         """`(teacher, [regressor(student map)])`."""
