@@ -99,7 +99,8 @@ def test_loss_and_gradient_match_mdistillers_dkd_loss(alpha, beta, temperature):
     term = ft_keras.DecoupledKD(alpha, beta, temperature, warmup_epochs=20)
     # Epoch 20: the warm-up is over (factor 1).
     loss, grad = keras_value_and_gradient(term, teacher, student, labels, 20.0)
-    # Measured: <= 2.4e-7 relative (loss), 4.6e-7 of the largest gradient.
+    # Measured (5 seeds, 3 settings): <= 3.2e-7 relative (loss), 2.4e-7 of
+    # the largest gradient element.
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-5,
                                atol=1e-6 * np.abs(expected_grad).max())

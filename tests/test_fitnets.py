@@ -145,7 +145,7 @@ def test_regressor_forward_matches_convreg_in_pytorch(student, teacher, case,
         with torch.no_grad():
             expected = to_nhwc(module(torch.tensor(x)))
         got = np.asarray(regressor(x.transpose(0, 2, 3, 1), training=training))
-        # Measured: <= 1e-6 of the largest output.
+        # Measured: <= 1.5e-7 of the largest output, either mode.
         np.testing.assert_allclose(got, expected, rtol=1e-5,
                                    atol=1e-5 * np.abs(expected).max())
 
@@ -176,7 +176,8 @@ def test_hint_loss_and_gradient_match_repdistillers_hint_loss(student, teacher,
         loss = tf.reduce_mean(term.compute_loss(*maps))
     kernel = next(l for l in term.regressor.stack if l.name == "conv").kernel
     grad_s, grad_kernel = tape.gradient(loss, [s_keras, kernel])
-    # Measured: <= 3e-7 relative (loss), 2e-7 of the largest gradient.
+    # Measured: <= 1.2e-7 relative (loss), 3.9e-7 of the largest gradient
+    # element (student map and kernel).
     np.testing.assert_allclose(float(loss), float(loss_torch.detach()), rtol=1e-5)
     expected = to_nhwc(s_torch.grad)
     np.testing.assert_allclose(np.asarray(grad_s), expected, rtol=1e-5,
