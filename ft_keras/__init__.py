@@ -9,8 +9,9 @@ Which parts run on which Keras backend (`KERAS_BACKEND`):
   them on each): the core, which imports no TensorFlow. `ft_keras.layers`
   (`Paraphraser`, `Translator`), `ft_keras.losses`, `ft_keras.metrics`,
   `ft_keras.terms` (`Term`, `FactorTransfer`, `KnowledgeDistillation`,
-  `AttentionTransfer`), `ft_keras.distiller` (`Distiller`),
-  `ft_keras.pretraining` (`ParaphraserTrainer`), `ft_keras.methods`,
+  `AttentionTransfer`, `DecoupledKD`, `FitNets` and its `HintRegressor`),
+  `ft_keras.distiller` (`Distiller`), `ft_keras.pretraining`
+  (`ParaphraserTrainer`, `HintTrainer`), `ft_keras.methods`,
   `ft_keras.models` and `ft_keras.optim`. `import ft_keras` imports only
   these.
 - TensorFlow only: the experiment runner and its parts, each imported on
