@@ -9,7 +9,8 @@ Which parts run on which Keras backend (`KERAS_BACKEND`):
   them on each): the core, which imports no TensorFlow. `ft_keras.layers`
   (`Paraphraser`, `Translator`), `ft_keras.losses`, `ft_keras.metrics`,
   `ft_keras.terms` (`Term`, `FactorTransfer`, `KnowledgeDistillation`,
-  `AttentionTransfer`, `DecoupledKD`, `FitNets` and its `HintRegressor`),
+  `AttentionTransfer`, `DecoupledKD`, `DIST`, `FitNets` and its
+  `HintRegressor`),
   `ft_keras.distiller` (`Distiller`), `ft_keras.pretraining`
   (`ParaphraserTrainer`, `HintTrainer`), `ft_keras.methods`,
   `ft_keras.models` and `ft_keras.optim`. `import ft_keras` imports only
@@ -65,6 +66,7 @@ from ft_keras.layers import Translator
 from ft_keras.losses import FactorTransferLoss
 from ft_keras.pretraining import ParaphraserTrainer
 from ft_keras.terms import AttentionTransfer
+from ft_keras.terms import DIST
 from ft_keras.terms import DecoupledKD
 from ft_keras.terms import FactorTransfer
 from ft_keras.terms import FitNets
@@ -74,6 +76,7 @@ from ft_keras.terms import Term
 
 __all__ = [
     "AttentionTransfer",
+    "DIST",
     "DecoupledKD",
     "Distiller",
     "FactorTransfer",

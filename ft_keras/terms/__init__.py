@@ -16,6 +16,8 @@ the student on
 - `AttentionTransfer`: Zagoruyko & Komodakis' attention maps at tap pairs.
 - `DecoupledKD`: Zhao et al.'s DKD on the logits, `alpha * TCKD + beta *
   NCKD` with mdistiller's warm-up; it needs the labels and the epoch.
+- `DIST`: Huang et al.'s inter- and intra-class relations of the softened
+  predictions, by Pearson correlation (one value per batch).
 - `FitNets`: Romero et al.'s hint, the mean squared difference of the
   teacher's map and a trained `HintRegressor` of the student's.
 
@@ -45,6 +47,7 @@ term.loss_name  # 'l2_loss': the column `fit` logs, before the weight
 from ft_keras.terms.attention_transfer import AttentionTransfer
 from ft_keras.terms.base import Term
 from ft_keras.terms.decoupled_kd import DecoupledKD
+from ft_keras.terms.dist import DIST
 from ft_keras.terms.factor_transfer import FactorTransfer
 from ft_keras.terms.factor_transfer import check_factor_shapes
 from ft_keras.terms.fitnets import FitNets
@@ -53,6 +56,7 @@ from ft_keras.terms.knowledge_distillation import KnowledgeDistillation
 
 __all__ = [
     "AttentionTransfer",
+    "DIST",
     "DecoupledKD",
     "FactorTransfer",
     "FitNets",
