@@ -56,6 +56,8 @@ setup(
             "onnx>=1.17",
             "onnxruntime>=1.20",
             "ai-edge-litert>=2.0",
+            # tests/test_keras_hub.py: KerasHub networks, as the extra below.
+            "keras-hub==0.32.0",
         ],
         # The export stage's ONNX file (tf2onnx, onnx), and the runtimes
         # that run the exported files: ONNX Runtime and LiteRT.
@@ -82,6 +84,9 @@ setup(
         # (benchmarks/torch_peer.py); the CPU wheel, as for `backends`.
         "benchmarks": ["matplotlib>=3.8", "torch==2.13.0"],
         "keras-cv": ["keras-cv>=0.9"],
+        # KerasHub image networks by name ("keras_hub.<ClassName>",
+        # ft_keras.models.keras_hub); pinned, as KERAS_HUB_VERSION there.
+        "keras-hub": ["keras-hub==0.32.0"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

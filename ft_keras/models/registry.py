@@ -10,6 +10,7 @@ import keras
 from ft_keras import _keras_private
 from ft_keras.models import batch_norm
 from ft_keras.models import he_resnet
+from ft_keras.models import keras_hub
 from ft_keras.models import mobilenet
 from ft_keras.models import resnet
 from ft_keras.models import wide_resnet
@@ -78,10 +79,12 @@ def register(name, factory):
         or not name
         or name in _BUILDERS
         or (_WRN_PATTERN.fullmatch(name) or name.startswith(APPLICATIONS_PREFIX))
+        or name.startswith(keras_hub.PREFIX)
     ):
         raise ValueError(
             f"Cannot register {name!r}: give a new name (not one of ours, "
-            f"not 'wrn*_*', not {APPLICATIONS_PREFIX!r}...)."
+            f"not 'wrn*_*', not {APPLICATIONS_PREFIX!r}... or "
+            f"{keras_hub.PREFIX!r}...)."
         )
     if not callable(factory):
         raise ValueError(
@@ -197,6 +200,8 @@ def network_arguments(name):
         return None
     if name.endswith(".keras") and name not in _REGISTERED:
         return ()
+    if name.startswith(keras_hub.PREFIX):
+        return keras_hub.arguments(name)
     found = _factory(name)
     if found is None:
         return None
@@ -257,7 +262,10 @@ def get(name, model_name=None, bn_momentum=None, **kwargs):
             ResNet (e.g. `"wrn40_2"` is `wrn(40, 2)`); a network of
             `keras.applications` as `"keras.applications.MobileNetV2"`
             (logits, no softmax; `weights=None` by default, `"imagenet"`
-            where it can be downloaded); or the path of a `.keras` file,
+            where it can be downloaded); a KerasHub image classifier or
+            backbone as `"keras_hub.ResNetImageClassifier"`, built from its
+            backbone's arguments or a `preset` directory
+            (`ft_keras.models.keras_hub`); or the path of a `.keras` file,
             whose architecture is built with new weights (a trained
             teacher is `experiment.teacher_checkpoint` instead).
         model_name: Name of the returned `keras.Model` (the builder's `name`
@@ -342,6 +350,9 @@ def _build(name, model_name, **kwargs):
         if name.startswith(APPLICATIONS_PREFIX):
             model = _application(name, model_name, **kwargs)
             return with_dtype_policy(model, policy)
+        if name.startswith(keras_hub.PREFIX):
+            model = keras_hub.build(name, model_name, **kwargs)
+            return with_dtype_policy(model, policy)
         if name.endswith(".keras"):
             return with_dtype_policy(_from_file(name, model_name, **kwargs), policy)
         match = _WRN_PATTERN.fullmatch(name)
@@ -351,7 +362,8 @@ def _build(name, model_name, **kwargs):
     raise ValueError(
         f"Unknown network name: {name!r}. Valid names are "
         f"{', '.join(available())}, any 'wrn{{depth}}_{{width}}' with "
-        f"(depth - 4) % 6 == 0, '{APPLICATIONS_PREFIX}<Name>', or the path "
+        f"(depth - 4) % 6 == 0, '{APPLICATIONS_PREFIX}<Name>', "
+        f"'{keras_hub.PREFIX}<ClassName>', or the path "
         "of a .keras file; or register your own (ft_keras.models.register)."
     )
 
