@@ -22,8 +22,48 @@ stage3.shape  # (2, 8, 8, 64)
 
 import keras
 
+from ft_keras import _keras_private
 from ft_keras import losses as ft_losses
 from ft_keras.models.folding import fold_batch_norm
+
+
+def has_taps(model):
+    """Whether `model`'s layer outputs can be tapped: a functional model,
+    or a `keras.Sequential` with known inputs (built with a `keras.Input`
+    or called once on data). False for a subclassed model, whose `call` is
+    Python with no graph of layer outputs, and for an unbuilt Sequential.
+
+    Example:
+
+    >>> import keras
+    >>> has_taps(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+    True
+    >>> has_taps(keras.Sequential([keras.layers.Dense(2)]))
+    False
+    """
+    try:
+        return bool(model.inputs)
+    except AttributeError:  # Unbuilt Sequential, subclassed model.
+        return False
+
+
+def why_not_tappable(model):
+    """Why `model`'s layers cannot be tapped, and what to do, in one
+    sentence for an error message (for a model that `has_taps` refuses)."""
+    if isinstance(model, keras.Sequential):
+        return (
+            "it is a `keras.Sequential` that is not built yet, so its layers "
+            "have no outputs to tap. Give it an input, "
+            "`keras.Sequential([keras.Input(shape), ...])`, or call it once "
+            "on data"
+        )
+    return (
+        f"it is a subclassed `keras.Model` ({type(model).__name__}), whose "
+        "`call` is Python with no graph of layer outputs to tap (returning "
+        "its maps in a dict does not help: a model's output is taken as its "
+        "logits). Build it functionally with `keras.Input`, naming the layers "
+        "to tap"
+    )
 
 
 def feature_extractor(model, layer_names, role, include_output=False):
@@ -33,15 +73,13 @@ def feature_extractor(model, layer_names, role, include_output=False):
     own output comes first.
 
     Raises:
-        ValueError: if `model` is not functional, or a name is not one of its
-            layers (the message lists the valid ones).
+        ValueError: if `model` cannot be tapped (`has_taps`), or a name is
+            not one of its layers (the message lists the valid ones).
     """
-    if getattr(model, "inputs", None) is None or not model.inputs:
+    if not has_taps(model):
         raise ValueError(
-            f"The {role} must be a functional or Sequential `keras.Model` "
-            f"with known inputs so that its layer outputs can be tapped. "
-            f"Received: {model!r}. Build it with `keras.Input`, or call it "
-            "once on data."
+            f"The {role} {model.name!r} cannot be tapped: "
+            f"{why_not_tappable(model)}. Received: {role}={model!r}"
         )
     valid = [layer.name for layer in model.layers]
     outputs = []
@@ -90,6 +128,15 @@ def as_list(outputs):
 
 
 def freeze(model):
-    """`model`, made non-trainable (`model.trainable = False`)."""
+    """`model`, made non-trainable: `model.trainable = False`, and so each
+    layer inside it at any depth.
+
+    The layers are set one by one because Keras (3.15) leaves the
+    sub-layers of a subclassed model made with `trainable=False` (as
+    `from_config` makes a frozen one when a `.keras` file is loaded)
+    trainable when `model.trainable = False` is set again.
+    """
     model.trainable = False
+    for layer in _keras_private.nested_layers(model):
+        layer.trainable = False
     return model
