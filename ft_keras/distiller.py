@@ -7,14 +7,15 @@
 The terms (`ft_keras.terms`: `FactorTransfer`, `KnowledgeDistillation`,
 `AttentionTransfer`, `DecoupledKD`, `FitNets`, or a user's own `Term`) name
 the maps they need, and whether they need the labels or the epoch. Per
-step the teacher runs once, frozen, in inference mode and with its
-BatchNormalizations folded, over the union of the terms' teacher taps; the
-student runs once over its logits and the union of the student taps; each
-term's connectors run in `call`, so their BatchNormalization statistics
-update on every backend. `compute_loss` adds the terms, as Keras core's
-`keras.distillation.Distiller` does: `fit`, `evaluate`, `predict`,
-callbacks, mixed precision and `tf.distribute` work as for any Keras model
-on the JAX, TensorFlow and PyTorch backends.
+step the teacher runs once, frozen, in inference mode and (if functional)
+with its BatchNormalizations folded, over the union of the terms' teacher
+taps; the student runs once over its logits and the union of the student
+taps; each term's connectors run in `call`, so their BatchNormalization
+statistics update on every backend. `compute_loss` adds the terms, as
+Keras core's `keras.distillation.Distiller` does: `fit`, `evaluate`,
+`predict`, callbacks, mixed precision and `tf.distribute` work as for any
+Keras model on the JAX, TensorFlow and PyTorch backends. Any Keras model
+serves where the terms read only the logits (`Distiller`'s docstring).
 """
 
 import inspect
@@ -144,7 +145,108 @@ def _checked_terms(terms):
 
 
 def _shape(model, name):
+    """A tap's shape; `(None, None)` for the logits of a model whose
+    outputs are not known before it runs (subclassed, unbuilt
+    Sequential)."""
+    if name is None and not features.has_taps(model):
+        return (None, None)
     return tuple((model.outputs[0] if name is None else model.get_layer(name).output).shape)
+
+
+def _checked_model(role, model):
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`{role}` must be a `keras.Model` (functional, Sequential or "
+            f"subclassed) that maps a batch of images to logits. "
+            f"Received: {role}={model!r}"
+        )
+    return model
+
+
+def _check_taps(terms, teacher, student):
+    """Refuses a term that taps layers of a model that cannot be tapped."""
+    for term in terms:
+        for role, model, taps in (("teacher", teacher, term.teacher_layers),
+                                  ("student", student, term.student_layers)):
+            layers = [name for name in taps if name is not None]
+            if layers and not features.has_taps(model):
+                raise ValueError(
+                    f"The term {term.name!r} ({type(term).__name__}) taps the "
+                    f"{role}'s layers {layers}, but the {role} {model.name!r} "
+                    f"cannot be tapped: {features.why_not_tappable(model)}. "
+                    "Terms that read only the logits (`KnowledgeDistillation`, "
+                    f"`DecoupledKD`) take any model. Received: {role}={model!r}"
+                )
+
+
+def _logits_shape(role, model):
+    """The shape of `model`'s logits, `(batch, classes)`, or None where it
+    is not known before the model runs."""
+    if not features.has_taps(model):
+        return None
+    shapes = [tuple(output.shape) for output in model.outputs]
+    if len(shapes) != 1 or len(shapes[0]) != 2:
+        raise ValueError(
+            f"The {role} must return its logits: one output of shape "
+            f"(batch, classes). Received: {role}={model!r} with outputs of "
+            f"shapes {shapes}. Give it one output, `keras.Model(inputs, "
+            "logits)`, and tap other maps by layer name in a term."
+        )
+    return shapes[0]
+
+
+def _input_shape(model):
+    if features.has_taps(model) and len(model.inputs) == 1:
+        return tuple(model.inputs[0].shape)
+    return None
+
+
+def _differ(a, b):
+    """Whether two shapes differ where both are known (batch aside)."""
+    return len(a) != len(b) or any(
+        x is not None and y is not None and x != y for x, y in zip(a[1:], b[1:]))
+
+
+def _check_models(teacher, student, terms):
+    """Validates `teacher` and `student` for `terms`, where their shapes are
+    known, before any work: as `keras.distillation.Distiller` does."""
+    _checked_model("teacher", teacher)
+    _checked_model("student", student)
+    _check_taps(terms, teacher, student)
+    student_logits = _logits_shape("student", student)
+    if any(None in term.teacher_layers for term in terms):
+        teacher_logits = _logits_shape("teacher", teacher)
+        if teacher_logits and student_logits and _differ(
+                teacher_logits, student_logits):
+            raise ValueError(
+                "`teacher` and `student` must have the same number of classes "
+                "for a term that compares their logits. Received: teacher "
+                f"logits of shape {teacher_logits}, student logits of shape "
+                f"{student_logits}. Give the student the teacher's classes."
+            )
+    shapes = _input_shape(teacher), _input_shape(student)
+    if None not in shapes and _differ(*shapes):
+        raise ValueError(
+            "`teacher` and `student` get the same batches, so their input "
+            f"shapes must agree. Received: teacher input shape {shapes[0]}, "
+            f"student input shape {shapes[1]}. Build both for the images "
+            "the data gives."
+        )
+
+
+def _outputs_of(role, model, inputs, training):
+    """A model that cannot be tapped, run as it is: its output, checked to
+    be one 2-D tensor of logits."""
+    logits = model(inputs, training=training)
+    if isinstance(logits, (dict, list, tuple)) or len(logits.shape) != 2:
+        returned = (f"a {type(logits).__name__}"
+                    if isinstance(logits, (dict, list, tuple))
+                    else f"shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"The {role} must return its logits: one tensor of shape (batch, "
+            f"classes). Received: {role}={model!r} returning {returned}"
+        )
+    return logits
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -181,13 +283,42 @@ class Distiller(TrainingModel):
     value. Outside `fit` (`train_on_batch`, a loop of your own) set it
     yourself: `distiller.epoch.assign(3)`.
 
+    Which models serve, as in `keras.distillation.Distiller`:
+
+    - Terms that read only the logits (`KnowledgeDistillation`,
+      `DecoupledKD`, a term of yours tapping only `None`) take any
+      `keras.Model` that maps a batch of images to logits: functional,
+      Sequential (an unbuilt one is built on the first batch) or
+      subclassed.
+    - Terms that tap layers by name (`FactorTransfer`, `AttentionTransfer`,
+      `FitNets`, a term of yours naming layers) need a network whose layer
+      outputs can be tapped: a functional model, or a built Sequential (a
+      `keras.Input` first, or called once on data). For another the
+      constructor raises a `ValueError` naming the term, the network and
+      the taps. A subclassed model does not serve even if its `call`
+      returns its maps in a dict: the taps are layer outputs in a
+      functional graph, which a subclassed `call` does not have, and a
+      model's one output is taken as its logits.
+    - A teacher that can be tapped runs with its BatchNormalizations folded
+      (`ft_keras.models.fold_batch_norm`); one that cannot (subclassed,
+      unbuilt Sequential) runs as it is, unfolded. Either runs once per
+      step, frozen, in inference mode (`training=False`), without gradient.
+
     Args:
-        teacher: A trained functional `keras.Model`. Frozen by this call.
-        student: A functional `keras.Model` returning logits.
+        teacher: A trained `keras.Model`. Frozen by this call.
+        student: A `keras.Model` returning logits `(batch, classes)`.
         terms: An `ft_keras.Term` or a list of them, each with its own name.
         student_loss_weight: Weight of the classification loss (1 in the
             paper; 0.1 for RepDistiller's KD).
         **kwargs: `keras.Model` keyword arguments such as `name`.
+
+    Raises:
+        ValueError: before any work, if `teacher` or `student` is not a
+            `keras.Model`; if a term taps layers of a model that cannot be
+            tapped; if the student (or, for a term on the logits, the
+            teacher) has not one 2-D output where its outputs are known; if
+            a term compares logits of different class counts, or the two
+            input shapes differ, where both are known.
 
     Example:
 
@@ -201,6 +332,10 @@ class Distiller(TrainingModel):
                       metrics=["accuracy"])
     distiller.fit(train_ds, epochs=164)
     distiller.student.save("student.keras")
+
+    # Terms on the logits take any model, a subclassed one included:
+    kd = ft_keras.Distiller(teacher, MyStudent(),  # a keras.Model subclass
+                            terms=[ft_keras.KnowledgeDistillation(4.0)])
     ```
     """
 
@@ -209,6 +344,7 @@ class Distiller(TrainingModel):
     def __init__(self, teacher, student, terms, student_loss_weight=1.0, **kwargs):
         kwargs.setdefault("name", "distiller")
         terms = _checked_terms(terms)
+        _check_models(teacher, student, terms)
         super().__init__(["ce_loss"] + [t.loss_name for t in terms], **kwargs)
         self.student_loss_weight = _validation.non_negative(
             "student_loss_weight", student_loss_weight, "1 in the paper")
@@ -217,14 +353,16 @@ class Distiller(TrainingModel):
         self._classification_loss = None
         self._teacher_taps = _tap_union([t.teacher_layers for t in terms])
         layer_taps = [n for n in self._teacher_taps if n is not None]
+        # A model that cannot be tapped has no layer taps (`_check_models`):
+        # it runs as it is (None).
         self._teacher_features = features.frozen_features(
             teacher, layer_taps, include_output=None in self._teacher_taps
-        ) if self._teacher_taps else None
+        ) if self._teacher_taps and features.has_taps(teacher) else None
         student_taps = _tap_union([t.student_layers for t in terms])
         self._student_taps = [None] + [n for n in student_taps if n is not None]
         self._student_features = features.feature_extractor(
             student, self._student_taps[1:], "student", include_output=True
-        )
+        ) if features.has_taps(student) else None
         for term in terms:
             term.connect([_shape(teacher, n) for n in term.teacher_layers],
                          [_shape(student, n) for n in term.student_layers])
@@ -244,6 +382,12 @@ class Distiller(TrainingModel):
         if self._teacher_features is not None:
             outputs = features.as_list(self._teacher_features(inputs, training=False))
             teacher = {n: ops.stop_gradient(t) for n, t in zip(self._teacher_taps, outputs)}
+        elif self._teacher_taps:  # [None]: the logits of an untappable teacher.
+            teacher = {None: ops.stop_gradient(_outputs_of(
+                "teacher", self.teacher, inputs, training=False))}
+        if self._student_features is None:
+            return teacher, {None: _outputs_of(
+                "student", self.student, inputs, training=training)}
         outputs = features.as_list(self._student_features(inputs, training=training))
         return teacher, dict(zip(self._student_taps, outputs))
 
