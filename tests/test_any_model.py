@@ -274,6 +274,28 @@ TAPPING_TERMS = {
 }
 
 
+class LogitShapes(ft_keras.Term):
+    """A user's term on the logits that records the shapes `connect` got."""
+
+    def connect(self, teacher_shapes, student_shapes):
+        self.shapes = (teacher_shapes, student_shapes)
+        self.built = True
+
+    def compute_loss(self, teacher, student):
+        return keras.ops.mean(keras.ops.square(teacher[0] - student[0]), axis=-1)
+
+
+def test_a_users_logit_term_connects_with_unknown_logit_shapes_and_trains():
+    term = LogitShapes([None], [None], name="l2")
+    distiller = ft_keras.Distiller(digits_net("teacher", 8), DigitsConvNet(8),
+                                   [term])
+    assert term.shapes == ([(None, 10)], [(None, None)])
+    distiller.compile(keras.optimizers.SGD(0.01))
+    x, y = digits(16)
+    history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert history["l2_loss"][0] > 0
+
+
 @pytest.mark.parametrize("case", sorted(TAPPING_TERMS))
 def test_a_tapping_term_on_an_untappable_model_names_term_and_tap(case):
     models, message = TAPPING_TERMS[case]

@@ -114,7 +114,9 @@ class Term(keras.layers.Layer):
 
         Args:
             teacher_shapes: Shapes of the teacher's taps, in the order of
-                `teacher_layers`.
+                `teacher_layers`. The logits' (`None`) is `(None, None)`
+                where the network's outputs are not known before it runs
+                (a subclassed model, an unbuilt `keras.Sequential`).
             student_shapes: Shapes of the student's taps, likewise.
 
         Raises:
