@@ -131,10 +131,12 @@ def freeze(model):
     """`model`, made non-trainable: `model.trainable = False`, and so each
     layer inside it at any depth.
 
-    The layers are set one by one because Keras (3.15) leaves the
-    sub-layers of a subclassed model made with `trainable=False` (as
-    `from_config` makes a frozen one when a `.keras` file is loaded)
-    trainable when `model.trainable = False` is set again.
+    The layers are set one by one: on the TensorFlow backend Keras (3.15)
+    skips an assignment of the value an attribute already has
+    (`KerasAutoTrackable.__setattr__`), so `model.trainable = False` never
+    reaches the sub-layers of a model made with `trainable=False` (as
+    `from_config` makes a frozen subclassed teacher when a `.keras` file
+    loads), which it made trainable after.
     """
     model.trainable = False
     for layer in _keras_private.nested_layers(model):
