@@ -175,7 +175,8 @@ def _check_taps(terms, teacher, student):
                     f"{role}'s layers {layers}, but the {role} {model.name!r} "
                     f"cannot be tapped: {features.why_not_tappable(model)}. "
                     "Terms that read only the logits (`KnowledgeDistillation`, "
-                    f"`DecoupledKD`) take any model. Received: {role}={model!r}"
+                    "`DecoupledKD`, `DIST`) take any model. "
+                    f"Received: {role}={model!r}"
                 )
 
 
@@ -286,7 +287,7 @@ class Distiller(TrainingModel):
     Which models serve, as in `keras.distillation.Distiller`:
 
     - Terms that read only the logits (`KnowledgeDistillation`,
-      `DecoupledKD`, a term of yours tapping only `None`) take any
+      `DecoupledKD`, `DIST`, a term of yours tapping only `None`) take any
       `keras.Model` that maps a batch of images to logits: functional,
       Sequential (an unbuilt one is built on the first batch) or
       subclassed.

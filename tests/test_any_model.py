@@ -71,6 +71,7 @@ def unbuilt_sequential(width, seed):
 LOGIT_TERMS = {
     "kd": lambda: [ft_keras.KnowledgeDistillation(4.0, weight=0.9)],
     "dkd": lambda: [ft_keras.DecoupledKD(warmup_epochs=2)],
+    "dist": lambda: [ft_keras.DIST()],
 }
 
 
