@@ -33,6 +33,7 @@ AT_WEIGHT = 100.0
 AT_LAYERS = ["stage2", "stage3"]
 DKD_WARMUP = 2
 FITNETS_WEIGHT = 100.0
+DIST_WEIGHT = 1.0
 
 
 # ----------------------------------------------------------------------
@@ -85,6 +86,24 @@ def np_dkd(teacher_logits, student_logits, labels, alpha, beta, temperature):
     tckd = kl(np.log(binary(t)), np.log(binary(s)))
     nckd = kl(np_log_softmax(t - 1000 * gt), np_log_softmax(s - 1000 * gt))
     return float((alpha * tckd + beta * nckd).mean() * temperature**2)
+
+
+def np_dist(teacher_logits, student_logits, temperature):
+    """DIST's loss of one batch in NumPy (float64), beta = gamma = 1: one
+    minus the mean Pearson correlation of the softened predictions per
+    example (inter) and per class (intra), times T^2."""
+    p_t = np.exp(np_log_softmax(np.asarray(teacher_logits) / temperature))
+    p_s = np.exp(np_log_softmax(np.asarray(student_logits) / temperature))
+
+    def relation(a, b):
+        a = a - a.mean(1, keepdims=True)
+        b = b - b.mean(1, keepdims=True)
+        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1)
+                                   * np.linalg.norm(b, axis=1) + 1e-8)
+        return 1.0 - cosine.mean()
+
+    return float(temperature**2 * (relation(p_s, p_t)
+                                   + relation(p_s.T, p_t.T)))
 
 
 def np_at(teacher_map, student_map):
@@ -263,8 +282,8 @@ def _restoring_weights(*objs):
 
 
 def _dkd_fitnets(x, y, x_train, y_train, workdir):
-    """DKD (warm-up over DKD_WARMUP epochs) and FitNets at stage2 in one
-    Distiller: the warm-up factor of each epoch's first batch, training,
+    """DKD (warm-up over DKD_WARMUP epochs), FitNets at stage2 and DIST in
+    one Distiller: the warm-up factor of each epoch's first batch, training,
     evaluation against NumPy and the `.keras` round trip."""
     import keras
 
@@ -273,7 +292,10 @@ def _dkd_fitnets(x, y, x_train, y_train, workdir):
     teacher, student = networks()
     dkd = ft_keras.DecoupledKD(warmup_epochs=DKD_WARMUP)
     fitnets = ft_keras.FitNets("stage2", "stage2", weight=FITNETS_WEIGHT)
-    distiller = ft_keras.Distiller(teacher, student, [dkd, fitnets])
+    # T = 1: at DIST's CIFAR T = 4 (16x the gradient) this small net's
+    # training with DKD and FitNets can diverge.
+    dist = ft_keras.DIST(weight=DIST_WEIGHT)
+    distiller = ft_keras.Distiller(teacher, student, [dkd, fitnets, dist])
     # At learning rate 0 each epoch's first batch gives the same DKD times
     # that epoch's factor.
     distiller.compile(keras.optimizers.SGD(0.0))
@@ -312,6 +334,7 @@ def _dkd_fitnets(x, y, x_train, y_train, workdir):
             "ce_loss": np_ce(logits, y),
             "dkd_loss": np_dkd(teacher_logits, logits, y, 1.0, 8.0, 4.0),
             "fitnets_loss": float(np.mean((regressed - teacher_map) ** 2)),
+            "dist_loss": np_dist(teacher_logits, logits, 1.0),
         },
         "round_trip_predict_equal": bool(np.array_equal(
             restored.predict(x, verbose=0), distiller.predict(x, verbose=0))),
@@ -713,9 +736,10 @@ def test_dkd_warmup_follows_the_epoch(report):
     assert r["epoch"] == 4.0 and r["round_trip_epoch"] == 4.0
 
 
-def test_dkd_and_fitnets_train_and_match_numpy(report):
+def test_dkd_fitnets_and_dist_train_and_match_numpy(report):
     r = report["dkd_fitnets"]
-    assert set(r["history"]) == {"loss", "ce_loss", "dkd_loss", "fitnets_loss"}
+    assert set(r["history"]) == {"loss", "ce_loss", "dkd_loss", "fitnets_loss",
+                                 "dist_loss"}
     assert r["teacher_unchanged"] and r["trained_changed"]
     assert r["regressor_trained"]
     got, expected = r["evaluate"], r["np_evaluate"]
@@ -723,8 +747,11 @@ def test_dkd_and_fitnets_train_and_match_numpy(report):
     # DKD of two nearly uniform distributions: a small difference of logs.
     _close(got["dkd_loss"], expected["dkd_loss"], rtol=1e-4, atol=KD_ATOL)
     _close(got["fitnets_loss"], expected["fitnets_loss"])
+    # DIST of one batch (its value spans the batch: evaluate's one batch).
+    _close(got["dist_loss"], expected["dist_loss"], rtol=1e-4)
     _close(got["loss"], got["ce_loss"] + got["dkd_loss"]
-           + FITNETS_WEIGHT * got["fitnets_loss"])
+           + FITNETS_WEIGHT * got["fitnets_loss"]
+           + DIST_WEIGHT * got["dist_loss"])
     assert r["round_trip_predict_equal"]
 
 
