@@ -606,6 +606,8 @@ def _close(actual, expected, rtol=1e-5, atol=0.0):
 # KD of two nearly uniform distributions (untrained networks at T=4) is a
 # small difference of float32 logs times T^2: about 1e-6 absolute rounding.
 KD_ATOL = 2e-6
+# DKD is alpha * TCKD + beta * NCKD, each such a KL: alpha + beta = 9 times.
+DKD_ATOL = (1.0 + 8.0) * KD_ATOL
 # The gradients of FT and AT on JAX and PyTorch against TensorFlow's, per
 # element: within GRAD_RTOL relative, plus GRAD_ATOL times the largest
 # gradient of the nonzero example (float32 rounding of near-zero elements).
@@ -744,8 +746,9 @@ def test_dkd_fitnets_and_dist_train_and_match_numpy(report):
     assert r["regressor_trained"]
     got, expected = r["evaluate"], r["np_evaluate"]
     _close(got["ce_loss"], expected["ce_loss"])
-    # DKD of two nearly uniform distributions: a small difference of logs.
-    _close(got["dkd_loss"], expected["dkd_loss"], rtol=1e-4, atol=KD_ATOL)
+    # DKD of two nearly uniform distributions: small differences of logs
+    # (6.4e-6 absolute, 1.6e-4 relative, seen once on JAX).
+    _close(got["dkd_loss"], expected["dkd_loss"], rtol=1e-4, atol=DKD_ATOL)
     _close(got["fitnets_loss"], expected["fitnets_loss"])
     # DIST of one batch (its value spans the batch: evaluate's one batch).
     _close(got["dist_loss"], expected["dist_loss"], rtol=1e-4)
