@@ -13,6 +13,7 @@ same weights, and prints the largest difference of the two outputs.
 
     python benchmarks/small_map_conv.py
     python benchmarks/small_map_conv.py --repeats 5 --steps 10
+    python benchmarks/small_map_conv.py --pairs wrn16_2:wrn10_1
 
 Timings are medians of `--repeats` blocks of `--steps` calls after two
 warm-up calls, all in one process (the ratio is what matters).
@@ -42,6 +43,10 @@ SHAPES = [
      32, 7, 512, 512),
     ("imagenet_resnet34:imagenet_resnet18", "paraphraser", "transpose", 32, 7,
      512, 512),
+    # The Fashion-MNIST table's pair (28x28 images, batch 128): the teacher's
+    # 7x7x128 tap.
+    ("wrn16_2:wrn10_1", "paraphraser", "conv", 128, 7, 128, 128),
+    ("wrn16_2:wrn10_1", "paraphraser", "transpose", 128, 7, 128, 128),
 ]
 
 
@@ -120,6 +125,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", nargs="+", default=None,
+                        help="only these pairs' rows (default: every pair)")
     args = parser.parse_args()
     if args.steps < 1 or args.repeats < 1:
         parser.error(f"--steps and --repeats must be at least 1, got "
@@ -134,6 +141,8 @@ def main():
           "largest difference |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for shape in SHAPES:
+        if args.pairs and shape[0] not in args.pairs:
+            continue
         for dtype_name in ("float32", "bfloat16"):
             print(row(tf, shape, dtype_name, args.steps, args.repeats),
                   flush=True)
