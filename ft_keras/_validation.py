@@ -18,6 +18,17 @@ def non_negative(name, value, hint):
     return float(value)
 
 
+def positive(name, value, hint):
+    """Returns `value` as a float, or raises a `ValueError` naming `name`,
+    the bad value and `hint` unless it is a number above zero."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive number ({hint}). Received: "
+            f"{name}={value!r}"
+        )
+    return float(value)
+
+
 def one_of(name, value, choices, hint=""):
     """Returns `value`, or raises a `ValueError` unless it is one of
     `choices`. `name` may carry its gin prefix (`factor_transfer.p`)."""

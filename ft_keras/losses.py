@@ -17,6 +17,7 @@ gradients are those of the global batch.
 import keras
 from keras import ops
 
+from ft_keras import _validation
 from ft_keras import metrics
 
 _PACKAGE = "ft_keras"
@@ -221,16 +222,8 @@ class KnowledgeDistillationLoss(keras.losses.Loss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or temperature <= 0
-        ):
-            raise ValueError(
-                "`temperature` must be a positive number (4 in RepDistiller). "
-                f"Received: temperature={temperature!r}"
-            )
-        self.temperature = float(temperature)
+        self.temperature = _validation.positive(
+            "temperature", temperature, "4 in RepDistiller")
 
     def call(self, y_true, y_pred):
         t = ops.cast(y_true, "float32") / self.temperature

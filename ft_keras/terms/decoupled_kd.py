@@ -100,16 +100,8 @@ class DecoupledKD(Term):
         self.alpha = _validation.non_negative("alpha", alpha, "1.0 in mdistiller")
         self.beta = _validation.non_negative(
             "beta", beta, "8.0 in mdistiller; 2.0 or 6.0 for some pairs")
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or temperature <= 0
-        ):
-            raise ValueError(
-                "`temperature` must be a positive number (4.0 in mdistiller). "
-                f"Received: temperature={temperature!r}"
-            )
-        self.temperature = float(temperature)
+        self.temperature = _validation.positive(
+            "temperature", temperature, "4.0 in mdistiller")
         self.warmup_epochs = _validation.non_negative(
             "warmup_epochs", warmup_epochs, "20 in mdistiller, 0 for none")
 

@@ -97,15 +97,9 @@ class DIST(Term):
         super().__init__([None], [None], weight=weight, name=name, **kwargs)
         self.beta = _validation.non_negative("beta", beta, "1.0 in DIST")
         self.gamma = _validation.non_negative("gamma", gamma, "1.0 in DIST")
-        if (isinstance(temperature, bool)
-                or not isinstance(temperature, (int, float))
-                or temperature <= 0):
-            raise ValueError(
-                "`temperature` must be a positive number (1.0 by default, "
-                "4.0 in DIST's CIFAR-100 setting). Received: "
-                f"temperature={temperature!r}"
-            )
-        self.temperature = float(temperature)
+        self.temperature = _validation.positive(
+            "temperature", temperature,
+            "1.0 by default, 4.0 in DIST's CIFAR-100 setting")
 
     def compute_loss(self, teacher, student):
         return dist_loss(teacher[0], student[0], self.beta, self.gamma,
