@@ -10,7 +10,7 @@ Which parts run on which Keras backend (`KERAS_BACKEND`):
   (`Paraphraser`, `Translator`), `ft_keras.losses`, `ft_keras.metrics`,
   `ft_keras.terms` (`Term`, `FactorTransfer`, `KnowledgeDistillation`,
   `AttentionTransfer`, `DecoupledKD`, `DIST`, `FitNets` and its
-  `HintRegressor`),
+  `HintRegressor`, `ReviewKD` and its `AttentionBasedFusion`),
   `ft_keras.distiller` (`Distiller`), `ft_keras.pretraining`
   (`ParaphraserTrainer`, `HintTrainer`), `ft_keras.methods`,
   `ft_keras.models` and `ft_keras.optim`. `import ft_keras` imports only
@@ -65,6 +65,7 @@ from ft_keras.layers import Paraphraser
 from ft_keras.layers import Translator
 from ft_keras.losses import FactorTransferLoss
 from ft_keras.pretraining import ParaphraserTrainer
+from ft_keras.terms import AttentionBasedFusion
 from ft_keras.terms import AttentionTransfer
 from ft_keras.terms import DIST
 from ft_keras.terms import DecoupledKD
@@ -72,9 +73,11 @@ from ft_keras.terms import FactorTransfer
 from ft_keras.terms import FitNets
 from ft_keras.terms import HintRegressor
 from ft_keras.terms import KnowledgeDistillation
+from ft_keras.terms import ReviewKD
 from ft_keras.terms import Term
 
 __all__ = [
+    "AttentionBasedFusion",
     "AttentionTransfer",
     "DIST",
     "DecoupledKD",
@@ -86,6 +89,7 @@ __all__ = [
     "KnowledgeDistillation",
     "Paraphraser",
     "ParaphraserTrainer",
+    "ReviewKD",
     "Term",
     "Translator",
     "losses",

@@ -20,6 +20,10 @@ the student on
   predictions, by Pearson correlation (one value per batch).
 - `FitNets`: Romero et al.'s hint, the mean squared difference of the
   teacher's map and a trained `HintRegressor` of the student's.
+- `ReviewKD`: Chen et al.'s knowledge review, mdistiller's: trained
+  `AttentionBasedFusion` connectors fuse the student's maps from the
+  deepest up, matched to the teacher's by a pyramid of mean squared
+  differences, with a warm-up; it needs the epoch.
 
 One module per term (`ft_keras.terms.factor_transfer`, ...); this package
 exports them all. FT, KD, AT, FT+KD and any new combination are lists of
@@ -53,8 +57,11 @@ from ft_keras.terms.factor_transfer import check_factor_shapes
 from ft_keras.terms.fitnets import FitNets
 from ft_keras.terms.fitnets import HintRegressor
 from ft_keras.terms.knowledge_distillation import KnowledgeDistillation
+from ft_keras.terms.review_kd import AttentionBasedFusion
+from ft_keras.terms.review_kd import ReviewKD
 
 __all__ = [
+    "AttentionBasedFusion",
     "AttentionTransfer",
     "DIST",
     "DecoupledKD",
@@ -62,6 +69,7 @@ __all__ = [
     "FitNets",
     "HintRegressor",
     "KnowledgeDistillation",
+    "ReviewKD",
     "Term",
     "check_factor_shapes",
 ]
