@@ -30,7 +30,7 @@ when the config validates every epoch (`experiment.validate = True`),
         --results_dir benchmarks/results/fashion_mnist --readme README.md \\
         --name fashion_mnist
     python benchmarks/reproduce.py --gin_file=gin/quickstart.gin --methods AT \\
-        --gin_bindings="distillation.at_weight = 62.5" --workdir runs/reproduce_at
+        --gin_bindings="attention_transfer.weight = 62.5" --workdir runs/reproduce_at
     # The Fashion-MNIST students in bfloat16, from the float32 table's teacher:
     python benchmarks/reproduce.py --gin_file=gin/fashion_mnist/wrn16_2_wrn10_1.gin \\
         --gin_bindings="experiment.precision = 'mixed_bfloat16'" --seeds 0 \\
@@ -60,10 +60,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {
     "teacher": ([], ["teacher"], "teacher"),
     "student alone": ([], ["baseline"], "baseline"),
-    "KD": (["distillation.method = 'kd'"], ["student"], "student"),
-    "AT": (["distillation.method = 'at'"], ["student"], "student"),
-    "FT": (["distillation.method = 'ft'"], ["paraphraser", "student"], "student"),
-    "FT+KD": (["distillation.method = 'ft+kd'"], ["paraphraser", "student"],
+    "KD": (["include 'gin/methods/kd.gin'"], ["student"], "student"),
+    "AT": (["include 'gin/methods/at.gin'"], ["student"], "student"),
+    "FT": (["include 'gin/methods/ft.gin'"], ["paraphraser", "student"], "student"),
+    "FT+KD": (["include 'gin/methods/ft_kd.gin'"], ["paraphraser", "student"],
               "student"),
 }
 # The stage whose log.csv holds a method's per-epoch test accuracy.

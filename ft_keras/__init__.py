@@ -12,12 +12,13 @@ Which parts run on which Keras backend (`KERAS_BACKEND`):
   `AttentionTransfer`, `DecoupledKD`, `DIST`, `FitNets` and its
   `HintRegressor`, `ReviewKD` and its `AttentionBasedFusion`),
   `ft_keras.distiller` (`Distiller`), `ft_keras.pretraining`
-  (`ParaphraserTrainer`, `HintTrainer`), `ft_keras.methods`,
+  (`ParaphraserTrainer`, `HintTrainer`),
   `ft_keras.models` and `ft_keras.optim`. `import ft_keras` imports only
   these.
 - TensorFlow only: the experiment runner and its parts, each imported on
   its own (`from ft_keras import data`): `ft_keras.data`,
   `ft_keras.prepare_data`, `ft_keras.distribute`, `ft_keras.config`,
+  `ft_keras.term_configs` (the runner's terms in gin),
   `ft_keras.experiment`, `ft_keras.stages` (its table is plain data),
   `ft_keras.checkpoint`, `ft_keras.train`, `ft_keras.evaluate`,
   `ft_keras.cli` and `ft_keras.export` (tf.data pipelines, `tf.distribute`

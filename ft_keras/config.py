@@ -20,16 +20,14 @@ settings are ordinary Keras objects (`FactorTransferConfig.connectors`,
 """
 
 import dataclasses
+import re
 
 import gin
-import keras
 
 from ft_keras import _validation
-from ft_keras import layers
-from ft_keras import losses
-from ft_keras import methods
 from ft_keras import optim
 from ft_keras import stages
+from ft_keras import term_configs
 from ft_keras.data import image_folder
 from ft_keras.models import batch_norm
 from ft_keras.distribute import AUTO_SHARD_POLICIES
@@ -179,125 +177,72 @@ def network(name=gin.REQUIRED, **kwargs):
 TrainingConfig = optim.TrainingConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class FactorTransferConfig:
-    """The method's knobs; defaults are the paper's code. Gin:
-    `factor_transfer`.
-
-    Args:
-        teacher_layer, student_layer: The taps (layer names; required).
-        rate: The paraphrase rate k.
-        paraphraser_bn, translator_bn: BatchNormalization in each connector.
-        negative_slope: The connectors' LeakyReLU slope.
-        connector_weight_decay: An L2 penalty on the connectors' kernels
-            only, with the gradient `connector_weight_decay * kernel`. To
-            decay the connectors as PyTorch's SGD does (biases and BN too),
-            leave it at 0 and use `training.weight_decay_mode='coupled'`.
-        reconstruction: The paraphraser's reconstruction loss
-            (`ft_keras.losses.reconstruction_loss`).
-        beta: Weight of the factor transfer loss.
-        p: 1 or 2.
-        factor: `"full"` or `"attention"` (`FactorTransferLoss`).
-        rounding: How `C * rate` becomes the factor's channel count
-            (`ft_keras.layers.factor_channels`): `"half_even"` (the paper's
-            code, `int(round(C * k))`), `"floor"` (RepDistiller and
-            torchdistill, `int(C * k)`) or `"half_up"`.
-        p_form: `"norm"` (the paper, torchdistill) or `"mean"` (RepDistiller):
-            how the `p=2` loss reduces the difference (`FactorTransferLoss`).
-    """
-
-    teacher_layer: str
-    student_layer: str
-    rate: float = 0.5
-    paraphraser_bn: bool = False
-    translator_bn: bool = False
-    negative_slope: float = 0.1
-    connector_weight_decay: float = 0.0
-    reconstruction: str = "l1"
-    beta: float = 500.0
-    p: int = 1
-    factor: str = "full"
-    rounding: str = "half_even"
-    p_form: str = "norm"
-
-    def __post_init__(self):
-        _validation.one_of("factor_transfer.rounding", self.rounding,
-                           layers.ROUNDINGS)
-        _validation.one_of("factor_transfer.p", self.p, (1, 2))
-        _validation.one_of("factor_transfer.p_form", self.p_form,
-                           losses.P_FORMS)
-        _validation.non_negative(
-            "factor_transfer.connector_weight_decay",
-            self.connector_weight_decay,
-            "an L2 penalty on the connectors' kernels, e.g. 5e-4",
-        )
-
-    def connectors(self, teacher_channels):
-        """A new `(Paraphraser, Translator)` pair for a teacher tap of
-        `teacher_channels` channels, with these settings."""
-        regularizer = (
-            keras.regularizers.L2(self.connector_weight_decay / 2)
-            if self.connector_weight_decay
-            else None
-        )
-        paraphraser = layers.Paraphraser(
-            rate=self.rate,
-            use_bn=self.paraphraser_bn,
-            negative_slope=self.negative_slope,
-            kernel_regularizer=regularizer,
-            rounding=self.rounding,
-        )
-        translator = layers.Translator(
-            out_channels=layers.factor_channels(
-                teacher_channels, self.rate, self.rounding
-            ),
-            use_bn=self.translator_bn,
-            negative_slope=self.negative_slope,
-            kernel_regularizer=regularizer,
-        )
-        return paraphraser, translator
+FactorTransferConfig = term_configs.FactorTransferConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillationConfig:
-    """How the `student` stage distils, so methods compare with one flag.
+    """How the `student` stage distils: the method is its list of terms.
     Gin: `distillation`.
 
     Args:
-        method: `"ft"` (Factor Transfer, the default), `"ft+kd"` (FT plus a
-            Hinton KD term), `"kd"` (Hinton KD alone) or `"at"` (attention
-            transfer alone). KD and AT skip the paraphraser stage.
-        ce_weight: Weight of the cross-entropy; None: 0.1 for `"kd"`
-            (RepDistiller) and 1 otherwise.
-        kd_weight: Weight of the KD term; None: 0.9 for `"kd"`
-            (RepDistiller), 1 for `"ft+kd"`, 0 otherwise.
-        temperature: KD temperature (4 in RepDistiller).
-        at_weight: Weight of attention transfer (1000 in RepDistiller).
-        at_teacher_layers, at_student_layers: AT taps; empty: the
-            `factor_transfer` taps.
+        terms: The terms the student learns from, each a term's
+            configurable called in gin (`ft_keras.term_configs`):
+            `[@factor_transfer(), @knowledge_distillation()]`. None (not
+            bound): Factor Transfer alone, `[@factor_transfer()]`.
+            `gin/methods/*.gin` are the named methods.
+        student_loss_weight: Weight of the student's cross-entropy (1 in
+            the paper; 0.1 in RepDistiller's KD).
+        label: The distilled student's name in reports, before
+            `" student"`; None: the terms' labels joined by `+` (`"FT+KD"`).
     """
 
-    method: str = "ft"
-    ce_weight: float = None
-    kd_weight: float = None
-    temperature: float = 4.0
-    at_weight: float = 1000.0
-    at_teacher_layers: tuple = ()
-    at_student_layers: tuple = ()
+    terms: tuple = None
+    student_loss_weight: float = 1.0
+    label: str = None
 
     def __post_init__(self):
-        _validation.one_of("distillation.method", self.method,
-                           tuple(methods.METHODS))
-        for name, default in methods.DEFAULT_WEIGHTS[self.method].items():
-            if getattr(self, name) is None:
-                _set(self, name, default)
-        _set(self, "at_teacher_layers", tuple(self.at_teacher_layers or ()))
-        _set(self, "at_student_layers", tuple(self.at_student_layers or ()))
+        _validation.non_negative("distillation.student_loss_weight",
+                                 self.student_loss_weight, "1 in the paper")
+        if self.terms is None:
+            return  # Factor Transfer, read from gin by `from_gin`
+        terms = tuple(self.terms) if isinstance(self.terms, (list, tuple)) else (
+            self.terms,)
+        for term in terms:
+            if not term_configs.is_term_config(term):
+                call = "()" if callable(term) else ""
+                raise ValueError(
+                    "`distillation.terms` lists terms' configurables, called: "
+                    "`[@factor_transfer(), @knowledge_distillation()]` "
+                    f"(ft_keras.term_configs). Received: {term!r}{call and ' (add ())'}"
+                )
+        if not terms:
+            raise ValueError(
+                "`distillation.terms` is empty: list at least one term, or "
+                "train the student alone with `experiment.stages = "
+                "['baseline', 'evaluate']` (gin/methods/alone.gin)."
+            )
+        references = [term.reference for term in terms]
+        if len(set(references)) != len(references):
+            raise ValueError(
+                f"`distillation.terms` lists {references}: call a term twice "
+                "under two scopes (`@t1/attention_transfer()`, "
+                "`@t2/attention_transfer()`) to tell them apart."
+            )
+        pretraining = [term.reference for term in terms if term.pretrains]
+        if len(pretraining) > 1:
+            raise ValueError(
+                f"`distillation.terms` lists {pretraining}, which each "
+                "pre-train connectors in the one `paraphraser` stage: keep one."
+            )
+        _set(self, "terms", terms)
+        if self.label is None:
+            _set(self, "label", "+".join(term.label for term in terms))
 
     @property
-    def factor_transfer(self):
-        """Whether the method pre-trains a paraphraser (FT, FT+KD)."""
-        return methods.uses_factor_transfer(self.method)
+    def pretrains(self):
+        """Whether a term pre-trains connectors (the `paraphraser` stage)."""
+        return any(term.pretrains for term in self.terms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -497,16 +442,14 @@ class DeploymentConfig:
 # the bindings of the current scope (`with gin.config_scope('student')`).
 dataset = gin.external_configurable(DataConfig, "dataset")
 training = gin.external_configurable(TrainingConfig, "training")
-factor_transfer = gin.external_configurable(
-    FactorTransferConfig, "factor_transfer"
-)
+factor_transfer = term_configs.factor_transfer
 distillation = gin.external_configurable(DistillationConfig, "distillation")
 experiment = gin.external_configurable(ExperimentConfig, "experiment")
 cluster = gin.external_configurable(ClusterConfig, "cluster")
 deployment = gin.external_configurable(DeploymentConfig, "deployment")
 
 
-def check_weight_decay(scope, training_config, network_config, ft_config):
+def check_weight_decay(scope, training_config, network_config, terms=()):
     """Raises a `ValueError` if stage `scope` would decay kernels twice.
 
     With `weight_decay_mode='coupled'` and a non-zero `weight_decay`, the
@@ -520,7 +463,8 @@ def check_weight_decay(scope, training_config, network_config, ft_config):
         training_config: The stage's `TrainingConfig`.
         network_config: The trained network's `NetworkConfig` (None for
             the paraphraser stage).
-        ft_config: The `FactorTransferConfig`.
+        terms: The term configs whose connectors the stage trains
+            (`DistillationConfig.terms`).
     """
     if training_config.weight_decay_mode != "coupled" or not (
         training_config.weight_decay
@@ -533,10 +477,8 @@ def check_weight_decay(scope, training_config, network_config, ft_config):
              network_config.kwargs.get("weight_decay", 0.0))
         )
     if scope in ("paraphraser", "student"):
-        penalties.append(
-            ("factor_transfer.connector_weight_decay",
-             ft_config.connector_weight_decay)
-        )
+        penalties += [(f"{term.gin_name}.connector_weight_decay",
+                       term.connector_weight_decay) for term in terms]
     doubled = [f"{name} = {value!r}" for name, value in penalties if value]
     if doubled:
         raise ValueError(
@@ -561,7 +503,6 @@ class Settings:
     experiment: ExperimentConfig
     cluster: ClusterConfig
     dataset: DataConfig
-    factor_transfer: FactorTransferConfig
     distillation: DistillationConfig
     training: dict
     network: dict
@@ -577,9 +518,14 @@ class Settings:
                 f"{prefix}.{name} = {value!r}" for name, value in values.items()
             )
 
-        for name in ("experiment", "cluster", "dataset", "factor_transfer",
-                     "distillation", "deployment"):
+        for name in ("experiment", "cluster", "dataset", "deployment"):
             bind(name, dataclasses.asdict(getattr(self, name)))
+        terms = self.distillation.terms
+        lines.append(f"distillation.terms = [{', '.join(t.reference for t in terms)}]")
+        bind("distillation", {"student_loss_weight": self.distillation.student_loss_weight,
+                              "label": self.distillation.label})
+        for term in terms:
+            lines.extend(f"{name} = {value!r}" for name, value in term.bindings().items())
         for scope, value in self.training.items():
             bind(f"{scope}/training", dataclasses.asdict(value))
         for scope, value in self.network.items():
@@ -592,7 +538,7 @@ class Settings:
             scope,
             self.training[scope],
             self.network.get(scope),
-            self.factor_transfer,
+            self.distillation.terms,
         )
 
 
@@ -621,8 +567,7 @@ def from_gin():
         experiment=_read(experiment, "experiment"),
         cluster=_read(cluster, "cluster"),
         dataset=_read(dataset, "dataset"),
-        factor_transfer=_read(factor_transfer, "factor_transfer"),
-        distillation=_read(distillation, "distillation"),
+        distillation=_distillation(),
         training={
             scope: _read(training, "training", scope)
             for scope in ("teacher", "paraphraser", "student")
@@ -633,6 +578,16 @@ def from_gin():
         },
         deployment=_read(deployment, "deployment"),
     )
+
+
+def _distillation():
+    """`distillation`, with Factor Transfer as its term where none is
+    bound."""
+    settings = _read(distillation, "distillation")
+    if settings.terms is not None:
+        return settings
+    return dataclasses.replace(
+        settings, terms=(_read(factor_transfer, "factor_transfer"),))
 
 
 def _with_inherited(network_config, scope):
@@ -648,7 +603,21 @@ def _with_inherited(network_config, scope):
 
 
 def parse(gin_files, gin_bindings):
-    """Parses gin files and bindings, failing on unknown names at once."""
-    gin.parse_config_files_and_bindings(
-        list(gin_files), list(gin_bindings), finalize_config=False
-    )
+    """Parses gin files and bindings, failing on unknown names at once;
+    a setting of the named methods that terms replaced says what to bind."""
+    try:
+        gin.parse_config_files_and_bindings(
+            list(gin_files), list(gin_bindings), finalize_config=False
+        )
+    except ValueError as e:
+        gone = re.match(r"Configurable 'distillation' doesn't have a parameter "
+                        r"named '(\w+)'", str(e))
+        if not gone:
+            raise
+        raise ValueError(
+            f"`distillation.{gone.group(1)}` is gone: a method is its list of "
+            "terms, `distillation.terms = [@knowledge_distillation()]` with "
+            "each term's settings bound on it (`knowledge_distillation."
+            "weight = 0.9`, `distillation.student_loss_weight = 0.1`); "
+            "gin/methods/*.gin are the named methods."
+        ) from None

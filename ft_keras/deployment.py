@@ -502,7 +502,7 @@ def measure(workdir, settings, onnx=None, command=None):
         for role in dirs
     }
     keras_top1 = _keras_top1(workdir)
-    names = stages.network_names(settings.distillation.method)
+    names = stages.network_names(settings.distillation.label)
     rows = build_rows(measured, names, keras_top1)
     report = _summary(workdir, measured, dirs, keras_top1, rows, command)
     write_report(workdir, report)

@@ -235,6 +235,39 @@ def _check_models(teacher, student, terms):
         )
 
 
+def check_terms(teacher, student, terms):
+    """Everything a `Distiller` of `terms` checks before it is built,
+    without building it or freezing the teacher: the models, each tap's
+    layer, and each term's `connect` on the taps' shapes.
+
+    Raises:
+        ValueError: naming what the terms cannot use.
+    """
+    terms = _checked_terms(terms)
+    _check_models(teacher, student, terms)
+    for term in terms:
+        shapes = {}
+        for role, model, taps in (("teacher", teacher, term.teacher_layers),
+                                  ("student", student, term.student_layers)):
+            names = [layer.name for layer in model.layers] if features.has_taps(model) else []
+            for name in taps:
+                if name is not None and name not in names:
+                    raise ValueError(
+                        f"The term {term.name!r} ({type(term).__name__}) taps "
+                        f"the {role}'s layer {name!r}, which the {role} "
+                        f"{model.name!r} does not have. Its feature taps: "
+                        f"{_feature_taps(model)}"
+                    )
+            shapes[role] = [_shape(model, name) for name in taps]
+        term.connect(shapes["teacher"], shapes["student"])
+
+
+def _feature_taps(model):
+    from ft_keras import models  # the registry: only to name the taps
+
+    return models.feature_taps(model)
+
+
 def _outputs_of(role, model, inputs, training):
     """A model that cannot be tapped, run as it is: its output, checked to
     be one 2-D tensor of logits."""

@@ -83,9 +83,6 @@ class Experiment:
     ```
     """
 
-    # What each training stage leaves in its directory of the workdir.
-    ARTIFACTS = ft_stages.ARTIFACTS
-
     def __init__(
         self,
         workdir,
@@ -101,6 +98,8 @@ class Experiment:
         self._given_settings = settings is not None
         self.settings = settings or config.from_gin()
         self.stages = tuple(stages) if stages else self.settings.experiment.stages
+        # What each training stage leaves in its directory of the workdir.
+        self.ARTIFACTS = ft_stages.artifacts(self.settings.distillation.terms)
         self.strategy = strategy or distribute.make_strategy(
             self.settings.experiment.strategy, self.settings.cluster
         )

@@ -2,7 +2,7 @@
 
     python -m ft_keras.report runs/quickstart [runs/other ...] --out report/
 
-For each workdir: the config (dataset, teacher -> student, method), the
+For each workdir: the config (dataset, teacher -> student, terms), the
 test top-1 / top-5 of every network it evaluated, and the wall time and
 images per second of the stage that trained it (an FT student's
 paraphraser stage has a column of its own), in `report.md`, with notes
@@ -34,13 +34,13 @@ import os
 import re
 import sys
 
-from ft_keras import methods
 from ft_keras import stages
+from ft_keras import term_configs
 from ft_keras import workdir as ft_workdir
 
 # The training stages, each with the evaluation role of the network it
 # trains ("paraphraser" trains none).
-STAGES = tuple(stages.ARTIFACTS)
+STAGES = stages.TRAINING
 _BINDING = re.compile(r"^([\w/.]+) = (.+)$")
 NO_PLOTS = "(No plots: they need matplotlib, `pip install 'ft_keras[report]'`.)"
 
@@ -92,7 +92,7 @@ def load_run(workdir):
 
     Returns:
         A dict: `name` (the directory's name), `workdir`, `dataset`,
-        `teacher`, `student`, `method`, `evaluation` (`{role: {"top1",
+        `teacher`, `student`, `label`, `evaluation` (`{role: {"top1",
         "top5"}}`), `stages` (`{stage: stage.json's dict}`) and `logs`
         (`{stage: read_log(...)}`).
 
@@ -125,17 +125,29 @@ def load_run(workdir):
         "dataset": bindings.get("dataset.name", "?"),
         "teacher": bindings.get("teacher/network.name", "?"),
         "student": bindings.get("student/network.name", "?"),
-        "method": bindings.get("distillation.method", "ft"),
+        "label": _label(bindings),
         "evaluation": results.get("evaluation", {}),
         "stages": stages,
         "logs": logs,
     }
 
 
+def _label(bindings):
+    """The distilled student's label: `distillation.label`, else its
+    terms' (`ft_keras.term_configs.label`); a workdir written when
+    `distillation.method` named the method, that name in capitals."""
+    label = bindings.get("distillation.label")
+    if isinstance(label, str):
+        return label
+    if isinstance(bindings.get("distillation.method"), str):
+        return bindings["distillation.method"].upper()
+    return term_configs.label(bindings.get("distillation.terms"))
+
+
 def role_name(run, role):
     """How a table names a run's network: teacher, student alone, or the
     student of its method (e.g. "FT student")."""
-    return stages.network_names(run["method"])[role]
+    return stages.network_names(run["label"])[role]
 
 
 TOP5_NOTE = (
@@ -186,7 +198,7 @@ def _rows(runs):
 
 def _has_paraphraser(run, role):
     return role == "student" and (
-        methods.uses_factor_transfer(run["method"]) or "paraphraser" in run["stages"]
+        "paraphraser" in run["stages"]
     )
 
 

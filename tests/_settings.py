@@ -11,8 +11,8 @@ def digits_settings(batch_size=32, **experiment):
         experiment=config.ExperimentConfig(seed=0, **experiment),
         cluster=config.ClusterConfig(),
         dataset=config.DataConfig("digits", batch_size=batch_size),
-        factor_transfer=config.FactorTransferConfig("stage3", "stage3"),
-        distillation=config.DistillationConfig(),
+        distillation=config.DistillationConfig(
+            terms=[config.FactorTransferConfig("stage3", "stage3")]),
         training={s: config.TrainingConfig(epochs=1)
                   for s in ("teacher", "paraphraser", "student")},
         network={"teacher": config.NetworkConfig("wrn10_1", {}),

@@ -86,8 +86,8 @@ def application_settings(root, stages, student=None, **experiment):
         cluster=config.ClusterConfig(),
         dataset=config.DataConfig(root, batch_size=64, eval_batch_size=120,
                                   options=dict(SIZE)),
-        factor_transfer=config.FactorTransferConfig("stage3", "block_2_add"),
-        distillation=config.DistillationConfig(),
+        distillation=config.DistillationConfig(
+            terms=[config.FactorTransferConfig("stage3", "block_2_add")]),
         training={
             "teacher": config.TrainingConfig(epochs=3, **training),
             "paraphraser": config.TrainingConfig(epochs=1, schedule="constant",

@@ -42,7 +42,8 @@ class Parsed:
         gin.clear_config()
         cli.parse_config([path], list(bindings))
         self.settings = config.from_gin()
-        self.ft = self.settings.factor_transfer
+        self.ft = next((t for t in self.settings.distillation.terms
+                        if isinstance(t, config.FactorTransferConfig)), None)
         self.training = self.settings.training
         self.network = self.settings.network
 

@@ -84,7 +84,8 @@ def test_every_config_runs_every_stage_for_two_steps(gin_files, capsys):
             continue
         if stage == "teacher" and settings.experiment.teacher_checkpoint:
             continue
-        if stage == "paraphraser" and not settings.distillation.factor_transfer:
+        if stage == "paraphraser" and not settings.distillation.pretrains:
+            assert "stage paraphraser: skipped, the terms" in out, out
             continue
         assert f"dry run: stage {stage}: " in out, out
     # The real run's figures are printed, e.g. "164 epochs x 390 steps".
@@ -163,7 +164,7 @@ def test_stage_that_needs_a_missing_artifact_exits_2_before_any_work(tmp_path):
     gin.clear_config()
     cli.parse_config(["gin/quickstart.gin"], [
         "experiment.stages = ['teacher', 'student']",
-        "distillation.method = 'kd'"])
+        "distillation.terms = [@knowledge_distillation()]"])
     from ft_keras import experiment as ft_experiment
 
     ft_experiment.Experiment(tmp_path / "kd", dry_run=True)  # does not raise

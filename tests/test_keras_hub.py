@@ -137,15 +137,15 @@ def _bindings(preset_path, teacher="preset", student="backbone"):
         "network.weight_decay = 0.0",  # a penalty of our own networks only
         "factor_transfer.teacher_layer = 'stack1_block0_out'",
         "factor_transfer.student_layer = 'stack1_block0_out'",
-        "distillation.at_teacher_layers = ['stack0_block0_out', 'stack1_block0_out']",
-        "distillation.at_student_layers = ['stack0_block0_out', 'stack1_block0_out']",
+        "attention_transfer.teacher_layers = ['stack0_block0_out', 'stack1_block0_out']",
+        "attention_transfer.student_layers = ['stack0_block0_out', 'stack1_block0_out']",
     ]
 
 
 @pytest.mark.parametrize("method, teacher, student", [
-    ("ft", "preset", "backbone"),
-    ("kd", "classifier", "preset"),
-    ("at", "preset", "classifier"),
+    ("factor_transfer", "preset", "backbone"),
+    ("knowledge_distillation", "classifier", "preset"),
+    ("attention_transfer", "preset", "classifier"),
 ])
 def test_the_runner_dry_runs_keras_hub_teacher_and_student(
         preset, method, teacher, student, capsys, monkeypatch):
@@ -155,7 +155,7 @@ def test_the_runner_dry_runs_keras_hub_teacher_and_student(
         code = cli.dry_run(
             ["gin/quickstart.gin"],
             _bindings(preset[0], teacher, student) + [
-                f"distillation.method = {method!r}",
+                f"distillation.terms = [@{method}()]",
                 "experiment.stages = ['teacher', 'paraphraser', 'student', "
                 "'evaluate']"])
     finally:
@@ -164,7 +164,8 @@ def test_the_runner_dry_runs_keras_hub_teacher_and_student(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "dry run: stage student: " in captured.out
-    assert ("dry run: stage paraphraser: " in captured.out) == (method == "ft")
+    assert ("dry run: stage paraphraser: " in captured.out) == (
+        method == "factor_transfer")
     assert "every stage built and stepped" in captured.out
 
 

@@ -12,6 +12,7 @@ import keras
 import pytest
 
 from ft_keras import config
+from ft_keras import term_configs
 from ft_keras import experiment as ft_experiment
 from ft_keras import report
 
@@ -77,8 +78,7 @@ def runs(tmp_path_factory):
                 teacher_checkpoint=teacher_checkpoint),
             cluster=config.ClusterConfig(),
             dataset=config.DataConfig("digits", batch_size=64),
-            factor_transfer=config.FactorTransferConfig("stage3", "stage3"),
-            distillation=config.DistillationConfig(method),
+            distillation=method,
             training={s: config.TrainingConfig(epochs=2, learning_rate=0.05)
                       for s in ("teacher", "paraphraser", "student")},
             network={"teacher": config.NetworkConfig("wrn10_2", {}),
@@ -86,11 +86,14 @@ def runs(tmp_path_factory):
         )
 
     ft_experiment.Experiment(root / "ft", settings=settings(
-        "ft", ("teacher", "paraphraser", "student", "baseline", "evaluate"))
+        config.DistillationConfig(
+            terms=[config.FactorTransferConfig("stage3", "stage3")]), ("teacher", "paraphraser", "student", "baseline", "evaluate"))
     ).run()
     keras.backend.clear_session()
     ft_experiment.Experiment(root / "kd", settings=settings(
-        "kd", ("teacher", "student", "evaluate"),
+        config.DistillationConfig(
+            terms=[term_configs.knowledge_distillation(weight=0.9)],
+            student_loss_weight=0.1), ("teacher", "student", "evaluate"),
         teacher_checkpoint=str(root / "ft" / "teacher" / "model.keras"))
     ).run()
     return root
@@ -98,15 +101,15 @@ def runs(tmp_path_factory):
 
 def test_a_run_is_read_from_its_workdir(runs):
     run = report.load_run(runs / "ft")
-    assert (run["dataset"], run["teacher"], run["student"], run["method"]) == (
-        "digits", "wrn10_2", "wrn10_1", "ft")
+    assert (run["dataset"], run["teacher"], run["student"], run["label"]) == (
+        "digits", "wrn10_2", "wrn10_1", "FT")
     assert set(run["evaluation"]) == {"teacher", "student", "baseline"}
     assert set(run["logs"]) == {"teacher", "paraphraser", "student", "baseline"}
     # Two epochs of training loss, and of test accuracy where validated.
     assert len(run["logs"]["student"]["loss"]) == 2
     assert len(run["logs"]["student"]["val_top1"]) == 2
     assert run["logs"]["paraphraser"].get("val_top1") is None
-    assert report.load_run(runs / "kd")["method"] == "kd"
+    assert report.load_run(runs / "kd")["label"] == "KD"
 
 
 def test_the_table_has_a_row_per_network_with_the_runs_figures(runs):

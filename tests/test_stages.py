@@ -4,9 +4,9 @@ config validation, the runner, the report and the benchmarks read."""
 import pytest
 
 from ft_keras import config
-from ft_keras import experiment
 from ft_keras import report
 from ft_keras import stages
+from ft_keras import term_configs
 
 
 def test_the_table_is_the_order_and_scopes_config_validates():
@@ -21,32 +21,40 @@ def test_the_table_is_the_order_and_scopes_config_validates():
         config.ExperimentConfig(stages=("student", "teacher"))
 
 
-@pytest.mark.parametrize("method, paraphraser, student_reads, student_writes", [
-    ("ft", True, [("teacher", "model.keras"), ("paraphraser", "paraphraser.keras")],
+FT = config.FactorTransferConfig("stage3", "stage3")
+KD = term_configs.knowledge_distillation()
+AT = term_configs.attention_transfer(teacher_layers=["stage3"],
+                                     student_layers=["stage3"])
+
+
+@pytest.mark.parametrize("terms, paraphraser, student_reads, student_writes", [
+    ([FT], True, [("teacher", "model.keras"), ("paraphraser", "paraphraser.keras")],
      ("translator.keras", "model.keras")),
-    ("ft+kd", True, [("teacher", "model.keras"), ("paraphraser", "paraphraser.keras")],
+    ([FT, KD], True, [("teacher", "model.keras"),
+                      ("paraphraser", "paraphraser.keras")],
      ("translator.keras", "model.keras")),
-    ("kd", False, [("teacher", "model.keras")], ("model.keras",)),
-    ("at", False, [("teacher", "model.keras")], ("model.keras",)),
-])
-def test_what_a_stage_reads_and_writes_follows_the_method(
-        method, paraphraser, student_reads, student_writes):
-    assert stages.get("paraphraser").applies_to(method) == paraphraser
+    ([KD], False, [("teacher", "model.keras")], ("model.keras",)),
+    ([AT], False, [("teacher", "model.keras")], ("model.keras",)),
+], ids=["ft", "ft+kd", "kd", "at"])
+def test_what_a_stage_reads_and_writes_follows_the_terms(
+        terms, paraphraser, student_reads, student_writes):
+    assert stages.get("paraphraser").applies_to(terms) == paraphraser
     student = stages.get("student")
-    assert list(student.reads_for(method)) == student_reads
-    assert student.writes_for(method) == student_writes
+    assert list(student.reads_for(terms)) == student_reads
+    assert student.writes_for(terms) == student_writes
     # The last artifact marks the stage finished: the student's model.keras.
-    assert student.writes_for(method)[-1] == "model.keras"
-    assert all(stages.get(n).applies_to(method)
+    assert student.writes_for(terms)[-1] == "model.keras"
+    assert all(stages.get(n).applies_to(terms)
                for n in ("teacher", "student", "baseline", "evaluate", "export",
                          "deployment"))
 
 
 def test_the_runner_checks_the_artifacts_the_table_names():
-    assert experiment.Experiment.ARTIFACTS == {
+    assert stages.artifacts([FT]) == {
         "teacher": ("model.keras",), "paraphraser": ("paraphraser.keras",),
         "student": ("translator.keras", "model.keras"),
         "baseline": ("model.keras",)}
+    assert stages.TRAINING == ("teacher", "paraphraser", "student", "baseline")
 
 
 def test_an_unknown_stage_lists_the_stages():

@@ -100,8 +100,8 @@ def resnet20_to_mobilenetv2(student_layer, **experiment):
         experiment=config.ExperimentConfig(**experiment),
         cluster=config.ClusterConfig(),
         dataset=config.DataConfig("cifar10", batch_size=8),
-        factor_transfer=config.FactorTransferConfig("stage3", student_layer),
-        distillation=config.DistillationConfig(),
+        distillation=config.DistillationConfig(
+            terms=[config.FactorTransferConfig("stage3", student_layer)]),
         training={s: config.TrainingConfig(epochs=1)
                   for s in ("teacher", "paraphraser", "student")},
         network={

@@ -115,9 +115,12 @@ def test_method_files_compose_with_a_config(gin_file, method_file, tmp_path,
     cli.parse_config([gin_file, method_file],
                      data_bindings(gin_file, data_dir))
     experiment = ft_experiment.Experiment(tmp_path / "w")
-    expected = {"gin/methods/alone.gin": "ft", "gin/methods/kd.gin": "kd",
-                "gin/methods/at.gin": "at", "gin/methods/ft_kd.gin": "ft+kd"}
-    assert experiment.settings.distillation.method == expected[method_file]
+    expected = {"alone": "FT", "ft": "FT", "kd": "KD", "at": "AT",
+                "ft_kd": "FT+KD", "dkd": "DKD", "fitnets": "FitNets", "dist": "DIST"}
+    label = experiment.settings.distillation.label
+    assert label == expected[os.path.basename(method_file)[:-4]]
+    assert experiment.ARTIFACTS["paraphraser"] == (
+        ("paraphraser.keras",) if label.startswith("FT") else ())
     if method_file.endswith("alone.gin"):
         assert experiment.stages == ("baseline", "evaluate")
     # The config's own networks and schedule are kept.
@@ -438,12 +441,13 @@ def test_one_seed_makes_a_stage_repeat_exactly(tmp_path, in_repo):
 @pytest.mark.parametrize("method, terms", [
     ("kd", {"ce_loss", "kd_loss"}),
     ("at", {"ce_loss", "at_loss"}),
-    ("ft+kd", {"ce_loss", "ft_loss", "kd_loss"}),
+    ("ft_kd", {"ce_loss", "ft_loss", "kd_loss"}),
+    ("dkd", {"ce_loss", "dkd_loss"}),
 ])
-def test_distillation_method_selects_the_training_model(
+def test_the_method_file_selects_the_training_model(
         method, terms, tmp_path, in_repo):
     experiment = quickstart_experiment(
-        tmp_path / "w", f"distillation.method = '{method}'",
+        tmp_path / "w", (REPO / "gin" / "methods" / f"{method}.gin").read_text(),
         "teacher/training.epochs = 1", "paraphraser/training.epochs = 1",
         "student/training.epochs = 1",
         "experiment.stages = ['teacher', 'paraphraser', 'student', 'evaluate']")
@@ -453,13 +457,15 @@ def test_distillation_method_selects_the_training_model(
     assert ("ft_loss" in row) == method.startswith("ft")
     assert (tmp_path / "w" / "paraphraser" / "paraphraser.keras").exists() == (
         method.startswith("ft"))
+    assert (tmp_path / "w" / "student" / "translator.keras").exists() == (
+        method.startswith("ft"))
     results = json.loads((tmp_path / "w" / "results.json").read_text())
     assert "student" in results["evaluation"]
 
 
-def test_unknown_method_is_rejected(tmp_path, in_repo):
-    with pytest.raises(ValueError, match=r"method='fitnet'"):
-        quickstart_experiment(tmp_path / "w", "distillation.method = 'fitnet'")
+def test_an_unknown_term_is_rejected(tmp_path, in_repo):
+    with pytest.raises(ValueError, match=r"fitnet"):
+        quickstart_experiment(tmp_path / "w", "distillation.terms = [@fitnet()]")
 
 
 def test_artifacts_load_in_a_fresh_process_after_import_ft_keras(quickstart):

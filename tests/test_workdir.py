@@ -17,6 +17,7 @@ import pytest
 
 from ft_keras import config
 from ft_keras import experiment as ft_experiment
+from ft_keras import stages as ft_stages
 from ft_keras import workdir as ft_workdir
 from _settings import digits_settings
 
@@ -129,7 +130,8 @@ def copy_of(finished, tmp_path):
 
 
 def test_each_stage_records_its_artifacts(finished):
-    for stage, names in ft_experiment.Experiment.ARTIFACTS.items():
+    for stage, names in ft_stages.artifacts(
+            [config.FactorTransferConfig("stage3", "stage3")]).items():
         if stage == "baseline":
             continue
         recorded = json.loads((finished / stage / "stage.json").read_text())
@@ -278,8 +280,8 @@ def test_a_refused_config_leaves_a_workdir_as_it_was_and_the_fixed_rerun_resumes
     # A tap that does not exist, with --overwrite too: nothing is written
     # or deleted.
     bad = settings(stages=("teacher", "paraphraser", "student"))
-    bad = dataclasses.replace(
-        bad, factor_transfer=config.FactorTransferConfig("stage3", "stage9"))
+    bad = dataclasses.replace(bad, distillation=config.DistillationConfig(
+        terms=[config.FactorTransferConfig("stage3", "stage9")]))
     for overwrite in (False, True):
         with pytest.raises(ft_experiment.ConfigurationError, match="'stage9'"):
             ft_experiment.Experiment(workdir, settings=bad, dry_run=True,

@@ -3,32 +3,34 @@
 Each stage of `python -m ft_keras.train` is one row: its name, the gin
 scope whose `training` and `network` it uses, the artifacts it reads from
 earlier stages, the artifacts it writes into `<workdir>/<name>/`, and
-whether it applies to the chosen method. Config validation, the dry run,
+whether it applies to the chosen terms. Config validation, the dry run,
 the runner, the report, evaluation, export and the benchmarks read this
 table; it is plain data and imports nothing.
 
     stage        scope        reads                          writes
     teacher      teacher      -                              model.keras
-    paraphraser  paraphraser  teacher/model.keras            paraphraser.keras   (FT only)
-    student      student      teacher/model.keras,           translator.keras (FT only),
-                              paraphraser/... (FT only)      model.keras
+    paraphraser  paraphraser  teacher/model.keras            the terms' pre-trained files
+    student      student      teacher/model.keras,           the terms' trained files,
+                              the terms' pre-trained files   model.keras
     baseline     student      -                              model.keras
     evaluate     -            the trained model.keras files  results.json "evaluation"
     export       -            student/model.keras            export/
     deployment   -            the trained model.keras files  deployment/, results.json "deployment"
 
+The `paraphraser` stage runs only when a term pre-trains connectors (Factor
+Transfer's paraphraser: `paraphraser.keras`); the files a term adds are its
+config's `pretrained_files` and `trained_files` (`ft_keras.term_configs`):
+
 ```python
 from ft_keras import stages
 
-stages.get("student").writes_for("kd")  # ('model.keras',)
+stages.get("student").writes_for([])  # ('model.keras',)
 [s.name for s in stages.STAGES if s.trains]
 # ['teacher', 'paraphraser', 'student', 'baseline']
 ```
 """
 
 import dataclasses
-
-from ft_keras import methods
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +45,12 @@ class Stage:
         reads: `(stage, artifact)` pairs it needs from earlier stages.
         writes: The artifacts it writes into `<workdir>/<name>/`, in the
             order it writes them: the last marks the stage finished.
-        factor_transfer_only: Reads or writes that only Factor Transfer
-            methods have (the paraphraser and the translator).
-        needs_factor_transfer: Whether the stage applies only to the
-            methods that pre-train a paraphraser.
+        pretraining: Whether the stage pre-trains the terms' connectors:
+            it runs only for terms that do, and writes their
+            `pretrained_files`.
+        distills: Whether the stage trains the student with the terms: it
+            also reads their `pretrained_files` and writes their
+            `trained_files`.
         function: `"module:function"` that runs it, given the running
             `Experiment` (imported only when the stage runs).
     """
@@ -56,33 +60,37 @@ class Stage:
     scope: str = None
     reads: tuple = ()
     writes: tuple = ()
-    factor_transfer_only: tuple = ()
-    needs_factor_transfer: bool = False
+    pretraining: bool = False
+    distills: bool = False
 
     @property
     def trains(self):
         """Whether the stage trains a network (it has a gin scope)."""
         return self.scope is not None
 
-    def applies_to(self, method):
-        """Whether the stage runs for `distillation.method` `method`."""
-        return not self.needs_factor_transfer or methods.uses_factor_transfer(method)
+    def applies_to(self, terms):
+        """Whether the stage runs for the term configs `terms`."""
+        return not self.pretraining or any(t.pretrains for t in terms)
 
-    def reads_for(self, method):
-        """`reads`, without what only Factor Transfer has unless `method`
-        uses it."""
-        return self._for(self.reads, method)
+    def reads_for(self, terms):
+        """`(stage, artifact)` pairs the stage reads with `terms`."""
+        if not self.distills:
+            return self.reads
+        return self.reads + tuple(
+            (PRETRAINING, name) for t in terms for name in t.pretrained_files)
 
-    def writes_for(self, method):
-        """`writes`, likewise."""
-        return self._for(self.writes, method)
+    def writes_for(self, terms):
+        """The artifacts the stage writes with `terms`, the last marking
+        it finished."""
+        if self.pretraining:
+            return tuple(name for t in terms for name in t.pretrained_files)
+        if self.distills:
+            return tuple(name for t in terms for name in t.trained_files) + self.writes
+        return self.writes
 
-    def _for(self, items, method):
-        if methods.uses_factor_transfer(method):
-            return items
-        return tuple(i for i in items if i not in self.factor_transfer_only)
 
-
+# The stage that pre-trains the terms' connectors.
+PRETRAINING = "paraphraser"
 STAGES = (
     Stage("teacher", "ft_keras.stages.train:teacher", scope="teacher",
           writes=("model.keras",)),
@@ -91,19 +99,15 @@ STAGES = (
         "ft_keras.stages.train:paraphraser",
         scope="paraphraser",
         reads=(("teacher", "model.keras"),),
-        writes=("paraphraser.keras",),
-        needs_factor_transfer=True,
+        pretraining=True,
     ),
     Stage(
         "student",
         "ft_keras.stages.train:student",
         scope="student",
-        reads=(("teacher", "model.keras"), ("paraphraser", "paraphraser.keras")),
-        writes=("translator.keras", "model.keras"),
-        factor_transfer_only=(
-            ("paraphraser", "paraphraser.keras"),
-            "translator.keras",
-        ),
+        reads=(("teacher", "model.keras"),),
+        writes=("model.keras",),
+        distills=True,
     ),
     Stage("baseline", "ft_keras.stages.train:baseline", scope="student",
           writes=("model.keras",)),
@@ -115,20 +119,27 @@ STAGES = (
 NAMES = tuple(stage.name for stage in STAGES)
 # Stage name -> the gin scope of its `training` and `network`.
 SCOPES = {stage.name: stage.scope for stage in STAGES if stage.trains}
-# Training stage name -> the artifacts it writes, the last marking it done.
-ARTIFACTS = {stage.name: stage.writes for stage in STAGES if stage.trains}
+def artifacts(terms):
+    """`{training stage: the artifacts it writes with terms}`, the last
+    of each marking it done."""
+    return {stage.name: stage.writes_for(terms) for stage in STAGES if stage.trains}
+
+
+# The training stages' names, in order.
+TRAINING = tuple(stage.name for stage in STAGES if stage.trains)
 # The networks the evaluate stage scores: each training stage's model.keras.
 EVALUATED = ("teacher", "baseline", "student")
 
 
-def network_names(method):
+def network_names(label):
     """`{role: name}` of the evaluated networks, as results print them:
-    `"teacher"`, `"student alone"` (the baseline) and the method's student,
-    e.g. `"FT student"`."""
+    `"teacher"`, `"student alone"` (the baseline) and the distilled
+    student, named by `label` (`DistillationConfig.label`), e.g.
+    `"FT student"`."""
     return {
         "teacher": "teacher",
         "baseline": "student alone",
-        "student": f"{methods.label(method)} student",
+        "student": f"{label} student",
     }
 
 

@@ -72,7 +72,7 @@ def run(experiment):
     """Evaluates, records `evaluation` and `warnings` in results.json and
     prints one line per network (and each warning)."""
     results = evaluate(experiment)
-    names = stages.network_names(experiment.settings.distillation.method)
+    names = stages.network_names(experiment.settings.distillation.label)
     warnings = {} if experiment.dry_run else chance_warnings(experiment, results, names)
     experiment.workdir.update_results(evaluation=results, warnings=warnings)
     prefix = (

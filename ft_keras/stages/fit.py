@@ -19,6 +19,7 @@ from ft_keras import checkpoint as ft_checkpoint
 from ft_keras import config
 from ft_keras import distribute
 from ft_keras import preemption
+from ft_keras import stages as ft_stages
 from ft_keras import workdir as ft_workdir
 from ft_keras._validation import ConfigurationError
 from ft_keras.stages import inputs
@@ -314,7 +315,8 @@ def align_python_random(experiment, stage):
     if record is None or record["stages"] != order:
         return
     if (
-        stage in ("paraphraser", "student")
+        ("teacher", "model.keras") in ft_stages.get(stage).reads
+        and stage != "teacher"
         and not experiment.teacher_loaded
         and not experiment.workdir.done(stage, experiment.ARTIFACTS[stage][-1])
         and experiment.workdir.done("teacher", "model.keras")

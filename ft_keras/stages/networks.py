@@ -9,7 +9,6 @@ import os
 
 from ft_keras import distribute
 from ft_keras import models
-from ft_keras import terms as ft_terms
 from ft_keras._validation import ConfigurationError
 
 
@@ -73,38 +72,17 @@ def suit_bn_momentum(experiment, role, model):
         )
 
 
-def tap_shape(experiment, model, role, layer):
-    names = [l.name for l in model.layers]
-    if layer not in names:
-        raise ConfigurationError(
-            f"`factor_transfer.{role}_layer`={layer!r} is not a layer of "
-            f"the {role} {experiment.settings.network[role].name!r}. Its feature taps: "
-            f"{models.feature_taps(model)}"
-        )
-    return tuple(model.get_layer(layer).output.shape)
-
-
-def connectors(experiment):
-    ft = experiment.settings.factor_transfer
-    teacher_map = tap_shape(experiment, experiment.teacher, "teacher", ft.teacher_layer)
-    return ft.connectors(teacher_map[-1])
-
-
-def check_taps(experiment):
-    ft = experiment.settings.factor_transfer
-    paraphraser, translator = connectors(experiment)
-    try:
-        ft_terms.check_factor_shapes(
-            ft.teacher_layer,
-            tap_shape(experiment, experiment.teacher, "teacher", ft.teacher_layer),
-            paraphraser,
-            ft.student_layer,
-            tap_shape(experiment, experiment.student, "student", ft.student_layer),
-            translator,
-            ft.factor,
-        )
-    except ValueError as e:
-        raise ConfigurationError(str(e)) from None
+def check_taps(experiment, teacher=None):
+    """Refuses, before any work, terms whose taps the networks do not
+    have or cannot be compared (each term config's `check`)."""
+    distillation = experiment.settings.distillation
+    for term in distillation.terms:
+        try:
+            term.check(teacher or experiment.teacher, experiment.student)
+        except ValueError as e:
+            raise ConfigurationError(
+                f"`distillation.terms` ({distillation.label}), "
+                f"{term.reference}: {e}") from None
 
 
 def load_teacher_checkpoint(experiment, checkpoint):
@@ -157,7 +135,7 @@ def load_teacher_checkpoint(experiment, checkpoint):
             f"{experiment.settings.dataset.name!r} needs {expected} and "
             f"{experiment.num_classes} classes."
         )
-    tap_shape(experiment, teacher, "teacher", experiment.settings.factor_transfer.teacher_layer)
+    check_taps(experiment, teacher)
     return teacher
 
 

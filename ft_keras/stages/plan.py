@@ -18,19 +18,20 @@ def check(experiment):
         for name in names:
             experiment.workdir.done(stage, name)
     enabled = set(experiment.stages)
-    method = experiment.settings.distillation.method
+    terms = experiment.settings.distillation.terms
+    label = experiment.settings.distillation.label
     checkpoint = experiment.settings.experiment.teacher_checkpoint
     plan = [ft_stages.get(name) for name in experiment.stages]
-    plan = [stage for stage in plan if stage.applies_to(method)]
+    plan = [stage for stage in plan if stage.applies_to(terms)]
     for stage in plan:
-        for need, artifact in stage.reads_for(method):
+        for need, artifact in stage.reads_for(terms):
             if need in enabled or experiment.workdir.done(need, artifact):
                 continue
             if need == "teacher" and checkpoint:
                 continue
             hint = " or set `experiment.teacher_checkpoint`" if need == "teacher" else ""
             raise ConfigurationError(
-                f"Stage {stage.name!r} (distillation.method={method!r}) "
+                f"Stage {stage.name!r} (terms {label}) "
                 f"needs the {need} stage's {need}/{artifact}, which no "
                 f"enabled stage makes and {experiment.workdir} does not hold: "
                 f"add {need!r} to `experiment.stages`{hint}. "

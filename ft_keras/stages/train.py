@@ -1,5 +1,5 @@
-"""The training stages: `teacher`, `paraphraser`, `student` (the
-distillation method's terms, `ft_keras.methods`) and `baseline` (the
+"""The training stages: `teacher`, `paraphraser` (the terms' pre-training),
+`student` (the terms of `distillation.terms`) and `baseline` (the
 student alone). Each runs its training model's `fit` (`ft_keras.stages.fit`)
 and saves its artifacts into the workdir; a finished stage is skipped.
 
@@ -8,14 +8,10 @@ Each function takes the running `ft_keras.experiment.Experiment`.
 
 import os
 
-import keras
-
 from ft_keras import config
 from ft_keras import distiller as ft_distiller
 from ft_keras import distribute
 from ft_keras import losses as ft_losses
-from ft_keras import methods
-from ft_keras.pretraining import ParaphraserTrainer
 from ft_keras.stages import fit
 from ft_keras.stages import inputs
 from ft_keras.stages import networks
@@ -40,36 +36,30 @@ def teacher(experiment):
 
 
 def paraphraser(experiment):
-    if experiment.workdir.done("paraphraser", "paraphraser.keras"):
+    """Pre-trains the connectors of the terms that pre-train
+    (`TermConfig.pretrains`): Factor Transfer's paraphraser."""
+    distillation = experiment.settings.distillation
+    files = experiment.ARTIFACTS["paraphraser"]
+    if files and experiment.workdir.done("paraphraser", files[-1]):
         return
-    if not experiment.settings.distillation.factor_transfer:
+    if not files:
         print(
-            f"[ft_keras] stage paraphraser: skipped, "
-            f"distillation.method={experiment.settings.distillation.method!r} has none",
+            f"[ft_keras] stage paraphraser: skipped, the terms "
+            f"({distillation.label}) pre-train nothing",
             flush=True,
         )
         return
-    ft = experiment.settings.factor_transfer
     networks.trained_teacher(experiment)
-    with distribute.scope(experiment.strategy):
-        paraphraser, _ = networks.connectors(experiment)
-        trainer = ParaphraserTrainer(
-            experiment.teacher,
-            paraphraser,
-            ft.teacher_layer,
-            reconstruction=ft.reconstruction,
-        )
-        trainer.compile(optimizer=fit.optimizer(experiment, "paraphraser"))
-    fit.fit(experiment, "paraphraser", trainer, experiment.settings.training["paraphraser"].epochs)
-    tap = networks.tap_shape(experiment, experiment.teacher, "teacher", ft.teacher_layer)
-    fit.save_stage(experiment,
-        "paraphraser",
-        {
-            "paraphraser.keras": keras.Sequential(
-                [keras.Input(tap[1:]), paraphraser]
-            )
-        },
-    )
+    teacher, artifacts = experiment.teacher, {}
+    for config_ in [t for t in distillation.terms if t.pretrains]:
+        with distribute.scope(experiment.strategy):
+            term = config_.build(teacher, experiment.student)
+            trainer = config_.pretrainer(term, teacher)
+            trainer.compile(optimizer=fit.optimizer(experiment, "paraphraser"))
+        fit.fit(experiment, "paraphraser", trainer,
+                experiment.settings.training["paraphraser"].epochs)
+        artifacts.update(config_.pretrained_artifacts(term, teacher))
+    fit.save_stage(experiment, "paraphraser", artifacts)
 
 
 def student(experiment):
@@ -78,7 +68,7 @@ def student(experiment):
         return
     networks.trained_teacher(experiment)
     with distribute.scope(experiment.strategy):
-        distiller, translator = student_distiller(experiment)
+        distiller = student_distiller(experiment)
         distiller.compile(
             optimizer=fit.optimizer(experiment, "student"),
             metrics=top_k_metrics(experiment.num_classes),
@@ -90,36 +80,32 @@ def student(experiment):
         inputs.validation(experiment),
     )
     artifacts = {}
-    if translator is not None:
-        tap = networks.tap_shape(experiment,
-            experiment.student, "student", experiment.settings.factor_transfer.student_layer
-        )
-        artifacts["translator.keras"] = keras.Sequential(
-            [keras.Input(tap[1:]), translator]
-        )
+    for config_, term in zip(experiment.settings.distillation.terms, distiller.terms):
+        artifacts.update(config_.trained_artifacts(term, experiment.student)
+                         if config_.trained_files else {})
     # The student last: its model.keras marks the stage finished.
     artifacts["model.keras"] = experiment.student
     fit.save_stage(experiment, "student", artifacts)
 
 
 def student_distiller(experiment):
-    """The training model of `distillation.method` (`ft_keras.methods`),
-    and its translator (None without Factor Transfer). Call in the
-    strategy's scope."""
-    ft, method = experiment.settings.factor_transfer, experiment.settings.distillation
-    paraphraser = translator = None
-    if method.factor_transfer:
-        paraphraser = experiment.load(
-            experiment.workdir.require("paraphraser", "paraphraser.keras")
-        ).layers[-1]
-        _, translator = networks.connectors(experiment)
-    distiller = ft_distiller.Distiller(
+    """The `Distiller` of `distillation.terms`, each term with what its
+    pre-training left (`paraphraser/paraphraser.keras` for Factor
+    Transfer). Call in the strategy's scope."""
+    distillation = experiment.settings.distillation
+    built = []
+    for config_ in distillation.terms:
+        pretrained = {
+            name: experiment.load(experiment.workdir.require("paraphraser", name))
+            for name in config_.pretrained_files
+        }
+        built.append(config_.build(experiment.teacher, experiment.student, pretrained))
+    return ft_distiller.Distiller(
         experiment.teacher,
         experiment.student,
-        methods.terms(method, ft, paraphraser, translator),
-        student_loss_weight=method.ce_weight,
+        built,
+        student_loss_weight=distillation.student_loss_weight,
     )
-    return distiller, translator
 
 
 def baseline(experiment):

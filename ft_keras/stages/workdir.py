@@ -115,7 +115,16 @@ class RunWorkdir(os.PathLike):
         if overwrite or not os.path.exists(path):
             return
         with open(path) as f:
-            saved = comparable_config(f.read())
+            saved = f.read()
+        if re.search(r"^distillation\.method = ", saved, flags=re.M):
+            raise WorkdirError(
+                f"The workdir {self.root} was written by an earlier ft_keras, "
+                "whose `distillation.method` named the method; a method is "
+                "now its list of terms (`distillation.terms`, "
+                "gin/methods/*.gin), so this run cannot resume it: use "
+                "another --workdir, or --overwrite to start over."
+            )
+        saved = comparable_config(saved)
         requested = comparable_config(requested_config)
         if saved == requested:
             return
@@ -238,7 +247,7 @@ class RunWorkdir(os.PathLike):
         results = self.results()
         results.update(entries)
         finished = {}
-        for stage in stages.ARTIFACTS:
+        for stage in stages.TRAINING:
             stage_json = self.output(stage, ft_workdir.STAGE_FILE)
             if os.path.exists(stage_json):
                 record = ft_workdir.read_json(stage_json)
