@@ -14,6 +14,7 @@ a term's configurable, whose bindings are the term's constructor arguments:
     decoupled_kd            DecoupledKD              -
     dist                    DIST                     -
     fitnets                 FitNets                  -
+    review_kd               ReviewKD                 -
 
 Calling a configurable gives a term config: the term's settings, and what
 the runner asks of it (`build` the term for a teacher and a student, and
@@ -314,6 +315,7 @@ attention_transfer = register(ft_terms.AttentionTransfer, "attention_transfer", 
 decoupled_kd = register(ft_terms.DecoupledKD, "decoupled_kd", "DKD")
 dist = register(ft_terms.DIST, "dist", "DIST")
 fitnets = register(ft_terms.FitNets, "fitnets", "FitNets")
+review_kd = register(ft_terms.ReviewKD, "review_kd", "ReviewKD")
 
 
 def label(terms_binding):

@@ -49,6 +49,9 @@ METHODS = {
                                           "warmup_epochs": 20})], 1.0),
     "fitnets": ("FitNets", [("FitNets", 100.0, {"teacher_layer": "stage2"})], 1.0),
     "dist": ("DIST", [("DIST", 2.0, {"temperature": 4.0})], 1.0),
+    "review_kd": ("ReviewKD", [("ReviewKD", 5.0, {
+        "teacher_layers": ["stage1", "stage2", "stage3", "avg_pool"],
+        "warmup_epochs": 20})], 1.0),
 }
 
 

@@ -116,7 +116,8 @@ def test_method_files_compose_with_a_config(gin_file, method_file, tmp_path,
                      data_bindings(gin_file, data_dir))
     experiment = ft_experiment.Experiment(tmp_path / "w")
     expected = {"alone": "FT", "ft": "FT", "kd": "KD", "at": "AT",
-                "ft_kd": "FT+KD", "dkd": "DKD", "fitnets": "FitNets", "dist": "DIST"}
+                "ft_kd": "FT+KD", "dkd": "DKD", "fitnets": "FitNets", "dist": "DIST",
+                "review_kd": "ReviewKD"}
     label = experiment.settings.distillation.label
     assert label == expected[os.path.basename(method_file)[:-4]]
     assert experiment.ARTIFACTS["paraphraser"] == (
