@@ -236,8 +236,16 @@ def test_preempted_then_killed_pair_resumes_exactly(two_workers, tmp_path):
     launcher too). Rerun, worker 1 is SIGKILLed at the next checkpoint; the
     launcher stops the chief. Rerun again, the pair resumes at the next
     batch after the chief's last mid-epoch checkpoint and ends bit for bit
-    as the pair that was never stopped (`two_workers`, the same config)."""
+    as the pair that was never stopped (`two_workers`, the same config).
+    The workdir starts with `two_workers`' finished teacher and paraphraser
+    (a rerun skips them, as after any stop past them): every stop here is
+    in the student's distillation, and training those again would only
+    repeat `two_workers`."""
     workdir = tmp_path / "run"
+    workdir.mkdir()
+    shutil.copy(two_workers[0] / "config.gin", workdir)
+    for stage in ("teacher", "paraphraser"):
+        shutil.copytree(two_workers[0] / stage, workdir / stage)
     manifest = workdir / "student" / "backup" / "checkpoint.json"
     logs = [tmp_path / f"logs{i}" for i in range(3)]
     launcher = _pair_until_checkpoint(workdir, logs[0])
