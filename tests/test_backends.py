@@ -2,10 +2,11 @@
 backends: it imports no TensorFlow, trains with `fit`, keeps the frozen parts
 frozen and computes the same numbers as NumPy and as TensorFlow.
 
-Each backend runs in a subprocess with `KERAS_BACKEND` set (this file is its
-script: `python tests/test_backends.py BACKEND_CHECKS REPORT.json`), which
-measures everything once and writes a JSON report; the tests below check one
-behaviour each on that report. A backend whose package is not installed is
+Each backend runs in one subprocess with `KERAS_BACKEND` set (this file is
+its script: `python tests/test_backends.py measure REPORT.json WORKDIR
+WEIGHTS`), which measures everything once, evaluates a distiller whose
+weights this (TensorFlow) process saved, and writes a JSON report; the
+tests below check one behaviour each on that report. A backend whose package is not installed is
 skipped (`pip install -e ".[backends]"`).
 """
 
@@ -342,8 +343,11 @@ def _dkd_fitnets(x, y, x_train, y_train, workdir):
     }
 
 
-def measure_backend(report_path, workdir):
-    """Everything the tests check on this process's backend."""
+def measure_backend(report_path, workdir, weights_path):
+    """Everything the tests check on this process's backend; last, the
+    cross-backend evaluation of the weights TensorFlow saved at
+    `weights_path` (loading a weights file may import TensorFlow, which
+    the checks before it must not see)."""
     report = {}
     import ft_keras.distiller  # noqa: F401
     import ft_keras.layers  # noqa: F401
@@ -554,18 +558,38 @@ def measure_backend(report_path, workdir):
 
     report["dkd_fitnets"] = _dkd_fitnets(x, y, x_train, y_train, workdir)
     report["zero_row_gradients"] = _zero_row_gradients()
+    report["cross_backend"] = evaluate_cross_backend(weights_path)
     with open(report_path, "w") as f:
         json.dump(report, f)
 
 
-def evaluate_cross_backend(weights_path, report_path):
+def evaluate_cross_backend(weights_path):
     """Loads the weights saved by TensorFlow and evaluates the same batch."""
+    import keras
+
+    # The layer names a fresh process gives, as in the saving process's
+    # distiller (a weights file is read by name).
+    keras.backend.clear_session()
     distiller = cross_backend_distiller()
     distiller.load_weights(weights_path)
     distiller.compile("sgd")
     x, y = data(seed=2)
-    with open(report_path, "w") as f:
-        json.dump(_evaluate(distiller, x, y), f)
+    return _evaluate(distiller, x, y)
+
+
+def tensorflow_cross_backend(workdir):
+    """In this (TensorFlow) process: saves the cross-backend distiller's
+    weights for the backends to load; returns the path and TensorFlow's
+    evaluation of the same batch."""
+    import keras
+
+    assert keras.config.backend() == "tensorflow"  # this process (conftest)
+    distiller = cross_backend_distiller()
+    distiller.compile("sgd")
+    weights = workdir / "distiller.weights.h5"
+    distiller.save_weights(weights)
+    x, y = data(seed=2)
+    return weights, _evaluate(distiller, x, y)
 
 
 # ----------------------------------------------------------------------
@@ -593,10 +617,14 @@ def _run(backend, *args):
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def report(request, tmp_path_factory):
+    _require(request.param)
     workdir = tmp_path_factory.mktemp(request.param)
     path = workdir / "report.json"
-    _run(request.param, "measure", str(path), str(workdir))
-    return json.loads(path.read_text())
+    weights, tensorflow_evaluation = tensorflow_cross_backend(workdir)
+    _run(request.param, "measure", str(path), str(workdir), str(weights))
+    report = json.loads(path.read_text())
+    report["tensorflow_cross_backend"] = tensorflow_evaluation
+    return report
 
 
 def _close(actual, expected, rtol=1e-5, atol=0.0):
@@ -791,22 +819,10 @@ def test_factor_gradients_are_finite_for_an_all_zero_map(report):
                                    err_msg=name)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ft_loss_equals_tensorflow_for_the_same_weights_and_batch(
-        backend, tmp_path):
-    _require(backend)
-    import keras
-
-    assert keras.config.backend() == "tensorflow"  # this process (conftest)
-    distiller = cross_backend_distiller()
-    distiller.compile("sgd")
-    weights = tmp_path / "distiller.weights.h5"
-    distiller.save_weights(weights)
-    x, y = data(seed=2)
-    expected = _evaluate(distiller, x, y)
-    path = tmp_path / f"{backend}.json"
-    _run(backend, "cross_backend", str(weights), str(path))
-    got = json.loads(path.read_text())
+def test_ft_loss_equals_tensorflow_for_the_same_weights_and_batch(report):
+    """The backend's evaluation of the weights TensorFlow saved (in the
+    report's process, after its own checks) against TensorFlow's."""
+    got, expected = report["cross_backend"], report["tensorflow_cross_backend"]
     assert set(got) == {"loss", "ce_loss", "ft_loss", "kd_loss"}
     for key in got:
         np.testing.assert_allclose(
@@ -816,5 +832,4 @@ def test_ft_loss_equals_tensorflow_for_the_same_weights_and_batch(
 
 if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
-    {"measure": measure_backend,
-     "cross_backend": evaluate_cross_backend}[command](*arguments)
+    {"measure": measure_backend}[command](*arguments)
