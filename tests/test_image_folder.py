@@ -409,6 +409,9 @@ def test_every_stage_runs_on_a_folder(folder, in_repo, tmp_path):
         GIN_FILES,
         [
             f"IMAGE_FOLDER = '{root}'",
+            # The quickstart's student as the teacher too: every stage,
+            # export and deployment run on the folder as with any network.
+            "teacher/network.name = 'wrn10_1'",
             "training.epochs = 1",
             "paraphraser/training.epochs = 1",
             "dataset.batch_size = 4",
