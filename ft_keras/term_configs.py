@@ -302,7 +302,8 @@ def _tap_shape(model, role, layer):
 
         raise ValueError(
             f"`factor_transfer.{role}_layer`={layer!r} is not a layer of "
-            f"the {role} {model.name!r}. Its feature taps: "
+            f"the {role}{'' if model.name == role else ' ' + repr(model.name)}. "
+            "Its feature taps: "
             f"{models.feature_taps(model)}"
         )
     return tuple(model.get_layer(layer).output.shape)

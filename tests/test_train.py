@@ -100,7 +100,10 @@ def test_every_experiment_config_builds(gin_file, tmp_path, data_dir):
     assert experiment.steps_per_epoch >= 1
     assert experiment.teacher.count_params() > experiment.student.count_params()
     operative = (tmp_path / "w" / "operative_config.gin").read_text()
-    assert "factor_transfer.beta" in operative
+    # Each term's settings, as the run read them.
+    for term in experiment.settings.distillation.terms:
+        name = next(iter(term.bindings())).split(".")[0]
+        assert f"{name}.weight" in operative or f"{name}.beta" in operative
 
 
 # ----------------------------------------------------------------------
@@ -383,7 +386,7 @@ def test_teacher_keras_checkpoint_is_used_without_training(tmp_path, in_repo):
 
 def test_taps_that_cannot_match_name_both_layers(tmp_path, in_repo):
     with pytest.raises(ft_experiment.ConfigurationError,
-                       match=r"'stage9' is not a layer of the student 'wrn10_1'"
+                       match=r"student 'wrn10_1'.*'stage9' is not a layer of the student\."
                              r".*\['stage1', 'stage2', 'stage3', 'last_conv'\]"):
         quickstart_experiment(tmp_path / "w",
                               "factor_transfer.student_layer = 'stage9'")

@@ -80,9 +80,11 @@ def check_taps(experiment, teacher=None):
         try:
             term.check(teacher or experiment.teacher, experiment.student)
         except ValueError as e:
+            network = experiment.settings.network
             raise ConfigurationError(
-                f"`distillation.terms` ({distillation.label}), "
-                f"{term.reference}: {e}") from None
+                f"`distillation.terms` ({distillation.label}) with the teacher "
+                f"{network['teacher'].name!r} and the student "
+                f"{network['student'].name!r}, {term.reference}: {e}") from None
 
 
 def load_teacher_checkpoint(experiment, checkpoint):
