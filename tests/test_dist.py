@@ -103,10 +103,13 @@ def test_bad_arguments_are_rejected(kwargs, match):
 
 def test_dist_trains_the_student_on_digits_and_round_trips(tmp_path):
     teacher = trained_teacher()
+    keras.utils.set_random_seed(0)  # fit's shuffling: one run, not a draw
     student = digits_net("student", 8, seed=2)
     distiller = ft_keras.Distiller(
         teacher, student, [ft_keras.DIST(temperature=4.0, weight=2.0)])
-    distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+    # lr 0.01: DIST's T^2 = 16 and weight 2 make its gradient 32x a CE-sized
+    # one; at 0.05 the cross-entropy of some shuffles rose (6.2 -> 8.3).
+    distiller.compile(keras.optimizers.SGD(0.01, momentum=0.9),
                       metrics=["accuracy"])
     teacher_before = snapshot(teacher)
     x, y = digits(256)
@@ -115,7 +118,7 @@ def test_dist_trains_the_student_on_digits_and_round_trips(tmp_path):
     assert set(history) == {"loss", "ce_loss", "dist_loss", "accuracy"}
     # The student learns (DIST's own value need not fall within 3 epochs:
     # 18.06 -> 18.61 on Eigen's kernels, while the cross-entropy falls).
-    assert history["ce_loss"][-1] < history["ce_loss"][0]
+    assert history["ce_loss"][-1] < history["ce_loss"][0], history["ce_loss"]
     assert all(not np.array_equal(a, np.array(v))
                for a, v in zip(student_before, student.trainable_weights))
     for a, b in zip(teacher_before, snapshot(teacher)):
