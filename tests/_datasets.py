@@ -3,6 +3,7 @@ layouts (prepared offline by `ft_keras.data.prepare`) and tiny ImageNet
 manual-download archives (prepared by TFDS's own builder), so that tests
 read prepared data through TFDS's normal path with `data_dir=`."""
 
+import fcntl
 import io
 import os
 import pickle
@@ -24,6 +25,31 @@ needs_debian = pytest.mark.skipif(
     reason=f"needs Debian's dataset-fashion-mnist in {DEBIAN} "
     "(`apt-get install dataset-fashion-mnist`; .ci/run installs it)",
 )
+
+
+
+def fashion_mnist_dir(tmp_path_factory):
+    """A TFDS data_dir holding Fashion-MNIST prepared on first use by
+    `build_dataset` itself, from Debian's files: once per test run, shared
+    by the run's xdist workers (under a file lock), as preparing the 70,000
+    images takes most of a minute. Skips without Debian's files."""
+    from ft_keras import data
+
+    if not HAVE_DEBIAN:
+        pytest.skip(needs_debian.kwargs["reason"])
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent / f"fashion_mnist_{run}") if run else base / "fashion_mnist"
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "prepared").exists():
+            data.build_dataset("fashion_mnist", "test", batch_size=1000,
+                               training=False, data_dir=str(root / "tfds"),
+                               download=False)
+            (root / "prepared").touch()
+    return str(root / "tfds")
+
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog",
                  "frog", "horse", "ship", "truck"]

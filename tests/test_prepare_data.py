@@ -15,6 +15,7 @@ from ft_keras import data
 from ft_keras.data import availability
 from ft_keras.data import prepare
 
+import _datasets
 from _datasets import CIFAR10_NAMES
 from _datasets import CIFAR100_COARSE
 from _datasets import CIFAR100_FINE
@@ -248,12 +249,7 @@ def test_missing_fashion_mnist_fails_fast_naming_paths_and_fixes(
 def fashion_dir(tmp_path_factory):
     """Fashion-MNIST prepared on first use by `build_dataset` itself, from
     Debian's files."""
-    if not HAVE_DEBIAN:
-        pytest.skip(needs_debian.kwargs["reason"])
-    root = tmp_path_factory.mktemp("tfds")
-    data.build_dataset("fashion_mnist", "test", batch_size=1000,
-                       training=False, data_dir=str(root), download=False)
-    return str(root)
+    return _datasets.fashion_mnist_dir(tmp_path_factory)
 
 
 @needs_debian

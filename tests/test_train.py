@@ -75,14 +75,19 @@ def test_include_files_parse(gin_file):
 def data_dir(tmp_path_factory):
     """A TFDS data_dir for the configs' datasets, read as in a real run:
     tiny CIFAR-10/100 prepared from python archives, tiny ImageNet archives
-    in downloads/manual (TFDS prepares them on first use); Fashion-MNIST is
-    prepared from Debian's files on first use."""
+    in downloads/manual (TFDS prepares them on first use); Fashion-MNIST
+    prepared from Debian's files on first use, once a test run
+    (`_datasets.fashion_mnist_dir`)."""
     root = tmp_path_factory.mktemp("data")
     tfds_dir = str(root / "tfds")
     _datasets.prepare_cifar(tfds_dir, str(root / "src"), train_size=100,
                             test_size=20)
     _datasets.write_imagenet_manual(
         os.path.join(tfds_dir, "downloads", "manual"), per_class=11)
+    if _datasets.HAVE_DEBIAN:  # prepared once a test run, read here
+        os.symlink(os.path.join(_datasets.fashion_mnist_dir(tmp_path_factory),
+                                "fashion_mnist"),
+                   os.path.join(tfds_dir, "fashion_mnist"))
     return tfds_dir
 
 
