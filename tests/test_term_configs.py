@@ -103,11 +103,21 @@ def test_factor_transfer_alone_is_the_default_and_the_only_pretraining():
         "student": ("model.keras",), "baseline": ("model.keras",)}
 
 
-def test_a_kd_only_config_needs_no_factor_transfer_binding():
-    settings = read("gin/data/digits.gin", bindings=[
+def test_a_kd_only_config_without_factor_transfer_runs_every_stage(tmp_path):
+    cli.parse_config(["gin/data/digits.gin"], [
         "teacher/network.name = 'wrn10_2'", "student/network.name = 'wrn10_1'",
-        "training.epochs = 1", "distillation.terms = [@knowledge_distillation()]"])
-    assert settings.distillation.label == "KD"
+        "training.epochs = 1", "dataset.batch_size = 64", "experiment.seed = 0",
+        "distillation.terms = [@knowledge_distillation()]",
+        "experiment.stages = ['teacher', 'paraphraser', 'student', 'baseline', "
+        "'evaluate']"])
+    assert "factor_transfer" not in gin.config_str()
+    results = ft_experiment.Experiment(tmp_path / "w").run()
+    assert set(results["evaluation"]) == {"teacher", "student", "baseline"}
+    assert sorted(results["stages"]) == ["baseline", "student", "teacher"]
+    assert not (tmp_path / "w" / "paraphraser").exists()
+    student = tmp_path / "w" / "student"
+    assert (student / "model.keras").exists()
+    assert not (student / "translator.keras").exists()  # FT's, not KD's
 
 
 def test_two_terms_of_one_class_differ_by_scope_and_read_back():
