@@ -54,7 +54,10 @@ _onednn = _ft_keras_module("_onednn")
 def cpu(path="/proc/cpuinfo"):
     """`(model name, {flag: present})` of the first CPU in `path`; the
     flags are empty where it cannot be read (not Linux)."""
-    model, flags = _cpu.read_cpuinfo(path)
+    return _described(*_cpu.read_cpuinfo(path))
+
+
+def _described(model, flags):
     present = {} if flags is None else {f: f in flags for f in CPU_FLAGS}
     return model or platform.processor() or platform.machine(), present
 
@@ -68,7 +71,8 @@ def cpu_lines(path="/proc/cpuinfo", environ=None):
     """The header's CPU entries: the flags present and absent, and the
     oneDNN and thread settings of the environment."""
     environ = os.environ if environ is None else environ
-    _, flags = cpu(path)
+    model, all_flags = _cpu.read_cpuinfo(path)  # read once
+    _, flags = _described(model, all_flags)
     have = " ".join(f for f, on in flags.items() if on) or "none of"
     lack = " ".join(f for f, on in flags.items() if not on)
     text = have + (f"; without {lack}" if lack else "")
@@ -77,7 +81,6 @@ def cpu_lines(path="/proc/cpuinfo", environ=None):
         "oneDNN and threads": ", ".join(
             f"{name}={environ.get(name, 'unset')}" for name in CPU_ENV),
     }
-    _, all_flags = _cpu.read_cpuinfo(path)
     if all_flags is not None:
         lines["oneDNN kernels"] = _onednn.expected(
             all_flags, environ, platform.system(), platform.machine())[1]
