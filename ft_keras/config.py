@@ -222,12 +222,15 @@ class DistillationConfig:
                 "train the student alone with `experiment.stages = "
                 "['baseline', 'evaluate']` (gin/methods/alone.gin)."
             )
-        references = [term.reference for term in terms]
-        if len(set(references)) != len(references):
+        names = [term.term_name for term in terms if term.term_name is not None]
+        if len(set(names)) != len(names):
+            # The Distiller's rule, refused before any work.
             raise ValueError(
-                f"`distillation.terms` lists {references}: call a term twice "
-                "under two scopes (`@t1/attention_transfer()`, "
-                "`@t2/attention_transfer()`) to tell them apart."
+                f"`distillation.terms` lists {[t.reference for t in terms]}, "
+                f"whose terms are named {names}; each needs its own name (its "
+                "loss is logged as `<name>_loss`): call a term twice under two "
+                "scopes with a name each (`@t1/attention_transfer()`, "
+                "`t1/attention_transfer.name = 'at1'`)."
             )
         pretraining = [term.reference for term in terms if term.pretrains]
         if len(pretraining) > 1:

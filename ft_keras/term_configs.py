@@ -88,6 +88,17 @@ class TermConfig:
         `pretrained` (`{file: loaded model}`) is unused here."""
         return self.term_class(**dict(self.arguments))
 
+    @property
+    def term_name(self):
+        """The built term's name (its loss is logged as `<name>_loss`), or
+        None where the constructor takes none."""
+        return dict(self.arguments).get("name")
+
+    def trained_artifacts(self, term, student):
+        """`{file: model}` the student stage saves beside the student:
+        none (`trained_files` is empty)."""
+        return {}
+
     def check(self, teacher, student):
         """Raises a `ValueError` if the term cannot distil `teacher` into
         `student` (its taps, their shapes: `Distiller.check_terms`)."""
@@ -116,6 +127,11 @@ def _parameters(term_class):
         if name != "self" and parameter.kind in (
             inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     ]
+
+
+def _defaults(term_class):
+    """`{parameter: default}` of the constructor's keyword parameters."""
+    return {p.name: p.default for p in _parameters(term_class)}
 
 
 def register(term_class, gin_name, label=None):
@@ -223,6 +239,11 @@ class FactorTransferConfig:
             self.connector_weight_decay,
             "an L2 penalty on the connectors' kernels, e.g. 5e-4",
         )
+
+    @property
+    def term_name(self):
+        """The built term's name: `FactorTransfer`'s default."""
+        return _defaults(ft_terms.FactorTransfer)["name"]
 
     def connectors(self, teacher_channels):
         """A new `(Paraphraser, Translator)` pair for a teacher tap of

@@ -147,6 +147,11 @@ def test_two_terms_of_one_class_differ_by_scope_and_read_back():
      r"lists terms' configurables, called.*\(add \(\)\)"),
     ("distillation.terms = [@knowledge_distillation(), @knowledge_distillation()]",
      r"call a term twice under two scopes"),
+    # Two scopes, one name: the Distiller would refuse it after the teacher.
+    ("distillation.terms = [@a/attention_transfer(), @b/attention_transfer()]\n"
+     "attention_transfer.teacher_layers = ['stage3']\n"
+     "attention_transfer.student_layers = ['stage3']",
+     r"named \['at', 'at'\]; each needs its own name"),
     ("distillation.terms = []", r"is empty.*gin/methods/alone.gin"),
     ("distillation.terms = [@fitnets()]",
      r"`fitnets.teacher_layer` is required"),

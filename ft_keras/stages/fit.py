@@ -316,7 +316,6 @@ def align_python_random(experiment, stage):
         return
     if (
         ("teacher", "model.keras") in ft_stages.get(stage).reads
-        and stage != "teacher"
         and not experiment.teacher_loaded
         and not experiment.workdir.done(stage, experiment.ARTIFACTS[stage][-1])
         and experiment.workdir.done("teacher", "model.keras")

@@ -50,16 +50,17 @@ def paraphraser(experiment):
         )
         return
     networks.trained_teacher(experiment)
-    teacher, artifacts = experiment.teacher, {}
-    for config_ in [t for t in distillation.terms if t.pretrains]:
-        with distribute.scope(experiment.strategy):
-            term = config_.build(teacher, experiment.student)
-            trainer = config_.pretrainer(term, teacher)
-            trainer.compile(optimizer=fit.optimizer(experiment, "paraphraser"))
-        fit.fit(experiment, "paraphraser", trainer,
-                experiment.settings.training["paraphraser"].epochs)
-        artifacts.update(config_.pretrained_artifacts(term, teacher))
-    fit.save_stage(experiment, "paraphraser", artifacts)
+    teacher = experiment.teacher
+    # One term at most pre-trains (`DistillationConfig`).
+    (config_,) = [t for t in distillation.terms if t.pretrains]
+    with distribute.scope(experiment.strategy):
+        term = config_.build(teacher, experiment.student)
+        trainer = config_.pretrainer(term, teacher)
+        trainer.compile(optimizer=fit.optimizer(experiment, "paraphraser"))
+    fit.fit(experiment, "paraphraser", trainer,
+            experiment.settings.training["paraphraser"].epochs)
+    fit.save_stage(experiment, "paraphraser",
+                   config_.pretrained_artifacts(term, teacher))
 
 
 def student(experiment):
@@ -81,8 +82,7 @@ def student(experiment):
     )
     artifacts = {}
     for config_, term in zip(experiment.settings.distillation.terms, distiller.terms):
-        artifacts.update(config_.trained_artifacts(term, experiment.student)
-                         if config_.trained_files else {})
+        artifacts.update(config_.trained_artifacts(term, experiment.student))
     # The student last: its model.keras marks the stage finished.
     artifacts["model.keras"] = experiment.student
     fit.save_stage(experiment, "student", artifacts)
