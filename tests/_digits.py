@@ -23,7 +23,7 @@ def digits(n=64, start=0):
     return images[start:start + n], labels[start:start + n]
 
 
-def digits_net(name, width, batch_norm=True, seed=0):
+def digits_net(name, width, batch_norm=True, seed=0, bn_momentum=0.99):
     """A CNN for 8x8x1 digits with taps `stage1` (8x8xwidth) and `stage2`
     (4x4x2width, post-ReLU) and 10 logits."""
     init = keras.initializers.GlorotUniform(seed=seed)
@@ -31,7 +31,7 @@ def digits_net(name, width, batch_norm=True, seed=0):
     x = keras.layers.Conv2D(width, 3, padding="same", kernel_initializer=init,
                             name="conv1")(inputs)
     if batch_norm:
-        x = keras.layers.BatchNormalization(name="bn1")(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum, name="bn1")(x)
     x = keras.layers.ReLU(name="stage1")(x)
     x = keras.layers.Conv2D(2 * width, 3, strides=2, padding="same",
                             kernel_initializer=init, name="conv2")(x)
@@ -41,20 +41,31 @@ def digits_net(name, width, batch_norm=True, seed=0):
     return keras.Model(inputs, outputs, name=name)
 
 
+TEACHER_BN_MOMENTUM = 0.9
+
+
 @functools.lru_cache(maxsize=None)
 def _teacher_weights():
-    teacher = digits_net("teacher", 16, seed=1)
-    x, y = digits(512)
+    # A fixed order (no `fit` shuffling, which would draw from the global
+    # RNG that the tests before this one left) makes the teacher the same
+    # in every worker. BatchNorm momentum 0.9: in 96 steps the default 0.99
+    # leaves the moving statistics near their initial values, and the
+    # teacher in inference mode 38% right where this one is 87%.
+    teacher = digits_net("teacher", 16, seed=1, bn_momentum=TEACHER_BN_MOMENTUM)
+    x, y = digits(1000)  # images 1000 onwards stay held out
+    order = np.random.default_rng(0).permutation(len(x))
     teacher.compile(keras.optimizers.Adam(0.01),
                     keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    teacher.fit(x, y, batch_size=64, epochs=3, verbose=0)
+    teacher.fit(x[order], y[order], batch_size=64, epochs=6, shuffle=False,
+                verbose=0)
     return tuple(teacher.get_weights())
 
 
 def trained_teacher():
-    """A digits teacher trained for a few epochs (once per session; each
-    call returns a fresh copy)."""
-    teacher = digits_net("teacher", 16, seed=1)
+    """A digits teacher trained for a few epochs, about 87% right in
+    inference mode on the images it saw and 89% on held-out ones (once per
+    worker; each call returns a fresh copy)."""
+    teacher = digits_net("teacher", 16, seed=1, bn_momentum=TEACHER_BN_MOMENTUM)
     teacher.set_weights(list(_teacher_weights()))
     return teacher
 

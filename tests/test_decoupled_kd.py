@@ -265,23 +265,29 @@ def test_warmup_continues_when_fit_resumes_at_initial_epoch(tmp_path):
 
 def test_dkd_trains_the_student_on_digits_and_round_trips(tmp_path):
     teacher = trained_teacher()
+    keras.utils.set_random_seed(0)  # fit's shuffling: one run, not a draw
     student = digits_net("student", 8, seed=2)
     distiller = ft_keras.Distiller(
         teacher, student,
         [ft_keras.DecoupledKD(alpha=1.0, beta=2.0, warmup_epochs=2)])
-    distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+    distiller.compile(keras.optimizers.SGD(0.1, momentum=0.9),
                       metrics=["accuracy"])
     teacher_before = snapshot(teacher)
     student_before = [np.array(v) for v in student.trainable_weights]
     x, y = digits(256)
-    history = distiller.fit(x, y, batch_size=32, epochs=3, verbose=0).history
+    history = distiller.fit(x, y, batch_size=32, epochs=6, verbose=0).history
     assert set(history) == {"loss", "ce_loss", "dkd_loss", "accuracy"}
-    assert history["ce_loss"][-1] < history["ce_loss"][0]
+    # The student learns from the teacher. Measured over 4 shuffling seeds:
+    # the cross-entropy falls to 0.69-0.86 of its first epoch's, DKD at its
+    # full factor (epochs 2-6) to 0.53-0.75, accuracy ends 23-40%.
+    ce, dkd = history["ce_loss"], history["dkd_loss"]
+    assert ce[-1] < 0.95 * ce[0] and dkd[-1] < 0.9 * dkd[1], (ce, dkd)
+    assert history["accuracy"][-1] > 0.15, history["accuracy"]
     for a, b in zip(teacher_before, snapshot(teacher)):
         np.testing.assert_array_equal(a, b)
     assert all(not np.array_equal(a, np.array(v))
                for a, v in zip(student_before, student.trainable_weights))
-    # Evaluation in the third epoch: CE + DKD at the full factor.
+    # Evaluation after the warm-up: CE + DKD at the full factor.
     x_test, y_test = digits(64, start=1000)
     result = distiller.evaluate(x_test, y_test, batch_size=64, verbose=0,
                                 return_dict=True)
@@ -294,7 +300,7 @@ def test_dkd_trains_the_student_on_digits_and_round_trips(tmp_path):
     (term,) = restored.terms
     assert isinstance(term, ft_keras.DecoupledKD)
     assert (term.alpha, term.beta, term.temperature, term.warmup_epochs,
-            float(restored.epoch)) == (1.0, 2.0, 4.0, 2.0, 3.0)
+            float(restored.epoch)) == (1.0, 2.0, 4.0, 2.0, 6.0)
     np.testing.assert_array_equal(restored.predict(x_test, verbose=0),
                                   distiller.predict(x_test, verbose=0))
 

@@ -108,17 +108,20 @@ def test_dist_trains_the_student_on_digits_and_round_trips(tmp_path):
     distiller = ft_keras.Distiller(
         teacher, student, [ft_keras.DIST(temperature=4.0, weight=2.0)])
     # lr 0.01: DIST's T^2 = 16 and weight 2 make its gradient 32x a CE-sized
-    # one; at 0.05 the cross-entropy of some shuffles rose (6.2 -> 8.3).
+    # one.
     distiller.compile(keras.optimizers.SGD(0.01, momentum=0.9),
                       metrics=["accuracy"])
     teacher_before = snapshot(teacher)
     x, y = digits(256)
     student_before = [np.array(v) for v in student.trainable_weights]
-    history = distiller.fit(x, y, batch_size=32, epochs=3, verbose=0).history
+    history = distiller.fit(x, y, batch_size=32, epochs=6, verbose=0).history
     assert set(history) == {"loss", "ce_loss", "dist_loss", "accuracy"}
-    # The student learns (DIST's own value need not fall within 3 epochs:
-    # 18.06 -> 18.61 on Eigen's kernels, while the cross-entropy falls).
-    assert history["ce_loss"][-1] < history["ce_loss"][0], history["ce_loss"]
+    # The student learns from the teacher. Measured over 4 shuffling seeds,
+    # oneDNN's kernels and Eigen's: the cross-entropy falls to 0.30-0.40 of
+    # its first epoch's, DIST's value to 0.13-0.21, accuracy ends 59-75%.
+    ce, dist = history["ce_loss"], history["dist_loss"]
+    assert ce[-1] < 0.6 * ce[0] and dist[-1] < 0.5 * dist[0], (ce, dist)
+    assert history["accuracy"][-1] > 0.4, history["accuracy"]
     assert all(not np.array_equal(a, np.array(v))
                for a, v in zip(student_before, student.trainable_weights))
     for a, b in zip(teacher_before, snapshot(teacher)):

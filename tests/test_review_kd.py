@@ -404,6 +404,7 @@ def full_loss(distiller, term, x):
 
 @pytest.fixture(scope="module")
 def trained():
+    keras.utils.set_random_seed(0)  # fit's shuffling: one run, not a draw
     distiller, term = reviewkd_distiller()
     assert {id(v) for v in distiller.trainable_variables} == {
         id(v) for v in distiller.student.trainable_variables
@@ -413,19 +414,20 @@ def trained():
     distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9),
                       metrics=["accuracy"])
     x, y = digits(512)
-    history = distiller.fit(x, y, batch_size=32, epochs=3, verbose=0).history
+    history = distiller.fit(x, y, batch_size=32, epochs=6, verbose=0).history
     return distiller, term, history, teacher_before, fusions_before
 
 
 def test_reviewkd_trains_the_student_and_fusions_on_digits(trained):
     distiller, term, history, teacher_before, fusions_before = trained
     assert set(history) == {"loss", "ce_loss", "reviewkd_loss", "accuracy"}
-    # The fused maps approach the teacher's (1.09 -> 0.041 over the three
-    # epochs) while the student learns its classes (CE 2.31 -> 2.17; this
-    # small student at this rate learns as slowly on CE alone).
-    assert history["reviewkd_loss"][-1] < 0.2 * history["reviewkd_loss"][0]
-    assert history["ce_loss"][-1] < history["ce_loss"][0]
-    assert history["accuracy"][-1] > history["accuracy"][0]
+    # The fused maps approach the teacher's while the student learns its
+    # classes. Measured over 4 shuffling seeds, oneDNN's kernels and
+    # Eigen's: ReviewKD's value falls to 0.10-0.11 of its first epoch's,
+    # the cross-entropy to 0.48-0.69, accuracy ends 41-67%.
+    review, ce = history["reviewkd_loss"], history["ce_loss"]
+    assert review[-1] < 0.2 * review[0] and ce[-1] < 0.85 * ce[0], (review, ce)
+    assert history["accuracy"][-1] > 0.3, history["accuracy"]
     for a, b in zip(teacher_before, snapshot(distiller.teacher)):
         np.testing.assert_array_equal(a, b)
     assert all(not np.array_equal(a, np.array(v)) for a, v in
