@@ -30,6 +30,8 @@ temporary directory of their own, removed at the end.
 """
 
 import contextlib
+import dataclasses
+import inspect
 import time
 
 import gin
@@ -41,13 +43,15 @@ from ft_keras import distribute
 from ft_keras import precision
 from ft_keras import preemption
 from ft_keras import stages as ft_stages
-from ft_keras import workdir as ft_workdir
 from ft_keras._validation import ConfigurationError
 from ft_keras.stages import fit
 from ft_keras.stages import inputs
 from ft_keras.stages import networks
 from ft_keras.stages import plan
 from ft_keras.stages.fit import stage_callbacks  # noqa: F401  (public name)
+from ft_keras.stages.context import Networks
+from ft_keras.stages.context import RunContext
+from ft_keras.stages.context import TrainStream
 from ft_keras.stages.workdir import RunWorkdir
 
 __all__ = ["ConfigurationError", "Experiment", "stage_callbacks"]
@@ -60,7 +64,9 @@ class Experiment:
     builds the networks and datasets and checks the taps and the stage
     plan, so that every configuration error is raised before any training
     and a refused run leaves the workdir as it was. `run()` then runs the
-    enabled stages, each a function of this object (`ft_keras.stages`).
+    enabled stages (`run_stage`), each a function of what it names: the
+    frozen `context`, the `nets` and the training `stream`
+    (`ft_keras.stages.context`).
 
     Args:
         workdir: Where the stages write (see the module docstring).
@@ -98,12 +104,9 @@ class Experiment:
         self._given_settings = settings is not None
         self.settings = settings or config.from_gin()
         self.stages = tuple(stages) if stages else self.settings.experiment.stages
-        # What each training stage leaves in its directory of the workdir.
-        self.ARTIFACTS = ft_stages.artifacts(self.settings.distillation.terms)
         self.strategy = strategy or distribute.make_strategy(
             self.settings.experiment.strategy, self.settings.cluster
         )
-        self.is_chief = distribute.is_chief(self.strategy)
         _announce_cluster(self.strategy)
         self.workdir = RunWorkdir(workdir, self.strategy)
         requested = self._requested_config()
@@ -155,42 +158,59 @@ class Experiment:
             # run to run: call tf.config.experimental.enable_op_determinism()
             # for those, at some speed cost.
             keras.utils.set_random_seed(self.settings.experiment.seed)
-        self.replicas = self.strategy.num_replicas_in_sync
-        self.num_classes = data.num_classes(cfg.name)
-        self.input_shape = data.input_shape(
-            cfg.name, image_size=cfg.options.get("image_size")
+        replicas = self.strategy.num_replicas_in_sync
+        context = RunContext(
+            settings=self.settings,
+            strategy=self.strategy,
+            workdir=self.workdir,
+            stages=self.stages,
+            artifacts=ft_stages.artifacts(self.settings.distillation.terms),
+            policy=self.policy,
+            dry_run=self.dry_run,
+            is_chief=distribute.is_chief(self.strategy),
+            num_classes=data.num_classes(cfg.name),
+            input_shape=data.input_shape(
+                cfg.name, image_size=cfg.options.get("image_size")),
+            replicas=replicas,
+            global_batch=cfg.batch_size * replicas,
         )
-        self.global_batch = cfg.batch_size * self.replicas
-        self.train_examples = None  # known in a dry run (`inputs`)
-        self.data_used = 0  # training-data iterators drawn (`fit`)
-        self.train_ds = inputs.dataset(self, training=True)
-        self.test_ds = inputs.dataset(self, training=False)
+        train_ds = inputs.dataset(context, training=True)
+        test_ds = inputs.dataset(context, training=False)
         if self.dry_run:
-            self.steps_per_epoch = inputs.real_steps_per_epoch(self)
+            steps, examples = inputs.real_steps_per_epoch(context)
         else:
-            self.steps_per_epoch = int(self.train_ds.cardinality())
-        if self.steps_per_epoch < 1:
+            steps, examples = int(train_ds.cardinality()), None
+        if steps < 1:
             raise ConfigurationError(
                 f"The train split of {cfg.name!r} gives no full batch of "
-                f"{self.global_batch}: lower `dataset.batch_size`."
+                f"{context.global_batch}: lower `dataset.batch_size`."
             )
-        self.bn_noted = set()  # networks whose BN momentum change was said
+        self.context = dataclasses.replace(
+            context, steps_per_epoch=steps, train_examples=examples, test_ds=test_ds)
+        self.stream = TrainStream(train_ds)
         with distribute.scope(self.strategy):
-            self.teacher = networks.build(self, "teacher")
-            self.student = networks.build(self, "student")
-        self.teacher_loaded = False
-        networks.check_taps(self)
-        plan.check(self)
+            self.nets = Networks(networks.build(self.context, "teacher"),
+                                 networks.build(self.context, "student"))
+        networks.check_taps(self.context, self.nets.teacher, self.nets.student)
+        plan.check(self.context)
 
-    def load(self, path, compile=True):
-        """Loads a `.keras` file in the run's strategy scope; one that
-        cannot be read (truncated or corrupt, in a workdir written before
-        fingerprints) is named."""
-        try:
-            with distribute.scope(self.strategy):
-                return keras.models.load_model(path, compile=compile)
-        except Exception as e:  # Keras raises several types on bad files.
-            raise ConfigurationError(str(ft_workdir.unreadable(path, e))) from None
+    # What callers read of a built run.
+    steps_per_epoch = property(lambda self: self.context.steps_per_epoch)
+    replicas = property(lambda self: self.context.replicas)
+    ARTIFACTS = property(lambda self: self.context.artifacts)
+    teacher = property(lambda self: self.nets.teacher)
+    student = property(lambda self: self.nets.student)
+
+    def run_stage(self, name):
+        """Runs stage `name`'s function (`ft_keras.stages.function`) with
+        what it names of the run: `context`, `nets`, `stream`
+        (`ft_keras.stages.context`). `run()` calls this for each stage."""
+        function = ft_stages.function(name)
+        given = {"context": self.context, "nets": self.nets, "stream": self.stream}
+        return function(**{
+            parameter: given[parameter]
+            for parameter in inspect.signature(function).parameters
+        })
 
     def run(self):
         """Runs the enabled stages in order; returns `results.json`'s dict.
@@ -202,8 +222,8 @@ class Experiment:
             with self._preemption_signals():
                 for i, stage in enumerate(self.stages):
                     with self.precision():
-                        fit.align_python_random(self, stage)
-                        ft_stages.function(stage)(self)
+                        fit.align_python_random(self.context, self.nets, stage)
+                        self.run_stage(stage)
                     if i + 1 < len(self.stages):
                         # The chief's artifacts are complete before others read.
                         distribute.barrier(self.strategy)

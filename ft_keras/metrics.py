@@ -63,3 +63,18 @@ class TopKAccuracy(keras.metrics.MeanMetricWrapper):
 
     def get_config(self):
         return {"k": self.k, "name": self.name, "dtype": self.dtype}
+
+
+def top_k_metrics(num_classes):
+    """Top-1 accuracy, and top-5 when there are more than 5 classes, of
+    class indices or mixed labels alike: what every stage of the runner
+    reports.
+
+    ```python
+    [m.name for m in top_k_metrics(10)]  # ['top1', 'top5']
+    ```
+    """
+    metrics = [TopKAccuracy(k=1, name="top1")]
+    if num_classes > 5:
+        metrics.append(TopKAccuracy(k=5, name="top5"))
+    return metrics

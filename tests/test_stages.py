@@ -75,3 +75,48 @@ def test_deployment_options_are_runtime_bindings_and_checked():
         config.DeploymentConfig(threads=0)
     with pytest.raises(ValueError, match=r"full_integer='yes'"):
         config.DeploymentConfig(full_integer="yes")
+
+
+# What a stage function may take (`Experiment.run_stage`): the frozen run
+# context, the networks holder and the training stream, nothing else.
+STAGE_ARGUMENTS = {
+    "teacher": ("context", "nets", "stream"),
+    "paraphraser": ("context", "nets", "stream"),
+    "student": ("context", "nets", "stream"),
+    "baseline": ("context", "stream"),
+    "evaluate": ("context",),
+    "export": ("context",),
+    "deployment": ("context",),
+}
+
+
+def test_each_stage_function_names_what_it_takes():
+    import inspect
+
+    assert set(STAGE_ARGUMENTS) == set(stages.NAMES)
+    for name, expected in STAGE_ARGUMENTS.items():
+        parameters = tuple(inspect.signature(stages.function(name)).parameters)
+        assert parameters == expected, name
+
+
+def test_the_run_context_is_frozen_and_the_stream_skips_to_its_position():
+    import dataclasses
+
+    import tensorflow as tf
+
+    from ft_keras.stages import context as ft_context
+
+    fields = {f.name for f in dataclasses.fields(ft_context.RunContext)}
+    assert {"settings", "strategy", "workdir", "global_batch",
+            "steps_per_epoch"} <= fields
+    run = ft_context.RunContext(**{f: None for f in fields})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.global_batch = 2
+    # The stream's position: iterators drawn, each the next shuffle order.
+    data = tf.data.Dataset.range(6).shuffle(6, seed=1, reshuffle_each_iteration=True)
+    orders = [list(data.as_numpy_iterator()) for _ in range(3)]
+    fresh = tf.data.Dataset.range(6).shuffle(6, seed=1, reshuffle_each_iteration=True)
+    stream = ft_context.TrainStream(fresh)
+    assert list(stream.at(run, 2).as_numpy_iterator()) == orders[2]
+    assert stream.used == 2
+    assert orders[0] != orders[2]  # so that the skip is seen

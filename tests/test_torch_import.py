@@ -28,7 +28,6 @@ from ft_keras import cli  # noqa: E402
 from ft_keras import experiment as ft_experiment  # noqa: E402
 from ft_keras import import_torch  # noqa: E402
 from ft_keras import models  # noqa: E402
-from ft_keras.stages import train  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # float32: the same sums in another order differ by ~1e-6 of the largest
@@ -306,7 +305,7 @@ def test_the_runner_takes_a_pth_teacher_without_training(tmp_path, monkeypatch, 
     )
     experiment = ft_experiment.Experiment(tmp_path / "w")
     try:
-        train.teacher(experiment)
+        experiment.run_stage("teacher")
     finally:
         experiment.close()
     assert (
@@ -343,7 +342,7 @@ def test_the_runner_names_a_pth_of_another_network(tmp_path, monkeypatch):
             r"'stem_conv' of 'teacher' \(RepDistiller's WRN \(models/wrn.py\)\) "
             r"needs \(16, 1, 3, 3\).*looks like RepDistiller's CIFAR ResNet",
         ):
-            train.teacher(experiment)
+            experiment.run_stage("teacher")
     finally:
         experiment.close()
 

@@ -22,7 +22,6 @@ from ft_keras import data
 from ft_keras import export as ft_export
 from ft_keras import experiment as ft_experiment
 from ft_keras.stages import export as stage_export
-from ft_keras.stages import train
 
 import _datasets
 
@@ -377,7 +376,7 @@ def test_teacher_checkpoint_of_another_network_is_rejected(tmp_path, in_repo):
     with pytest.raises(ft_experiment.ConfigurationError,
                        match=rf"{path} does not match the teacher network "
                              r"'wrn16_2'"):
-        train.teacher(experiment)
+        experiment.run_stage("teacher")
 
 
 def test_teacher_keras_checkpoint_is_used_without_training(tmp_path, in_repo):
@@ -386,7 +385,7 @@ def test_teacher_keras_checkpoint_is_used_without_training(tmp_path, in_repo):
     experiment.teacher.save(path)
     experiment = quickstart_experiment(
         tmp_path / "b", f"experiment.teacher_checkpoint = '{path}'")
-    train.teacher(experiment)
+    experiment.run_stage("teacher")
     assert not (tmp_path / "b" / "teacher" / "log.csv").exists()
     assert (tmp_path / "b" / "teacher" / "model.keras").exists()
 
@@ -499,7 +498,7 @@ def test_export_normalization_follows_configured_mean_and_std(tmp_path, in_repo)
         tmp_path / "w", "dataset.eval_options = {'mean': 0.25, 'std': 0.5}")
     eval_options = experiment.settings.dataset.eval_options
     assert ft_export.normalization("digits", eval_options) == (16, 0.25, 0.5)
-    images = stage_export.representative_images(experiment)
+    images = stage_export.representative_images(experiment.context)
     assert images.dtype == np.uint8 and images.max() <= 16
     # Un-normalising with the configured statistics recovers the raw digits
     # (the evaluation pipeline keeps the split's order).
@@ -558,7 +557,7 @@ def test_float32_teacher_checkpoint_runs_in_the_experiments_precision(
     experiment = quickstart_experiment(
         tmp_path / "b", f"experiment.teacher_checkpoint = '{path}'",
         "experiment.precision = 'mixed_bfloat16'")
-    train.teacher(experiment)
+    experiment.run_stage("teacher")
     for teacher in (experiment.teacher, keras.saving.load_model(
             tmp_path / "b" / "teacher" / "model.keras")):
         assert teacher.get_layer("stem_conv").compute_dtype == "bfloat16"

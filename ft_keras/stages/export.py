@@ -2,7 +2,7 @@
 ONNX files that take raw uint8 images (`ft_keras.export`); the `deployment`
 stage: every trained network exported and measured (`ft_keras.deployment`).
 
-Each function takes the running `ft_keras.experiment.Experiment`.
+Each function takes the run's `ft_keras.stages.context.RunContext`.
 """
 
 import os
@@ -12,14 +12,14 @@ from ft_keras import workdir as ft_workdir
 from ft_keras.stages import inputs
 
 
-def representative_images(experiment):
+def representative_images(context):
     """Raw training images (uint8 at the dataset's pixel scale) for int8
     calibration: the test-time pipeline's output, un-normalised (in a dry
     run, of the synthetic data)."""
-    cfg = experiment.settings.dataset
-    batches = experiment.settings.experiment.representative_batches
+    cfg = context.settings.dataset
+    batches = context.settings.experiment.representative_batches
     # Not cached: a cache read in part warns and is thrown away.
-    pipeline = inputs.dataset(experiment, training=False, split=cfg.train_split, cache=False)
+    pipeline = inputs.dataset(context, training=False, split=cfg.train_split, cache=False)
     return ft_export.raw_images(
         pipeline.take(batches),
         *ft_export.normalization(cfg.name, cfg.eval_options),
@@ -27,23 +27,23 @@ def representative_images(experiment):
     )
 
 
-def run(experiment):
+def run(context):
     """Exports the student into `<workdir>/export/` (the chief only) and
     records the files in results.json."""
-    if not experiment.is_chief:
+    if not context.is_chief:
         return
-    student = experiment.load(
-        experiment.workdir.require("student", "model.keras"), compile=False)
+    student = context.load(
+        context.workdir.require("student", "model.keras"), compile=False)
     paths = ft_export.export_for_dataset(
         student,
-        experiment.settings.dataset.name,
-        experiment.workdir.path("export"),
-        representative=representative_images(experiment),
-        eval_options=experiment.settings.dataset.eval_options,
-        full_integer=experiment.settings.deployment.full_integer,
+        context.settings.dataset.name,
+        context.workdir.path("export"),
+        representative=representative_images(context),
+        eval_options=context.settings.dataset.eval_options,
+        full_integer=context.settings.deployment.full_integer,
     )
-    experiment.workdir.update_results(export=paths)
-    if experiment.dry_run:
+    context.workdir.update_results(export=paths)
+    if context.dry_run:
         names = ", ".join(sorted(os.path.basename(p) for p in paths.values()))
         print(
             f"[ft_keras] dry run: stage export: wrote {names} (in the "
@@ -51,22 +51,22 @@ def run(experiment):
             flush=True,
         )
         return
-    results = ft_workdir.read_json(experiment.workdir.output("results.json"))
+    results = ft_workdir.read_json(context.workdir.output("results.json"))
     suspect = (
         " (the student tests at chance: see the warning of the evaluate stage)"
         if "student" in results.get("warnings", {})
         else ""
     )
-    print(f"[ft_keras] exported to {experiment.workdir.path('export')}{suspect}", flush=True)
+    print(f"[ft_keras] exported to {context.workdir.path('export')}{suspect}", flush=True)
 
 
-def deployment(experiment):
+def deployment(context):
     """Exports every trained network and measures each file on the test
     split (`ft_keras.deployment.measure`, the chief only); prints the
     table. A dry run measures nothing: its test split is synthetic."""
-    if not experiment.is_chief:
+    if not context.is_chief:
         return
-    if experiment.dry_run:
+    if context.dry_run:
         print(
             "[ft_keras] dry run: stage deployment: skipped (it measures the "
             "exported files on the real test split; python -m "
@@ -77,11 +77,11 @@ def deployment(experiment):
     from ft_keras import deployment as ft_deployment
 
     report = ft_deployment.measure(
-        experiment.workdir.root, experiment.settings,
+        context.workdir.root, context.settings,
         command="the deployment stage of python -m ft_keras.train")
     print(ft_deployment.markdown(report), end="", flush=True)
     print(
         "[ft_keras] deployment report: "
-        f"{experiment.workdir.path(ft_deployment.OUT_DIR)}",
+        f"{context.workdir.path(ft_deployment.OUT_DIR)}",
         flush=True,
     )

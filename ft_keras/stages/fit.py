@@ -2,8 +2,9 @@
 the optimizer of its gin scope, and the resume from the stage's checkpoint
 on the same data the uninterrupted run saw there (`ft_keras.checkpoint`).
 
-Each function but `stage_callbacks` takes the running
-`ft_keras.experiment.Experiment`.
+Each function but `stage_callbacks` takes the run's
+`ft_keras.stages.context.RunContext`; those that train take its
+`TrainStream` too.
 """
 
 import os
@@ -22,11 +23,11 @@ from ft_keras import preemption
 from ft_keras import stages as ft_stages
 from ft_keras import workdir as ft_workdir
 from ft_keras._validation import ConfigurationError
+from ft_keras.stages import context as ft_context
 from ft_keras.stages import inputs
-from ft_keras.stages import networks
 
 
-def save_stage(experiment, stage, artifacts):
+def save_stage(context, stage, artifacts):
     """Saves a finished stage's `{file name: model}` into the workdir
     (`RunWorkdir.save`), with Python's random state after the stage in its
     stage.json (`align_python_random`)."""
@@ -35,21 +36,12 @@ def save_stage(experiment, stage, artifacts):
         state = random.getstate()
         return {
             "python_random": {
-                "stages": list(experiment.stages),
+                "stages": list(context.stages),
                 "state": [state[0], list(state[1]), state[2]],
             }
         }
 
-    experiment.workdir.save(stage, artifacts, extra=python_random)
-
-
-def _skip_iterations(dataset, count):
-    """Creates and drops `count` iterators of `dataset`. Each draws the
-    next epoch's shuffle order and augmentation seeds (the seed generators
-    of `shuffle(reshuffle_each_iteration=True)` and `Dataset.random`), and
-    none reads an element, so this costs milliseconds per epoch skipped."""
-    for _ in range(count):
-        iter(dataset)
+    context.workdir.save(stage, artifacts, extra=python_random)
 
 
 def stage_callbacks(stage, stage_dir, checkpoint_every="epoch", metadata=None,
@@ -86,47 +78,49 @@ def stage_callbacks(stage, stage_dir, checkpoint_every="epoch", metadata=None,
     ]
 
 
-def optimizer(experiment, scope):
+def optimizer(context, scope):
+    """The optimizer of `<scope>/training`, its schedule in steps."""
     try:
-        experiment.settings.check_weight_decay(scope)
+        context.settings.check_weight_decay(scope)
     except ValueError as e:
         raise ConfigurationError(str(e)) from None
-    return experiment.settings.training[scope].build_optimizer(experiment.steps_per_epoch)
+    return context.settings.training[scope].build_optimizer(context.steps_per_epoch)
 
 
-def fit(experiment, stage, model, epochs, validation_data=None):
-    """Trains `model` for `epochs`, resuming exactly from the stage's
-    checkpoint if it has one (`_resume_fit`), and writes its stage.json."""
-    stage_dir = experiment.workdir.output(stage)
+def fit(context, stream, stage, model, epochs, validation_data=None):
+    """Trains `model` for `epochs` on `stream`, resuming exactly from the
+    stage's checkpoint if it has one (`resume_fit`), and writes its
+    stage.json."""
+    stage_dir = context.workdir.output(stage)
     os.makedirs(stage_dir, exist_ok=True)
-    if not experiment.is_chief and os.path.isdir(experiment.workdir.path(stage, "backup")):
+    if not context.is_chief and os.path.isdir(context.workdir.path(stage, "backup")):
         # Resume from the chief's checkpoint, like every worker; its
         # log.csv too, which decides which checkpoint is complete.
         shutil.copytree(
-            experiment.workdir.path(stage, "backup"),
+            context.workdir.path(stage, "backup"),
             os.path.join(stage_dir, "backup"),
             dirs_exist_ok=True,
         )
-        if os.path.exists(experiment.workdir.path(stage, "log.csv")):
+        if os.path.exists(context.workdir.path(stage, "log.csv")):
             shutil.copyfile(
-                experiment.workdir.path(stage, "log.csv"), os.path.join(stage_dir, "log.csv")
+                context.workdir.path(stage, "log.csv"), os.path.join(stage_dir, "log.csv")
             )
-    start = data_start(experiment, stage)
-    throughput = ft_callbacks.Throughput(experiment.global_batch, experiment.steps_per_epoch)
+    start = data_start(context, stage)
+    throughput = ft_callbacks.Throughput(context.global_batch, context.steps_per_epoch)
     callbacks = stage_callbacks(
         stage,
         stage_dir,
-        experiment.settings.experiment.checkpoint_every,
+        context.settings.experiment.checkpoint_every,
         metadata={"data_start": start},
         delete_on_end=False,
     ) + [throughput]
-    if validation_data is not None and not experiment.dry_run:
+    if validation_data is not None and not context.dry_run:
         callbacks.append(
             ft_callbacks.ChanceAccuracyWarning(
-                experiment.num_classes, metric="top1", name=f"{stage} stage's network"
+                context.num_classes, metric="top1", name=f"{stage} stage's network"
             )
         )
-    if experiment.dry_run:
+    if context.dry_run:
         # Random images and a two-step teacher (its BatchNorm statistics
         # barely moved) can overflow: the dry run checks the wiring, not
         # the numbers. Two steps run faster eagerly than traced, and
@@ -136,7 +130,7 @@ def fit(experiment, stage, model, epochs, validation_data=None):
         callbacks = [c for c in callbacks if not isinstance(c, skipped)]
         model.run_eagerly = True
         history = model.fit(
-            experiment.train_ds,
+            stream.dataset,
             epochs=1,
             steps_per_epoch=inputs.DRY_RUN_STEPS,
             validation_data=validation_data,
@@ -144,13 +138,13 @@ def fit(experiment, stage, model, epochs, validation_data=None):
             shuffle=False,  # the pipeline shuffles
             verbose=0,
         )
-        print(dry_run_line(experiment, stage, epochs, history), flush=True)
+        print(dry_run_line(context, stage, epochs, history), flush=True)
         wall, end = throughput.wall_time, None
     else:
-        wall, end = resume_fit(experiment,
-            stage, model, epochs, validation_data, callbacks, start
+        wall, end = resume_fit(
+            context, stream, stage, model, epochs, validation_data, callbacks, start
         )
-    info = distribute.task_info(experiment.strategy)
+    info = distribute.task_info(context.strategy)
     if info.num_workers > 1:
         print(
             f"[ft_keras] {info.task_type} {info.task_id}: stage {stage} "
@@ -164,17 +158,18 @@ def fit(experiment, stage, model, epochs, validation_data=None):
             "images_per_second": throughput.images_per_second,
             "epochs_run": len(throughput.epoch_seconds),
             "epochs": epochs,
-            "replicas": experiment.replicas,
-            "global_batch_size": experiment.global_batch,
+            "replicas": context.replicas,
+            "global_batch_size": context.global_batch,
             # Where the training data stream stood after this stage, in
             # the run of these stages (`_data_start`).
             "data_iterations": end,
-            "data_stages": list(experiment.stages),
+            "data_stages": list(context.stages),
         },
     )
 
 
-def resume_fit(experiment, stage, model, epochs, validation_data, callbacks, start):
+def resume_fit(context, stream, stage, model, epochs, validation_data, callbacks,
+               start):
     """Fits from the stage's checkpoint position on the same data the
     uninterrupted run saw there; returns `(wall time, data iterations
     after the stage)`.
@@ -206,14 +201,14 @@ def resume_fit(experiment, stage, model, epochs, validation_data, callbacks, sta
     per_epoch = _keras_resume.ITERATORS_PER_EPOCH
     epoch, segments = position.epoch, []
     if position.step:
-        partial = inputs.dataset(experiment, training=True)
-        _skip_iterations(partial, start + per_epoch * epoch)
+        partial = inputs.dataset(context, training=True)
+        ft_context.skip_iterations(partial, start + per_epoch * epoch)
         segments.append((partial.skip(position.step), epoch, epoch + 1))
         epoch += 1
     if epoch < epochs or not segments:
-        data = train_data_at(experiment, start + per_epoch * epoch)
+        data = stream.at(context, start + per_epoch * epoch)
         segments.append((data, epoch, epochs))
-        experiment.data_used += peeks + per_epoch * (epochs - epoch)
+        stream.used += peeks + per_epoch * (epochs - epoch)
     throughput = next(
         c for c in callbacks if isinstance(c, ft_callbacks.Throughput)
     )
@@ -233,39 +228,28 @@ def resume_fit(experiment, stage, model, epochs, validation_data, callbacks, sta
     return wall, start + peeks + per_epoch * epochs
 
 
-def data_start(experiment, stage):
+def data_start(context, stage):
     """The number of training-data iterators created before `stage` in
     an uninterrupted run of these stages: where the last earlier stage
     of this stage list left the stream (its stage.json), else 0."""
     start = 0
-    order = list(experiment.stages)
+    order = list(context.stages)
     for earlier in order[: order.index(stage)] if stage in order else ():
-        for path in (experiment.workdir.output(earlier, ft_workdir.STAGE_FILE),
-                     experiment.workdir.path(earlier, ft_workdir.STAGE_FILE)):
+        for path in (context.workdir.output(earlier, ft_workdir.STAGE_FILE),
+                     context.workdir.path(earlier, ft_workdir.STAGE_FILE)):
             if os.path.exists(path):
                 record = ft_workdir.read_json(path)
-                if record.get("data_stages") == list(experiment.stages):
+                if record.get("data_stages") == list(context.stages):
                     start = max(start, record.get("data_iterations") or 0)
                 break
     return start
 
 
-def train_data_at(experiment, index):
-    """`train_ds` with `index` iterators created on it (it is built
-    again if more were)."""
-    used = experiment.data_used
-    if used > index:
-        experiment.train_ds, used = inputs.dataset(experiment, training=True), 0
-    _skip_iterations(experiment.train_ds, index - used)
-    experiment.data_used = index
-    return experiment.train_ds
-
-
-def dry_run_line(experiment, stage, epochs, history):
+def dry_run_line(context, stage, epochs, history):
     """What the real run of `stage` would do, and how the dry run went."""
-    opt = experiment.settings.training[config.STAGE_SCOPES[stage]]
-    steps = experiment.steps_per_epoch
-    known = experiment.train_examples is not None
+    opt = context.settings.training[config.STAGE_SCOPES[stage]]
+    steps = context.steps_per_epoch
+    known = context.train_examples is not None
     per_epoch = (
         f"{steps:,} steps"
         if known
@@ -283,45 +267,47 @@ def dry_run_line(experiment, stage, epochs, history):
         )
     logs = {k: v[-1] for k, v in history.history.items()}
     ran = ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if k.endswith("loss"))
-    shape = "x".join(str(d) for d in experiment.input_shape)
+    shape = "x".join(str(d) for d in context.input_shape)
     return (
         f"[ft_keras] dry run: stage {stage}: {epochs} epochs x "
-        f"{per_epoch} at global batch {experiment.global_batch}"
+        f"{per_epoch} at global batch {context.global_batch}"
         f"{f' = {epochs * steps:,} steps' if known else ''}; {schedule}. "
         f"Ran {inputs.DRY_RUN_STEPS} steps at batch "
-        f"{inputs.DRY_RUN_BATCH * experiment.replicas} on synthetic {shape} data: "
+        f"{inputs.DRY_RUN_BATCH * context.replicas} on synthetic {shape} data: "
         f"{ran or 'ok'}"
     )
 
 
-def align_python_random(experiment, stage):
+def align_python_random(context, nets, stage):
     """Sets Python's `random` state, from which Keras draws the seed of
     every new layer's initializer, to the uninterrupted run's at the
     start of `stage`: what the nearest earlier training stage of these
-    stages recorded when it finished (`_save`). A rerun that skipped it
+    stages recorded when it finished (`save_stage`). A rerun that skipped it
     as done, or loaded a network the uninterrupted run had in memory,
     would otherwise initialise every later network differently. In an
     uninterrupted run the state is already that one."""
-    order = list(experiment.stages)
+    order = list(context.stages)
     record = None
     for earlier in reversed(order[: order.index(stage)]):
-        if earlier not in experiment.ARTIFACTS:
+        if earlier not in context.artifacts:
             return  # evaluate or export in between: nothing recorded
-        path = experiment.workdir.path(earlier, ft_workdir.STAGE_FILE)
+        path = context.workdir.path(earlier, ft_workdir.STAGE_FILE)
         if os.path.exists(path):
             # Ran (or runs) but recorded nothing: do not guess further.
             record = ft_workdir.read_json(path).get("python_random")
             break
     if record is None or record["stages"] != order:
         return
+    files = context.artifacts.get(stage, ())
     if (
         ("teacher", "model.keras") in ft_stages.get(stage).reads
-        and not experiment.teacher_loaded
-        and not experiment.workdir.done(stage, experiment.ARTIFACTS[stage][-1])
-        and experiment.workdir.done("teacher", "model.keras")
+        and not nets.teacher_loaded
+        and files  # a stage with no artifacts here is skipped
+        and not context.workdir.done(stage, files[-1])
+        and context.workdir.done("teacher", "model.keras")
     ):
         # Loading draws seeds too: load now, as the uninterrupted run
         # held the teacher in memory.
-        networks.trained_teacher(experiment)
+        nets.trained_teacher(context)
     version, internal, gauss = record["state"]
     random.setstate((version, tuple(internal), gauss))

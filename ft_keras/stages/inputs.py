@@ -2,7 +2,7 @@
 pipelines (`ft_keras.data.build_dataset`, sharded as the cluster says), or
 the dry run's synthetic batches of the same shapes.
 
-Each function takes the running `ft_keras.experiment.Experiment`.
+Each function takes the run's `ft_keras.stages.context.RunContext`.
 """
 
 from ft_keras import data
@@ -13,18 +13,18 @@ DRY_RUN_BATCH = 4
 DRY_RUN_STEPS = 2
 
 
-def dataset(experiment, training, split=None, **overrides):
-    cfg = experiment.settings.dataset
-    if experiment.dry_run:
-        return synthetic_dataset(experiment, training)
+def dataset(context, training, split=None, **overrides):
+    cfg = context.settings.dataset
+    if context.dry_run:
+        return synthetic_dataset(context, training)
     if split is None:
         split = cfg.train_split if training else cfg.test_split
     options = dict(cfg.options if training else cfg.eval_options)
     options.update(overrides)
-    options.setdefault("seed", experiment.settings.experiment.seed)
+    options.setdefault("seed", context.settings.experiment.seed)
     if (
-        experiment.settings.experiment.seed is not None
-        or distribute.num_workers(experiment.strategy) > 1
+        context.settings.experiment.seed is not None
+        or distribute.num_workers(context.strategy) > 1
     ):
         # Every worker must cut the same global batches from its copy.
         options.setdefault("deterministic", True)
@@ -32,44 +32,40 @@ def dataset(experiment, training, split=None, **overrides):
         cfg.name,
         split,
         batch_size=(
-            experiment.global_batch if training else cfg.eval_batch_size * experiment.replicas
+            context.global_batch if training else cfg.eval_batch_size * context.replicas
         ),
         training=training,
         data_dir=cfg.data_dir,
         **options,
     )
     return dataset.with_options(
-        distribute.shard_options(experiment.settings.cluster.auto_shard)
+        distribute.shard_options(context.settings.cluster.auto_shard)
     )
 
 
-def synthetic_dataset(experiment, training):
+def synthetic_dataset(context, training):
     """`DRY_RUN_STEPS` batches shaped like the configured dataset's."""
     options = (
-        experiment.settings.dataset.options
+        context.settings.dataset.options
         if training
-        else experiment.settings.dataset.eval_options
+        else context.settings.dataset.eval_options
     )
     augment = options.get("augment") or ()
     augment = (augment,) if isinstance(augment, str) else augment
     mixing = any(str(a).lower().endswith(("cutmix", "mixup")) for a in augment)
     return data.synthetic_dataset(
-        experiment.settings.dataset.name,
-        batch_size=DRY_RUN_BATCH * experiment.replicas,
+        context.settings.dataset.name,
+        batch_size=DRY_RUN_BATCH * context.replicas,
         steps=DRY_RUN_STEPS,
         image_size=options.get("image_size"),
         one_hot=mixing,
-        seed=experiment.settings.experiment.seed or 0,
+        seed=context.settings.experiment.seed or 0,
     )
 
 
-def real_steps_per_epoch(experiment):
-    """Steps per epoch of the real training split (1 if unknown)."""
-    cfg = experiment.settings.dataset
+def real_steps_per_epoch(context):
+    """`(steps per epoch, examples)` of the real training split; 1 step
+    where its size is unknown (`data.num_examples`)."""
+    cfg = context.settings.dataset
     size = data.num_examples(cfg.name, cfg.train_split, cfg.data_dir)
-    experiment.train_examples = size
-    return max(1, size // experiment.global_batch) if size else 1
-
-
-def validation(experiment):
-    return experiment.test_ds if experiment.settings.experiment.validate else None
+    return (max(1, size // context.global_batch) if size else 1), size

@@ -2,7 +2,7 @@
 `student/network`, their BatchNormalization suited to the stage, the taps
 checked, a teacher loaded from `experiment.teacher_checkpoint`.
 
-Each function takes the running `ft_keras.experiment.Experiment`.
+Each function takes the run's `ft_keras.stages.context.RunContext`.
 """
 
 import os
@@ -12,31 +12,34 @@ from ft_keras import models
 from ft_keras._validation import ConfigurationError
 
 
-def build(experiment, role):
-    net = experiment.settings.network[role]
+def build(context, role, announce=True):
+    """The `role` network (`"teacher"` or `"student"`) of `<role>/network`,
+    its BatchNormalization momentum suited to its stage (said once where
+    `announce`)."""
+    net = context.settings.network[role]
     kwargs = dict(net.kwargs)
     momentum = kwargs.pop("bn_momentum", None)
-    check_inherited_arguments(experiment, role)
+    check_inherited_arguments(context, role)
     try:
         model = models.get(
             net.name,
             model_name=role,
-            num_classes=experiment.num_classes,
-            input_shape=experiment.input_shape,
+            num_classes=context.num_classes,
+            input_shape=context.input_shape,
             bn_momentum=momentum,
             **kwargs,
         )
     except ValueError as e:
         raise ConfigurationError(f"`{role}/network`: {e}") from None
     if momentum is None:
-        suit_bn_momentum(experiment, role, model)
+        suit_bn_momentum(context, role, model, announce)
     return model
 
 
-def check_inherited_arguments(experiment, role):
+def check_inherited_arguments(context, role):
     """Refuses an argument bound for every network (`network.x`) that
     this role's network does not take, with the binding that clears it."""
-    net = experiment.settings.network[role]
+    net = context.settings.network[role]
     set_kwargs = {k: v for k, v in net.kwargs.items() if k in net.inherited}
     for key in models.unsupported_arguments(net.name, set_kwargs):
         hint = (
@@ -52,15 +55,15 @@ def check_inherited_arguments(experiment, role):
         )
 
 
-def suit_bn_momentum(experiment, role, model):
+def suit_bn_momentum(context, role, model, announce=True):
     """Caps the BatchNormalization momentum of a network this run trains
     so that its moving statistics follow the stage
-    (`ft_keras.models.batch_norm`); says so once when it changes any."""
-    steps = experiment.settings.training[role].epochs * experiment.steps_per_epoch
+    (`ft_keras.models.batch_norm`); says so where `announce` and it
+    changes any."""
+    steps = context.settings.training[role].epochs * context.steps_per_epoch
     cap = models.suited_bn_momentum(steps)
     changed = models.set_bn_momentum(model, cap, at_most=True)
-    if changed and role not in experiment.bn_noted:
-        experiment.bn_noted.add(role)
+    if changed and announce:
         was = ", ".join(
             f"{count} at {momentum:g}" for momentum, count in changed.items()
         )
@@ -72,22 +75,26 @@ def suit_bn_momentum(experiment, role, model):
         )
 
 
-def check_taps(experiment, teacher=None):
+def check_taps(context, teacher, student):
     """Refuses, before any work, terms whose taps the networks do not
     have or cannot be compared (each term config's `check`)."""
-    distillation = experiment.settings.distillation
+    distillation = context.settings.distillation
     for term in distillation.terms:
         try:
-            term.check(teacher or experiment.teacher, experiment.student)
+            term.check(teacher, student)
         except ValueError as e:
-            network = experiment.settings.network
+            network = context.settings.network
             raise ConfigurationError(
                 f"`distillation.terms` ({distillation.label}) with the teacher "
                 f"{network['teacher'].name!r} and the student "
                 f"{network['student'].name!r}, {term.reference}: {e}") from None
 
 
-def load_teacher_checkpoint(experiment, checkpoint):
+def load_teacher_checkpoint(context, nets, checkpoint):
+    """The teacher of `experiment.teacher_checkpoint`: a `.keras` model,
+    `.weights.h5` weights or a PyTorch state_dict of `teacher/network`
+    (loaded into `nets.teacher`), checked against the data and the
+    terms' taps."""
     if not os.path.exists(checkpoint):
         raise ConfigurationError(
             f"Teacher checkpoint not found: {checkpoint} (set "
@@ -100,65 +107,59 @@ def load_teacher_checkpoint(experiment, checkpoint):
         if checkpoint.endswith(".keras"):
             # A teacher saved under another precision computes in this
             # run's (`experiment.precision`, or float32 on a fallback).
-            teacher = experiment.load(checkpoint)
-            with distribute.scope(experiment.strategy):
-                teacher = models.with_dtype_policy(teacher, experiment.policy)
+            teacher = context.load(checkpoint)
+            with distribute.scope(context.strategy):
+                teacher = models.with_dtype_policy(teacher, context.policy)
         elif checkpoint.endswith(models.torch_import.SUFFIXES):
             # Trained in PyTorch: `teacher/network` built here, its
             # weights read from the state_dict (ft_keras.models.torch_import).
-            with distribute.scope(experiment.strategy):
-                layout = models.load_torch_weights(experiment.teacher, checkpoint)
+            with distribute.scope(context.strategy):
+                layout = models.load_torch_weights(nets.teacher, checkpoint)
             print(
                 f"[ft_keras] teacher: {layout} weights from {checkpoint}",
                 flush=True,
             )
-            teacher = experiment.teacher
+            teacher = nets.teacher
         else:
-            with distribute.scope(experiment.strategy):
-                experiment.teacher.load_weights(checkpoint)
-            teacher = experiment.teacher
+            with distribute.scope(context.strategy):
+                nets.teacher.load_weights(checkpoint)
+            teacher = nets.teacher
     except ImportError as e:  # torch, for a PyTorch checkpoint
         raise ConfigurationError(f"Teacher checkpoint {checkpoint}: {e}") from None
     except Exception as e:  # Keras raises several types on mismatch.
         raise ConfigurationError(
             f"Teacher checkpoint {checkpoint} does not match the teacher "
-            f"network {experiment.settings.network['teacher'].name!r}: "
+            f"network {context.settings.network['teacher'].name!r}: "
             f"{str(e).splitlines()[0]}"
         ) from None
-    expected = (None,) + tuple(experiment.input_shape)
+    expected = (None,) + tuple(context.input_shape)
     if (
         tuple(teacher.input_shape) != expected
-        or teacher.output_shape[-1] != experiment.num_classes
+        or teacher.output_shape[-1] != context.num_classes
     ):
         raise ConfigurationError(
             f"Teacher checkpoint {checkpoint} does not match the data: "
             f"it takes {tuple(teacher.input_shape)} and gives "
             f"{teacher.output_shape[-1]} classes; the dataset "
-            f"{experiment.settings.dataset.name!r} needs {expected} and "
-            f"{experiment.num_classes} classes."
+            f"{context.settings.dataset.name!r} needs {expected} and "
+            f"{context.num_classes} classes."
         )
-    check_taps(experiment, teacher)
+    check_taps(context, teacher, nets.student)
     return teacher
 
 
-def calibrate_batchnorm(experiment, model):
+def calibrate_batchnorm(model, dataset):
     """Dry run only: after two steps a network's BatchNorm moving
     statistics are still about (0, 1), so in inference mode a deep
     teacher's activations grow layer after layer and overflow the
-    stages that use it. Setting them to one synthetic batch's statistics
-    keeps the dry run's numbers finite; the real run never does this."""
+    stages that use it. Setting them to the statistics of one synthetic
+    batch of `dataset` keeps the dry run's numbers finite; the real run
+    never does this."""
     norms = models.batch_norm.batch_norm_layers(model)
     momenta = [layer.momentum for layer in norms]
     for layer in norms:
         layer.momentum = 0.0
-    images, _ = next(iter(experiment.train_ds))
+    images, _ = next(iter(dataset))
     model(images, training=True)
     for layer, momentum in zip(norms, momenta):
         layer.momentum = momentum
-
-
-def trained_teacher(experiment):
-    if not experiment.teacher_loaded:
-        experiment.teacher = experiment.load(experiment.workdir.require("teacher", "model.keras"))
-        experiment.teacher_loaded = True
-    return experiment.teacher

@@ -9,23 +9,23 @@ from ft_keras._validation import ConfigurationError
 from ft_keras.stages import fit
 
 
-def check(experiment):
+def check(context):
     """Refuses, before any work, stages that cannot run: one that needs
     an artifact no enabled stage makes and the workdir does not hold,
     a stage whose optimizer cannot be built, and an artifact of a
     finished stage that is missing, truncated or changed."""
-    for stage, names in experiment.ARTIFACTS.items():
+    for stage, names in context.artifacts.items():
         for name in names:
-            experiment.workdir.done(stage, name)
-    enabled = set(experiment.stages)
-    terms = experiment.settings.distillation.terms
-    label = experiment.settings.distillation.label
-    checkpoint = experiment.settings.experiment.teacher_checkpoint
-    plan = [ft_stages.get(name) for name in experiment.stages]
+            context.workdir.done(stage, name)
+    enabled = set(context.stages)
+    terms = context.settings.distillation.terms
+    label = context.settings.distillation.label
+    checkpoint = context.settings.experiment.teacher_checkpoint
+    plan = [ft_stages.get(name) for name in context.stages]
     plan = [stage for stage in plan if stage.applies_to(terms)]
     for stage in plan:
         for need, artifact in stage.reads_for(terms):
-            if need in enabled or experiment.workdir.done(need, artifact):
+            if need in enabled or context.workdir.done(need, artifact):
                 continue
             if need == "teacher" and checkpoint:
                 continue
@@ -33,16 +33,16 @@ def check(experiment):
             raise ConfigurationError(
                 f"Stage {stage.name!r} (terms {label}) "
                 f"needs the {need} stage's {need}/{artifact}, which no "
-                f"enabled stage makes and {experiment.workdir} does not hold: "
+                f"enabled stage makes and {context.workdir} does not hold: "
                 f"add {need!r} to `experiment.stages`{hint}. "
-                f"Received: stages={list(experiment.stages)}"
+                f"Received: stages={list(context.stages)}"
             )
     for stage in plan:
         if not stage.trains or (stage.name == "teacher" and checkpoint):
             continue
         try:
-            with distribute.scope(experiment.strategy):
-                fit.optimizer(experiment, stage.scope)
+            with distribute.scope(context.strategy):
+                fit.optimizer(context, stage.scope)
         except ValueError as e:
             raise ConfigurationError(
                 f"Stage {stage.name!r} cannot train with "

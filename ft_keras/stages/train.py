@@ -3,7 +3,8 @@
 student alone). Each runs its training model's `fit` (`ft_keras.stages.fit`)
 and saves its artifacts into the workdir; a finished stage is skipped.
 
-Each function takes the running `ft_keras.experiment.Experiment`.
+Each takes the run's `RunContext` and what it trains on: the `TrainStream`,
+and the `Networks` it trains or uses (`ft_keras.stages.context`).
 """
 
 import os
@@ -12,120 +13,124 @@ from ft_keras import config
 from ft_keras import distiller as ft_distiller
 from ft_keras import distribute
 from ft_keras import losses as ft_losses
+from ft_keras import metrics as ft_metrics
+from ft_keras import stages as ft_stages
 from ft_keras.stages import fit
-from ft_keras.stages import inputs
 from ft_keras.stages import networks
-from ft_keras.stages.evaluate import top_k_metrics
 
 
-def teacher(experiment):
-    if experiment.workdir.done("teacher", "model.keras"):
-        networks.trained_teacher(experiment)
+def teacher(context, nets, stream):
+    """Trains `nets.teacher` (or loads `experiment.teacher_checkpoint`
+    into it) and saves `teacher/model.keras`; a finished stage loads it."""
+    if context.workdir.done("teacher", "model.keras"):
+        nets.trained_teacher(context)
         return
-    os.makedirs(experiment.workdir.output("teacher"), exist_ok=True)
-    if experiment.settings.experiment.teacher_checkpoint:
-        experiment.teacher = networks.load_teacher_checkpoint(experiment,
-            experiment.settings.experiment.teacher_checkpoint
-        )
+    os.makedirs(context.workdir.output("teacher"), exist_ok=True)
+    checkpoint = context.settings.experiment.teacher_checkpoint
+    if checkpoint:
+        nets.teacher = networks.load_teacher_checkpoint(context, nets, checkpoint)
     else:
-        train_classifier(experiment, "teacher", experiment.teacher)
-        if experiment.dry_run:
-            networks.calibrate_batchnorm(experiment, experiment.teacher)
-    fit.save_stage(experiment, "teacher", {"model.keras": experiment.teacher})
-    experiment.teacher_loaded = True
+        train_classifier(context, stream, "teacher", nets.teacher)
+        if context.dry_run:
+            networks.calibrate_batchnorm(nets.teacher, stream.dataset)
+    fit.save_stage(context, "teacher", {"model.keras": nets.teacher})
+    nets.teacher_loaded = True
 
 
-def paraphraser(experiment):
+def paraphraser(context, nets, stream):
     """Pre-trains the connectors of the terms that pre-train
     (`TermConfig.pretrains`): Factor Transfer's paraphraser."""
-    distillation = experiment.settings.distillation
-    files = experiment.ARTIFACTS["paraphraser"]
-    if files and experiment.workdir.done("paraphraser", files[-1]):
+    distillation = context.settings.distillation
+    files = context.artifacts[ft_stages.PRETRAINING]
+    if files and context.workdir.done(ft_stages.PRETRAINING, files[-1]):
         return
     if not files:
         print(
-            f"[ft_keras] stage paraphraser: skipped, the terms "
+            f"[ft_keras] stage {ft_stages.PRETRAINING}: skipped, the terms "
             f"({distillation.label}) pre-train nothing",
             flush=True,
         )
         return
-    networks.trained_teacher(experiment)
-    teacher = experiment.teacher
+    teacher = nets.trained_teacher(context)
     # One term at most pre-trains (`DistillationConfig`).
     (config_,) = [t for t in distillation.terms if t.pretrains]
-    with distribute.scope(experiment.strategy):
-        term = config_.build(teacher, experiment.student)
+    with distribute.scope(context.strategy):
+        term = config_.build(teacher, nets.student)
         trainer = config_.pretrainer(term, teacher)
-        trainer.compile(optimizer=fit.optimizer(experiment, "paraphraser"))
-    fit.fit(experiment, "paraphraser", trainer,
-            experiment.settings.training["paraphraser"].epochs)
-    fit.save_stage(experiment, "paraphraser",
+        trainer.compile(optimizer=fit.optimizer(context, ft_stages.PRETRAINING))
+    fit.fit(context, stream, ft_stages.PRETRAINING, trainer,
+            context.settings.training[ft_stages.PRETRAINING].epochs)
+    fit.save_stage(context, ft_stages.PRETRAINING,
                    config_.pretrained_artifacts(term, teacher))
 
 
-def student(experiment):
-    if experiment.workdir.done("student", "model.keras"):
-        experiment.student = experiment.load(experiment.workdir.path("student", "model.keras"))
+def student(context, nets, stream):
+    """Trains `nets.student` with the terms and saves it with the terms'
+    trained files; a finished stage loads `student/model.keras` into
+    `nets.student`."""
+    if context.workdir.done("student", "model.keras"):
+        nets.student = context.load(context.workdir.path("student", "model.keras"))
         return
-    networks.trained_teacher(experiment)
-    with distribute.scope(experiment.strategy):
-        distiller = student_distiller(experiment)
+    nets.trained_teacher(context)
+    with distribute.scope(context.strategy):
+        distiller = student_distiller(context, nets)
         distiller.compile(
-            optimizer=fit.optimizer(experiment, "student"),
-            metrics=top_k_metrics(experiment.num_classes),
+            optimizer=fit.optimizer(context, "student"),
+            metrics=ft_metrics.top_k_metrics(context.num_classes),
         )
-    fit.fit(experiment,
-        "student",
-        distiller,
-        experiment.settings.training["student"].epochs,
-        inputs.validation(experiment),
-    )
+    fit.fit(context, stream, "student", distiller,
+            context.settings.training["student"].epochs, context.validation())
     artifacts = {}
-    for config_, term in zip(experiment.settings.distillation.terms, distiller.terms):
-        artifacts.update(config_.trained_artifacts(term, experiment.student))
+    for config_, term in zip(context.settings.distillation.terms, distiller.terms):
+        artifacts.update(config_.trained_artifacts(term, nets.student))
     # The student last: its model.keras marks the stage finished.
-    artifacts["model.keras"] = experiment.student
-    fit.save_stage(experiment, "student", artifacts)
+    artifacts["model.keras"] = nets.student
+    fit.save_stage(context, "student", artifacts)
 
 
-def student_distiller(experiment):
-    """The `Distiller` of `distillation.terms`, each term with what its
-    pre-training left (`paraphraser/paraphraser.keras` for Factor
-    Transfer). Call in the strategy's scope."""
-    distillation = experiment.settings.distillation
+def student_distiller(context, nets):
+    """The `Distiller` of `distillation.terms` for the trained teacher and
+    `nets.student`, each term with what its pre-training left
+    (`paraphraser/paraphraser.keras` for Factor Transfer). Call in the
+    strategy's scope."""
+    distillation = context.settings.distillation
     built = []
     for config_ in distillation.terms:
         pretrained = {
-            name: experiment.load(experiment.workdir.require("paraphraser", name))
+            name: context.load(context.workdir.require(ft_stages.PRETRAINING, name))
             for name in config_.pretrained_files
         }
-        built.append(config_.build(experiment.teacher, experiment.student, pretrained))
+        built.append(config_.build(nets.teacher, nets.student, pretrained))
     return ft_distiller.Distiller(
-        experiment.teacher,
-        experiment.student,
+        nets.teacher,
+        nets.student,
         built,
         student_loss_weight=distillation.student_loss_weight,
     )
 
 
-def baseline(experiment):
-    if experiment.workdir.done("baseline", "model.keras"):
+def baseline(context, stream):
+    """Trains a new student network alone (cross-entropy only) and saves
+    `baseline/model.keras`."""
+    if context.workdir.done("baseline", "model.keras"):
         return
-    with distribute.scope(experiment.strategy):
-        baseline = networks.build(experiment, "student")
-    train_classifier(experiment, "baseline", baseline)
-    fit.save_stage(experiment, "baseline", {"model.keras": baseline})
+    with distribute.scope(context.strategy):
+        # Its BatchNorm momentum was said when the run built the student.
+        model = networks.build(context, "student", announce=False)
+    train_classifier(context, stream, "baseline", model)
+    fit.save_stage(context, "baseline", {"model.keras": model})
 
 
-def train_classifier(experiment, stage, model):
+def train_classifier(context, stream, stage, model):
+    """Compiles `model` with the cross-entropy and the stage's optimizer
+    and fits it."""
     scope = config.STAGE_SCOPES[stage]
-    with distribute.scope(experiment.strategy):
+    with distribute.scope(context.strategy):
         model.compile(
-            optimizer=fit.optimizer(experiment, scope),
+            optimizer=fit.optimizer(context, scope),
             # Class indices, or one-hot labels where `augment` mixes.
             loss=ft_losses.ClassificationCrossentropy(from_logits=True),
-            metrics=top_k_metrics(experiment.num_classes),
+            metrics=ft_metrics.top_k_metrics(context.num_classes),
         )
-    fit.fit(experiment,
-        stage, model, experiment.settings.training[scope].epochs, inputs.validation(experiment)
-    )
+    fit.fit(context, stream, stage, model, context.settings.training[scope].epochs,
+            context.validation())
