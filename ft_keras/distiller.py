@@ -32,6 +32,11 @@ from ft_keras._training_model import serialize
 
 _PACKAGE = "ft_keras"
 
+# The keys of the Distiller's inputs given as a dict: the images, and each
+# example's index in the training set for terms that set `needs_indices`.
+IMAGES = "images"
+INDEX = "index"
+
 # String losses that would silently assume probabilities: the student returns
 # logits, so these names are taken with `from_logits=True`.
 _LOGIT_LOSSES = {
@@ -107,6 +112,26 @@ def _with_callback(callbacks, callback):
         callbacks.callbacks.append(callback)
         return callbacks
     return [callback] + list(callbacks or [])
+
+
+def split_inputs(inputs):
+    """`(images, indices)` of a `Distiller`'s inputs: plain images give
+    `(images, None)`; a dict gives its `"images"` and its `"index"` (None
+    where absent).
+
+    >>> split_inputs({"images": "x", "index": "i"})
+    ('x', 'i')
+    """
+    if not isinstance(inputs, dict):
+        return inputs, None
+    unknown = sorted(set(inputs) - {IMAGES, INDEX})
+    if IMAGES not in inputs or unknown:
+        raise ValueError(
+            f"A Distiller's inputs given as a dict take the keys {IMAGES!r} "
+            f"(the images) and {INDEX!r} (each example's index in the "
+            f"training set). Received the keys {sorted(inputs)}"
+        )
+    return inputs[IMAGES], inputs.get(INDEX)
 
 
 def _tap_union(tap_lists):
@@ -302,7 +327,18 @@ class Distiller(TrainingModel):
     or export.
 
     A term that needs the labels (`needs_labels`, e.g. `DecoupledKD`) gets
-    `fit`'s and `evaluate`'s `y`. If a term needs the epoch (`needs_epoch`,
+    `fit`'s and `evaluate`'s `y`. A term that needs each example's index in
+    the training set (`needs_indices`, e.g. `CRD`'s memory bank) gets it
+    from inputs given as a dict, `x = {"images": images, "index":
+    indices}` (integers in `[0, examples)`, taken before any shuffling):
+
+        fit({"images": x, "index": np.arange(len(x))}, y, shuffle=True)
+        tf.data.Dataset.from_tensor_slices(
+            ({"images": x, "index": tf.range(len(x))}, y)).shuffle(...)
+
+    `fit` without them raises a `ValueError` naming the term; in
+    `evaluate` and `predict` they are optional (the term says what it does
+    without them). If a term needs the epoch (`needs_epoch`,
     e.g. `DecoupledKD`'s warm-up), the Distiller has a non-trainable
     variable `epoch` (else `epoch` is None): the epoch in progress counted
     from 1, which `fit` sets at each epoch's start from Keras' epoch index,
@@ -426,13 +462,16 @@ class Distiller(TrainingModel):
         return teacher, dict(zip(self._student_taps, outputs))
 
     def call(self, inputs, training=None):
-        """One pass of each network, then each term's connectors."""
-        teacher, student = self._taps(inputs, training)
+        """One pass of each network, then each term's connectors. `inputs`:
+        the images, or `{"images": images, "index": indices}`."""
+        images, indices = split_inputs(inputs)
+        teacher, student = self._taps(images, training)
         outputs = {}
         for term in self.terms:
+            extra = {"indices": indices} if term.needs_indices else {}
             t, s = term([teacher[n] for n in term.teacher_layers],
                         [student[n] for n in term.student_layers],
-                        training=training)
+                        training=training, **extra)
             outputs[term.name] = {"teacher": list(t), "student": list(s)}
         return {"logits": student[None], "terms": outputs}
 
@@ -480,6 +519,16 @@ class Distiller(TrainingModel):
             inputs["epoch"] = self.epoch
         return inputs
 
+    def _check_indices(self, x):
+        """Refuses training a term that needs the indices without them."""
+        for term in self.terms:
+            if term.needs_indices and split_inputs(x)[1] is None:
+                raise ValueError(
+                    f"The term {term.name!r} needs each example's index in "
+                    "the training set: give `fit` the inputs as "
+                    f"{{{IMAGES!r}: images, {INDEX!r}: indices}}."
+                )
+
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
@@ -491,6 +540,8 @@ class Distiller(TrainingModel):
                 "training or evaluating it."
             )
         inputs = [self._term_inputs(term, y) for term in self.terms]
+        if training:
+            self._check_indices(x)
         y_pred = self._outputs(x, y_pred, training)
         values = {"ce_loss": self._classification_loss(
             y, y_pred["logits"], sample_weight=sample_weight)}

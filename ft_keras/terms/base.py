@@ -56,6 +56,15 @@ class Term(keras.layers.Layer):
       epoch (the `Distiller`'s `epoch` variable, which its `fit` sets at
       each epoch's start).
 
+    A term that needs each example's index in the training set (a memory
+    bank indexed by example, as `CRD`'s) sets `needs_indices = True`; its
+    `call` then gets `indices=`: the batch's indices, an integer tensor of
+    shape `(batch,)`, from the `"index"` entry of the `Distiller`'s inputs
+    given as a dict, `{"images": images, "index": indices}` (see
+    `ft_keras.Distiller`), or None where the inputs are plain images
+    (`evaluate` or `predict` on a held-out set). `fit` without them raises
+    a `ValueError` naming the term.
+
     Terms do not cast their inputs to a mixed precision policy's compute
     dtype (`autocast=False`): their connectors keep their own policy.
 
@@ -96,6 +105,8 @@ class Term(keras.layers.Layer):
     # What `compute_loss` receives besides the maps (see above).
     needs_labels = False
     needs_epoch = False
+    # Whether `call` gets `indices=` (see above).
+    needs_indices = False
 
     def __init__(self, teacher_layers=(), student_layers=(), weight=1.0, **kwargs):
         kwargs.setdefault("autocast", False)
