@@ -9,7 +9,7 @@ Which parts run on which Keras backend (`KERAS_BACKEND`):
   them on each): the core, which imports no TensorFlow. `ft_keras.layers`
   (`Paraphraser`, `Translator`), `ft_keras.losses`, `ft_keras.metrics`,
   `ft_keras.terms` (`Term`, `FactorTransfer`, `KnowledgeDistillation`,
-  `AttentionTransfer`, `DecoupledKD`, `DIST`, `FitNets` and its
+  `AttentionTransfer`, `DecoupledKD`, `DIST`, `CRD`, `FitNets` and its
   `HintRegressor`, `ReviewKD` and its `AttentionBasedFusion`),
   `ft_keras.distiller` (`Distiller`), `ft_keras.pretraining`
   (`ParaphraserTrainer`, `HintTrainer`),
@@ -68,6 +68,7 @@ from ft_keras.losses import FactorTransferLoss
 from ft_keras.pretraining import ParaphraserTrainer
 from ft_keras.terms import AttentionBasedFusion
 from ft_keras.terms import AttentionTransfer
+from ft_keras.terms import CRD
 from ft_keras.terms import DIST
 from ft_keras.terms import DecoupledKD
 from ft_keras.terms import FactorTransfer
@@ -80,6 +81,7 @@ from ft_keras.terms import Term
 __all__ = [
     "AttentionBasedFusion",
     "AttentionTransfer",
+    "CRD",
     "DIST",
     "DecoupledKD",
     "Distiller",

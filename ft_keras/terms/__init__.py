@@ -20,6 +20,10 @@ the student on
   predictions, by Pearson correlation (one value per batch).
 - `FitNets`: Romero et al.'s hint, the mean squared difference of the
   teacher's map and a trained `HintRegressor` of the student's.
+- `CRD`: Tian et al.'s contrastive representation distillation,
+  RepDistiller's: trained embedding heads of the penultimate features
+  against memory banks of every training example, negatives from the
+  other classes; it needs each example's index (`needs_indices`).
 - `ReviewKD`: Chen et al.'s knowledge review, mdistiller's: trained
   `AttentionBasedFusion` connectors fuse the student's maps from the
   deepest up, matched to the teacher's by a pyramid of mean squared
@@ -50,6 +54,7 @@ term.loss_name  # 'l2_loss': the column `fit` logs, before the weight
 
 from ft_keras.terms.attention_transfer import AttentionTransfer
 from ft_keras.terms.base import Term
+from ft_keras.terms.crd import CRD
 from ft_keras.terms.decoupled_kd import DecoupledKD
 from ft_keras.terms.dist import DIST
 from ft_keras.terms.factor_transfer import FactorTransfer
@@ -63,6 +68,7 @@ from ft_keras.terms.review_kd import ReviewKD
 __all__ = [
     "AttentionBasedFusion",
     "AttentionTransfer",
+    "CRD",
     "DIST",
     "DecoupledKD",
     "FactorTransfer",
