@@ -15,6 +15,7 @@ a term's configurable, whose bindings are the term's constructor arguments:
     dist                    DIST                     -
     fitnets                 FitNets                  -
     review_kd               ReviewKD                 -
+    crd                     CRD                      -
 
 Calling a configurable gives a term config: the term's settings, and what
 the runner asks of it (`build` the term for a teacher and a student, and
@@ -338,6 +339,10 @@ decoupled_kd = register(ft_terms.DecoupledKD, "decoupled_kd", "DKD")
 dist = register(ft_terms.DIST, "dist", "DIST")
 fitnets = register(ft_terms.FitNets, "fitnets", "FitNets")
 review_kd = register(ft_terms.ReviewKD, "review_kd", "ReviewKD")
+# CRD needs each example's index in the training set (`needs_indices`) and,
+# for its default negatives, the training set's labels
+# (`term.set_labels(...)`): see `ft_keras.CRD`.
+crd = register(ft_terms.CRD, "crd", "CRD")
 
 
 def label(terms_binding):

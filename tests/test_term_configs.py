@@ -52,6 +52,8 @@ METHODS = {
     "review_kd": ("ReviewKD", [("ReviewKD", 5.0, {
         "teacher_layers": ["stage1", "stage2", "stage3", "avg_pool"],
         "warmup_epochs": 20})], 1.0),
+    "crd": ("CRD", [("CRD", 0.8, {"teacher_layer": "avg_pool",
+                                  "num_negatives": 16384})], 1.0),
 }
 
 
