@@ -163,8 +163,8 @@ class CRD(Term):
     cross-entropy alone. `predict` ignores the term.
 
     Negatives, drawn in the graph from the term's `keras.random`
-    `SeedGenerator` (saved with the term; `ft_keras.checkpoint` resumes
-    it):
+    `SeedGenerator` (`seed_generator`; as Keras' own generators its state
+    is not in `.keras` files, `ft_keras.checkpoint` saves and resumes it):
 
     - `negatives="other_classes"` (RepDistiller's `mode='exact'`): `K`
       examples of the other classes than the example's, a uniform subset
