@@ -232,6 +232,12 @@ class DistillationConfig:
                 "scopes with a name each (`@t1/attention_transfer()`, "
                 "`t1/attention_transfer.name = 'at1'`)."
             )
+        if not any(term.student_term for term in terms):
+            raise ValueError(
+                f"`distillation.terms` lists {[t.reference for t in terms]}, "
+                "which only pre-train: add the terms the student stage trains "
+                "with, e.g. `@knowledge_distillation()` (FitNets' second stage)."
+            )
         pretraining = [term.reference for term in terms if term.pretrains]
         if len(pretraining) > 1:
             raise ValueError(

@@ -14,6 +14,8 @@ a term's configurable, whose bindings are the term's constructor arguments:
     decoupled_kd            DecoupledKD              -
     dist                    DIST                     -
     fitnets                 FitNets                  -
+    fitnets_hint            FitNets                  the student's lower part
+                                                     (the paper's first stage)
     review_kd               ReviewKD                 -
     crd                     CRD                      -
 
@@ -80,13 +82,19 @@ class TermConfig:
 
     # A term that pre-trains connectors says so (see `FactorTransferConfig`).
     pretrains = False
+    # Whether `build` gives a term for the student stage's Distiller.
+    student_term = True
     pretrained_files = ()
     trained_files = ()
     connector_weight_decay = 0.0
 
     def build(self, teacher, student, pretrained=None):
-        """A new term for `teacher` and `student` (Keras models);
-        `pretrained` (`{file: loaded model}`) is unused here."""
+        """A new term for `teacher` and `student` (Keras models).
+
+        `pretrained` is `{file: loaded model}` of the config's
+        `pretrained_files` in the student stage (unused here). A config
+        whose term takes no part in the student stage (its pre-training set
+        the student up, `FitNetsHintConfig`) returns None there."""
         return self.term_class(**dict(self.arguments))
 
     @property
@@ -135,7 +143,7 @@ def _defaults(term_class):
     return {p.name: p.default for p in _parameters(term_class)}
 
 
-def register(term_class, gin_name, label=None):
+def register(term_class, gin_name, label=None, config_class=TermConfig):
     """Registers `term_class` with gin as `gin_name`: calling the returned
     configurable (`@gin_name()` in `distillation.terms`) gives a
     `TermConfig`, whose term is `term_class(**bindings)`.
@@ -144,6 +152,8 @@ def register(term_class, gin_name, label=None):
         term_class: An `ft_keras.Term` subclass.
         gin_name: Its configurable's name, e.g. `"knowledge_distillation"`.
         label: Its name in reports (`"KD"`); `term_class.__name__` if None.
+        config_class: `TermConfig` or a subclass that says what the stages
+            ask of the term (a pre-training, the files it leaves).
 
     Returns:
         The configurable.
@@ -167,13 +177,59 @@ def register(term_class, gin_name, label=None):
             )
         bound = signature.bind(**arguments)
         bound.apply_defaults()
-        return TermConfig(term_class, tuple(bound.arguments.items()), gin_name,
-                          label or term_class.__name__, gin.current_scope_str())
+        return config_class(term_class, tuple(bound.arguments.items()), gin_name,
+                            label or term_class.__name__, gin.current_scope_str())
 
     configurable.__signature__ = signature
     configurable.__name__ = gin_name
     configurable.__doc__ = f"A `TermConfig` of `{term_class.__name__}`."
     return gin.external_configurable(configurable, gin_name)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitNetsHintConfig(TermConfig):
+    """FitNets' first stage as the paper trains it (Romero et al., ICLR
+    2015, Algorithm 1): the pre-training stage trains the student's layers
+    up to `student_layer` and the regressor on the teacher's hint alone
+    (`FitNets.hint_trainer`, with `paraphraser/training`), and saves the
+    student (`hint_student.keras`); the student stage starts from it and
+    trains with the other terms, the hint no longer among them (the paper's
+    second stage is KD). Gin: `fitnets_hint`, with `fitnets`' arguments
+    (`weight` unused: the first stage's loss is the hint alone).
+
+    ```python
+    from ft_keras import term_configs
+    hint = term_configs.fitnets_hint(teacher_layer="stage2", student_layer="stage2")
+    hint.pretrains, hint.pretrained_files  # (True, ('hint_student.keras',))
+    ```
+    """
+
+    pretrains = True
+    pretrained_files = ("hint_student.keras",)
+    student_term = False
+
+    @property
+    def term_name(self):
+        """None: no term of this config trains in the student stage."""
+        return None
+
+    def build(self, teacher, student, pretrained=None):
+        """The `FitNets` term whose regressor the pre-training trains; in
+        the student stage (`pretrained` given), sets `student` to the
+        hint-trained one and returns None."""
+        if pretrained is None:
+            return super().build(teacher, student)
+        student.set_weights(pretrained["hint_student.keras"].get_weights())
+        return None
+
+    def pretrainer(self, term, teacher, student):
+        """`term.hint_trainer(teacher, student)`: the student's lower part
+        and the regressor, on the hint."""
+        return term.hint_trainer(teacher, student)
+
+    def pretrained_artifacts(self, term, teacher, student):
+        """`{"hint_student.keras": student}`, its lower part hint-trained."""
+        return {"hint_student.keras": student}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +282,7 @@ class FactorTransferConfig:
     label = "FT"
     reference = "@factor_transfer()"
     pretrains = True
+    student_term = True
     pretrained_files = ("paraphraser.keras",)
     trained_files = ("translator.keras",)
 
@@ -296,11 +353,11 @@ class FactorTransferConfig:
             _tap_shape(student, "student", self.student_layer), translator,
             self.factor)
 
-    def pretrainer(self, term, teacher):
+    def pretrainer(self, term, teacher, student):
         """The model that pre-trains `term`'s paraphraser on `teacher`."""
         return term.paraphraser_trainer(teacher)
 
-    def pretrained_artifacts(self, term, teacher):
+    def pretrained_artifacts(self, term, teacher, student):
         """`{file: model}` the pre-training stage saves."""
         tap = _tap_shape(teacher, "teacher", self.teacher_layer)
         return {"paraphraser.keras": keras.Sequential(
@@ -339,6 +396,8 @@ decoupled_kd = register(ft_terms.DecoupledKD, "decoupled_kd", "DKD")
 dist = register(ft_terms.DIST, "dist", "DIST")
 fitnets = register(ft_terms.FitNets, "fitnets", "FitNets")
 review_kd = register(ft_terms.ReviewKD, "review_kd", "ReviewKD")
+fitnets_hint = register(ft_terms.FitNets, "fitnets_hint", "FitNets-hint",
+                        config_class=FitNetsHintConfig)
 # CRD needs each example's index in the training set (`needs_indices`) and,
 # for its default negatives, the training set's labels
 # (`term.set_labels(...)`): see `ft_keras.CRD`.

@@ -14,10 +14,13 @@ import pytest
 import ft_keras
 from ft_keras import cli
 from ft_keras import config
+from ft_keras import distribute
 from ft_keras import experiment as ft_experiment
+from ft_keras import features
 from ft_keras import models
 from ft_keras import stages
 from ft_keras import term_configs
+from ft_keras.stages import train as stage_train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -48,6 +51,9 @@ METHODS = {
     "dkd": ("DKD", [("DecoupledKD", 1.0, {"alpha": 1.0, "beta": 8.0,
                                           "warmup_epochs": 20})], 1.0),
     "fitnets": ("FitNets", [("FitNets", 100.0, {"teacher_layer": "stage2"})], 1.0),
+    # The hint trains in the pre-training stage; the student stage has KD.
+    "fitnets_hint": ("FitNets-hint+KD", [("KnowledgeDistillation", 0.9,
+                                          {"temperature": 4.0})], 0.1),
     "dist": ("DIST", [("DIST", 2.0, {"temperature": 4.0})], 1.0),
     "review_kd": ("ReviewKD", [("ReviewKD", 5.0, {
         "teacher_layers": ["stage1", "stage2", "stage3", "avg_pool"],
@@ -72,7 +78,8 @@ def test_each_method_file_is_its_list_of_terms(method):
     kwargs = dict(num_classes=10, input_shape=(8, 8, 1))
     teacher = models.get("wrn16_2", **kwargs)
     student = models.get("wrn10_1", **kwargs)
-    built = [t.build(teacher, student) for t in distillation.terms]
+    # The student stage's terms.
+    built = [t.build(teacher, student) for t in distillation.terms if t.student_term]
     assert [(type(t).__name__, t.weight) for t in built] == [
         (name, weight) for name, weight, _ in expected]
     for term, (_, _, settings_) in zip(built, expected):
@@ -158,6 +165,14 @@ def test_two_terms_of_one_class_differ_by_scope_and_read_back():
     ("distillation.terms = [@fitnets()]",
      r"`fitnets.teacher_layer` is required"),
     ("distillation.student_loss_weight = -1.0", r"non-negative"),
+    ("distillation.terms = [@fitnets_hint()]\n"
+     "fitnets_hint.teacher_layer = 'stage2'\n"
+     "fitnets_hint.student_layer = 'stage2'",
+     r"which only pre-train: add the terms the student stage trains with"),
+    ("distillation.terms = [@factor_transfer(), @fitnets_hint()]\n"
+     "fitnets_hint.teacher_layer = 'stage2'\n"
+     "fitnets_hint.student_layer = 'stage2'",
+     r"each pre-train .* keep one"),
 ])
 def test_a_bad_term_list_is_refused_in_one_line(binding, message):
     with pytest.raises(ValueError, match=message):
@@ -215,3 +230,47 @@ def test_a_workdir_of_named_methods_is_refused_in_one_line(tmp_path):
     # Nothing written but the lock (as for every refused run).
     assert sorted(os.listdir(workdir)) == [".lock", "config.gin"]
     assert (workdir / "config.gin").read_text() == "distillation.method = 'kd'\n"
+
+
+def test_fitnets_two_stages_hint_first_then_kd_from_the_hinted_student(
+        tmp_path, capsys):
+    """The paper's FitNets in the runner: the pre-training stage trains the
+    student's layers up to the hint and the regressor, nothing above; the
+    student stage starts from that student and trains it with KD alone."""
+    bindings = ["training.epochs = 1", "paraphraser/training.epochs = 1",
+                "experiment.seed = 0"]
+    cli.parse_config(["gin/quickstart.gin", "gin/methods/fitnets_hint.gin"],
+                     bindings + ["experiment.stages = ['teacher', 'paraphraser']"])
+    experiment = ft_experiment.Experiment(tmp_path / "w")
+    initial = {layer.name: [np.array(w) for w in layer.get_weights()]
+               for layer in experiment.student.layers}
+    experiment.run()
+    hinted = keras.models.load_model(
+        tmp_path / "w" / "paraphraser" / "hint_student.keras", compile=False)
+    below = features.feature_extractor(hinted, ["stage2"], "student")
+    lower = {layer.name for layer in below.layers if layer.get_weights()}
+    assert "stem_conv" in lower
+    for layer in hinted.layers:
+        if not layer.get_weights():
+            continue
+        same = all(np.array_equal(a, b)
+                   for a, b in zip(initial[layer.name], layer.get_weights()))
+        assert same == (layer.name not in lower), layer.name
+
+    gin.clear_config()
+    cli.parse_config(["gin/quickstart.gin", "gin/methods/fitnets_hint.gin"],
+                     bindings + ["experiment.stages = ['student', 'evaluate']"])
+    experiment = ft_experiment.Experiment(tmp_path / "w")
+    with distribute.scope(experiment.strategy):
+        experiment.nets.trained_teacher(experiment.context)
+        distiller, built = stage_train.student_distiller(
+            experiment.context, experiment.nets)
+    assert [type(term).__name__ for term in distiller.terms] == [
+        "KnowledgeDistillation"]
+    for a, b in zip(experiment.student.get_weights(), hinted.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    results = experiment.run()
+    assert "FitNets-hint+KD student: top1" in capsys.readouterr().out
+    assert set(results["evaluation"]) == {"teacher", "student"}
+    header = (tmp_path / "w" / "student" / "log.csv").read_text().splitlines()[0]
+    assert "kd_loss" in header and "fitnets" not in header

@@ -38,8 +38,9 @@ def teacher(context, nets, stream):
 
 
 def paraphraser(context, nets, stream):
-    """Pre-trains the connectors of the terms that pre-train
-    (`TermConfig.pretrains`): Factor Transfer's paraphraser."""
+    """Runs the pre-training of the term that has one
+    (`TermConfig.pretrains`): Factor Transfer's paraphraser, or FitNets'
+    hint stage of the paper (the student's lower part)."""
     distillation = context.settings.distillation
     files = context.artifacts[ft_stages.PRETRAINING]
     if files and context.workdir.done(ft_stages.PRETRAINING, files[-1]):
@@ -56,12 +57,12 @@ def paraphraser(context, nets, stream):
     (config_,) = [t for t in distillation.terms if t.pretrains]
     with distribute.scope(context.strategy):
         term = config_.build(teacher, nets.student)
-        trainer = config_.pretrainer(term, teacher)
+        trainer = config_.pretrainer(term, teacher, nets.student)
         trainer.compile(optimizer=fit.optimizer(context, ft_stages.PRETRAINING))
     fit.fit(context, stream, ft_stages.PRETRAINING, trainer,
             context.settings.training[ft_stages.PRETRAINING].epochs)
     fit.save_stage(context, ft_stages.PRETRAINING,
-                   config_.pretrained_artifacts(term, teacher))
+                   config_.pretrained_artifacts(term, teacher, nets.student))
 
 
 def student(context, nets, stream):
@@ -73,7 +74,7 @@ def student(context, nets, stream):
         return
     nets.trained_teacher(context)
     with distribute.scope(context.strategy):
-        distiller = student_distiller(context, nets)
+        distiller, built = student_distiller(context, nets)
         distiller.compile(
             optimizer=fit.optimizer(context, "student"),
             metrics=ft_metrics.top_k_metrics(context.num_classes),
@@ -81,7 +82,7 @@ def student(context, nets, stream):
     fit.fit(context, stream, "student", distiller,
             context.settings.training["student"].epochs, context.validation())
     artifacts = {}
-    for config_, term in zip(context.settings.distillation.terms, distiller.terms):
+    for config_, term in built:
         artifacts.update(config_.trained_artifacts(term, nets.student))
     # The student last: its model.keras marks the stage finished.
     artifacts["model.keras"] = nets.student
@@ -91,8 +92,10 @@ def student(context, nets, stream):
 def student_distiller(context, nets):
     """The `Distiller` of `distillation.terms` for the trained teacher and
     `nets.student`, each term with what its pre-training left
-    (`paraphraser/paraphraser.keras` for Factor Transfer). Call in the
-    strategy's scope."""
+    (`paraphraser/paraphraser.keras` for Factor Transfer), and the
+    `(config, term)` pairs of its terms. A config whose pre-training set
+    the student up and that adds no term returns None from `build`. Call
+    in the strategy's scope."""
     distillation = context.settings.distillation
     built = []
     for config_ in distillation.terms:
@@ -100,13 +103,16 @@ def student_distiller(context, nets):
             name: context.load(context.workdir.require(ft_stages.PRETRAINING, name))
             for name in config_.pretrained_files
         }
-        built.append(config_.build(nets.teacher, nets.student, pretrained))
-    return ft_distiller.Distiller(
+        term = config_.build(nets.teacher, nets.student, pretrained)
+        if term is not None:
+            built.append((config_, term))
+    distiller = ft_distiller.Distiller(
         nets.teacher,
         nets.student,
-        built,
+        [term for _, term in built],
         student_loss_weight=distillation.student_loss_weight,
     )
+    return distiller, built
 
 
 def baseline(context, stream):
