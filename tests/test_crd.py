@@ -11,7 +11,6 @@ import keras
 
 import ft_keras
 from ft_keras import checkpoint as ft_checkpoint
-from ft_keras.terms import crd as crd_module
 
 from _digits import digits
 from _digits import digits_net
