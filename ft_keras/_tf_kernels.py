@@ -8,7 +8,8 @@ kernels (`ft_keras.layers.BatchNormalization`, `ft_keras.models.
 FoldedConv2D`) import this module inside `call`, only when the Keras backend
 is TensorFlow, and compute the same thing with `keras.ops` on the other
 backends; importing `ft_keras.layers`, `ft_keras.losses`,
-`ft_keras.distiller` or `ft_keras.models` never imports it.
+`ft_keras.distiller` or `ft_keras.models` never imports it. `ft_keras.CRD`
+reads the `tf.distribute` replica context here, likewise.
 """
 
 import tensorflow as tf
@@ -69,3 +70,14 @@ def bias_add(outputs, bias, data_format):
         bias,
         data_format="NCHW" if data_format == "channels_first" else None,
     )
+
+
+def replica_context():
+    """The `tf.distribute` replica context of a step on several replicas,
+    or None (one replica, or outside a replica function): what a term that
+    keeps one state for all replicas (`ft_keras.CRD`'s memory) gathers
+    with."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context

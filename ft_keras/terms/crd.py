@@ -94,12 +94,9 @@ def _replica_context():
     or None (one replica, another backend)."""
     if keras.config.backend() != "tensorflow":
         return None
-    import tensorflow as tf
+    from ft_keras import _tf_kernels
 
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return None
-    return context
+    return _tf_kernels.replica_context()
 
 
 def _gather(context, value):
