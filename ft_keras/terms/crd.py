@@ -56,8 +56,12 @@ def contrast_scores(memory, anchors, contrast_indices, temperature):
     the division by `Z` (crd/memory.py). The products are taken against the
     whole memory (`anchors @ memory^T`) and the sampled columns gathered:
     the same numbers as its `bmm` of the gathered rows, without gathering
-    `batch x (1 + K)` rows of the memory."""
-    products = ops.matmul(anchors, ops.transpose(ops.stop_gradient(memory)))
+    `batch x (1 + K)` rows of the memory. The memory is read as a copy:
+    PyTorch's matmul keeps the tensor it read for the gradient, and
+    `CRD`'s update after it writes the memory variable in place (free on
+    TensorFlow and JAX)."""
+    memory = ops.stop_gradient(ops.copy(memory))
+    products = ops.matmul(anchors, ops.transpose(memory))
     picked = ops.take_along_axis(products, contrast_indices, axis=1)
     return ops.exp(picked / temperature)
 
@@ -476,7 +480,9 @@ class CRD(Term):
         if context is not None:
             sums = context.all_reduce("sum", sums)
         estimate = sums[:2] / sums[2] * float(self.num_examples)
-        z = ops.where(self.normalization < 0, estimate, self.normalization)
+        # The variable's value as a tensor (JAX's `where` takes no variable).
+        normalization = ops.convert_to_tensor(self.normalization)
+        z = ops.where(normalization < 0, estimate, normalization)
         if training:
             self.normalization.assign(z)
             all_indices = _gather(context, indices)
