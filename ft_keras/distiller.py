@@ -519,6 +519,12 @@ class Distiller(TrainingModel):
             inputs["epoch"] = self.epoch
         return inputs
 
+    @property
+    def needs_indices(self):
+        """Whether a term needs each example's index in the training set:
+        `fit` then takes `{"images": images, "index": indices}` inputs."""
+        return any(term.needs_indices for term in self.terms)
+
     def _check_indices(self, x):
         """Refuses training a term that needs the indices without them."""
         for term in self.terms:

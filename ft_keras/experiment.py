@@ -165,6 +165,7 @@ class Experiment:
             workdir=self.workdir,
             stages=self.stages,
             artifacts=ft_stages.artifacts(self.settings.distillation.terms),
+            terms=self.settings.distillation.terms,
             policy=self.policy,
             dry_run=self.dry_run,
             is_chief=distribute.is_chief(self.strategy),
@@ -185,8 +186,17 @@ class Experiment:
                 f"The train split of {cfg.name!r} gives no full batch of "
                 f"{context.global_batch}: lower `dataset.batch_size`."
             )
-        self.context = dataclasses.replace(
+        context = dataclasses.replace(
             context, steps_per_epoch=steps, train_examples=examples, test_ds=test_ds)
+        if inputs.needs_indices(context):
+            # The terms that keep state per training example, for its split.
+            split = inputs.training_set(context)
+            try:
+                terms = tuple(t.for_data(split) for t in context.terms)
+            except ValueError as e:
+                raise ConfigurationError(str(e)) from None
+            context = dataclasses.replace(context, terms=terms)
+        self.context = context
         self.stream = TrainStream(train_ds)
         with distribute.scope(self.strategy):
             self.nets = Networks(networks.build(self.context, "teacher"),

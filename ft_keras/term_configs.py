@@ -61,6 +61,24 @@ LABELS = {"factor_transfer": "FT"}
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainingSet:
+    """What the runner tells a term config about the training split
+    (`TermConfig.for_data`), for terms that keep state per training
+    example (`needs_indices`).
+
+    Attributes:
+        num_examples: The split's size.
+        num_classes: The dataset's number of classes.
+        labels: Each example's class, int32, in the order of its index
+            (`ft_keras.data.split_labels`).
+    """
+
+    num_examples: int
+    num_classes: int
+    labels: object = dataclasses.field(default=None, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True)
 class TermConfig:
     """One entry of `distillation.terms`: a Term class and the arguments
     gin bound for it (defaults filled in).
@@ -80,6 +98,9 @@ class TermConfig:
     label: str
     scope: str = ""
 
+    # Constructor arguments the training split fills where gin leaves them
+    # None (`for_data`; see `CRDConfig`).
+    data_arguments = ()
     # A term that pre-trains connectors says so (see `FactorTransferConfig`).
     pretrains = False
     # Whether `build` gives a term for the student stage's Distiller.
@@ -87,6 +108,18 @@ class TermConfig:
     pretrained_files = ()
     trained_files = ()
     connector_weight_decay = 0.0
+
+    @property
+    def needs_indices(self):
+        """Whether the term needs each example's index in the training set
+        (`Term.needs_indices`): the runner's training pipeline then yields
+        them and the config is given the split (`for_data`)."""
+        return self.term_class.needs_indices
+
+    def for_data(self, training_set):
+        """This config for the training split `training_set` (a
+        `TrainingSet`): itself, where the term needs nothing of it."""
+        return self
 
     def build(self, teacher, student, pretrained=None):
         """A new term for `teacher` and `student` (Keras models).
@@ -164,7 +197,13 @@ def register(term_class, gin_name, label=None, config_class=TermConfig):
             f"Received: term_class={term_class!r}"
         )
     LABELS[gin_name] = label or term_class.__name__
-    parameters = _parameters(term_class)
+    # What the training split fills may stay unbound.
+    parameters = [
+        p.replace(default=None)
+        if p.name in config_class.data_arguments and p.default is inspect.Parameter.empty
+        else p
+        for p in _parameters(term_class)
+    ]
     signature = inspect.Signature(parameters)
 
     def configurable(**arguments):
@@ -233,6 +272,53 @@ class FitNetsHintConfig(TermConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class CRDConfig(TermConfig):
+    """CRD in the runner: the training split fills `num_examples` and
+    `num_classes` where gin leaves them unbound (a bound value must match
+    it), and the term gets each example's class (`CRD.set_labels`); the
+    training pipeline yields each example's index (`needs_indices`).
+
+    ```python
+    from ft_keras import term_configs
+    crd = term_configs.crd().for_data(term_configs.TrainingSet(
+        num_examples=6, num_classes=3, labels=[0, 0, 1, 1, 2, 2]))
+    dict(crd.arguments)["num_examples"]  # 6
+    ```
+    """
+
+    data_arguments = ("num_examples", "num_classes")
+    labels: object = dataclasses.field(default=None, repr=False, compare=False)
+
+    def for_data(self, training_set):
+        """This config with the split's size, classes and labels."""
+        arguments = dict(self.arguments)
+        for name in self.data_arguments:
+            value, bound = getattr(training_set, name), arguments.get(name)
+            if bound is None:
+                arguments[name] = value
+            elif bound != value:
+                raise ValueError(
+                    f"`{self.gin_name}.{name} = {bound!r}`, but the training "
+                    f"split has {value}: leave `{self.gin_name}.{name}` "
+                    "unbound (the split's) or bind the split's value.")
+        return dataclasses.replace(self, arguments=tuple(arguments.items()),
+                                   labels=training_set.labels)
+
+    def build(self, teacher, student, pretrained=None):
+        """A new `CRD`, given the training split's labels (`for_data`)
+        for its negatives of other classes."""
+        if dict(self.arguments).get("num_examples") is None:
+            raise ValueError(
+                f"{self.reference} needs the training split's size: the "
+                "runner gives it (`for_data`); in Python, bind "
+                f"`{self.gin_name}.num_examples`.")
+        term = super().build(teacher, student)
+        if self.labels is not None and term.negatives == "other_classes":
+            term.set_labels(self.labels)
+        return term
+
+
+@dataclasses.dataclass(frozen=True)
 class FactorTransferConfig:
     """The Factor Transfer term and its connectors; defaults are the
     paper's code. Gin: `factor_transfer` (`@factor_transfer()` in
@@ -282,6 +368,7 @@ class FactorTransferConfig:
     label = "FT"
     reference = "@factor_transfer()"
     pretrains = True
+    needs_indices = False
     student_term = True
     pretrained_files = ("paraphraser.keras",)
     trained_files = ("translator.keras",)
@@ -302,6 +389,10 @@ class FactorTransferConfig:
     def term_name(self):
         """The built term's name: `FactorTransfer`'s default."""
         return _defaults(ft_terms.FactorTransfer)["name"]
+
+    def for_data(self, training_set):
+        """Itself: Factor Transfer needs nothing of the training split."""
+        return self
 
     def connectors(self, teacher_channels):
         """A new `(Paraphraser, Translator)` pair for a teacher tap of
@@ -398,10 +489,9 @@ fitnets = register(ft_terms.FitNets, "fitnets", "FitNets")
 review_kd = register(ft_terms.ReviewKD, "review_kd", "ReviewKD")
 fitnets_hint = register(ft_terms.FitNets, "fitnets_hint", "FitNets-hint",
                         config_class=FitNetsHintConfig)
-# CRD needs each example's index in the training set (`needs_indices`) and,
-# for its default negatives, the training set's labels
-# (`term.set_labels(...)`): see `ft_keras.CRD`.
-crd = register(ft_terms.CRD, "crd", "CRD")
+# The runner feeds CRD each example's index and its config the training
+# split (`CRDConfig`).
+crd = register(ft_terms.CRD, "crd", "CRD", config_class=CRDConfig)
 
 
 def label(terms_binding):

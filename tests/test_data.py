@@ -627,6 +627,40 @@ def test_digits_train_is_repeatable_with_deterministic_and_seed():
     assert not np.array_equal(first(1)[0][1], first(2)[0][1])
 
 
+def test_index_gives_each_example_its_position_once_an_epoch():
+    """`index=True` (for CRD's memory): each example's position in the
+    split, read in order, rides through shuffling and augmentation; the
+    labels by position are `split_labels`; the images are those of the
+    pipeline without it."""
+    def pipeline(**options):
+        return data.build_dataset("digits", "train", batch_size=64, training=True,
+                                  deterministic=True, seed=3, **options)
+
+    labels = data.split_labels("digits", "train")
+    assert labels.dtype == np.int32 and len(labels) == 1437
+    plain, indexed = pipeline(), pipeline(index=True)
+    seen = []
+    for (x, y), (inputs, y_i) in zip(plain, indexed):
+        assert sorted(inputs) == ["images", "index"]
+        np.testing.assert_array_equal(x, inputs["images"])
+        np.testing.assert_array_equal(y, y_i)
+        np.testing.assert_array_equal(labels[inputs["index"].numpy()], y_i)
+        seen.extend(inputs["index"].numpy())
+    # Every full batch of the epoch (22 of 64): each example at most once.
+    assert len(seen) == len(set(seen)) == 22 * 64
+    assert len(set(seen)) > 0.95 * len(labels)
+    # Unshuffled, the indices count the split in order, and the image of
+    # index i is the split's i-th.
+    inputs, _ = next(iter(data.build_dataset(
+        "digits", "train", batch_size=8, training=False, index=True)))
+    np.testing.assert_array_equal(inputs["index"], np.arange(8))
+    ordered, _ = next(iter(data.build_dataset(
+        "digits", "train", batch_size=8, training=False)))
+    np.testing.assert_array_equal(inputs["images"], ordered)
+    with pytest.raises(ValueError, match=r"`index=True` .* \('mixup'\)"):
+        pipeline(index=True, augment=["mixup"])
+
+
 # --------------------------------------------------------------------------
 # Offline: not prepared and no network -> one-line error within seconds.
 

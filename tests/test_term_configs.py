@@ -79,7 +79,11 @@ def test_each_method_file_is_its_list_of_terms(method):
     teacher = models.get("wrn16_2", **kwargs)
     student = models.get("wrn10_1", **kwargs)
     # The student stage's terms.
-    built = [t.build(teacher, student) for t in distillation.terms if t.student_term]
+    # The training split of 64 examples, for the terms that keep state per
+    # example (CRD).
+    split = term_configs.TrainingSet(64, 10, np.arange(64) % 10)
+    built = [t.for_data(split).build(teacher, student)
+             for t in distillation.terms if t.student_term]
     assert [(type(t).__name__, t.weight) for t in built] == [
         (name, weight) for name, weight, _ in expected]
     for term, (_, _, settings_) in zip(built, expected):

@@ -49,13 +49,14 @@ Modules, each depending only on those above it:
   (`python -m ft_keras.prepare_data`);
 - `availability`: on first use, prepare from local files or download after
   a quick probe, or fail in one line (`DatasetNotPreparedError`);
-- `pipeline`: `build_dataset`, `synthetic_dataset`.
+- `pipeline`: `build_dataset`, `split_labels`, `synthetic_dataset`.
 """
 
 from ft_keras.data.availability import DatasetNotPreparedError
 from ft_keras.data.image_folder import ImageFolderError
 from ft_keras.data.options import PipelineOptions
 from ft_keras.data.pipeline import build_dataset
+from ft_keras.data.pipeline import split_labels
 from ft_keras.data.pipeline import synthetic_dataset
 from ft_keras.data.specs import DIGITS_TEST_SIZE
 from ft_keras.data.specs import DIGITS_TRAIN_SIZE
@@ -81,6 +82,7 @@ __all__ = [
     "normalization_stats",
     "num_classes",
     "num_examples",
+    "split_labels",
     "pixel_normalization",
     "synthetic_dataset",
 ]

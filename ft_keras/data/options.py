@@ -86,6 +86,13 @@ class PipelineOptions:
             may take either: `"cifar"` is the 4-pixel zero pad, random crop
             back and horizontal flip of CIFAR (the padding of the dataset's
             own recipe if it is `"cifar"`). Evaluation is the same for both.
+        index: bool (default False): yield `({"images": images, "index":
+            indices}, labels)`, each example's position in the split
+            (its files read in order), taken before shuffling and
+            augmentation: what a term with a memory per training example
+            needs (`ft_keras.CRD`; `split_labels` gives the labels in
+            that order). Not with CutMix or MixUp, whose images mix two
+            examples.
 
     Example:
 
@@ -110,6 +117,7 @@ class PipelineOptions:
     image_size: object = None
     autotune: bool = False
     recipe: object = None
+    index: bool = False
 
     def __post_init__(self):
         def set_(key, value):
@@ -157,6 +165,17 @@ class PipelineOptions:
                 f"`recipe` must be one of {specs.RECIPES} or None (the "
                 f"dataset's own). Received: recipe={self.recipe!r}"
             )
+
+        if self.index is not None and not isinstance(self.index, bool):
+            raise ValueError(
+                f"`index` must be True or False. Received: index={self.index!r}")
+        set_("index", self.index is True)
+        mixing = [a for a in self.augment if a.endswith(("cutmix", "mixup"))]
+        if self.index and mixing:
+            raise ValueError(
+                f"`index=True` gives each example's index, but `augment` "
+                f"mixes two examples into one image ({mixing[0]!r}): drop "
+                f"one of them. Received: augment={list(self.augment)}")
 
         if self.autotune is not None and not isinstance(self.autotune, bool):
             raise ValueError(

@@ -125,7 +125,28 @@ def build_dataset(
     ds = _source(name, split, spec, opts, data_dir, training)
     ds, per_batch = _transform_examples(ds, spec, opts, training)
     ds = _batch_normalize_and_mix(ds, spec, opts, batch_size, per_batch)
+    if opts.index:
+        # The index rode with the label (`_read`); it becomes an input.
+        ds = ds.map(lambda images, labels: (
+            {"images": images, "index": labels[1]}, labels[0]))
     return ds.with_options(_tf_data_options(opts))
+
+
+def split_labels(name, split, data_dir=None, **options):
+    """The labels of a split in the order of `index=True`'s indices: int32
+    class indices, one per example (`options` as `build_dataset`'s, e.g.
+    `download`).
+
+    Example:
+
+    >>> labels = split_labels("digits", "train")
+    >>> labels.shape, labels.dtype.name
+    ((1437,), 'int32')
+    """
+    spec, opts = _options(name, split, 1, False, options)
+    ds, _ = _read(name, split, spec, opts, data_dir, training=False)
+    batches = ds.map(lambda image, label: label).batch(8192)
+    return np.concatenate(list(batches.as_numpy_iterator())).astype(np.int32)
 
 
 # --------------------------------------------------------------------------
@@ -209,6 +230,11 @@ def _read(name, split, spec, opts, data_dir, training):
             lambda image, label: (transforms.resize(image, size_to), label),
             num_parallel_calls=AUTOTUNE,
         )
+    if opts.index:
+        # Each example's position in the split rides with its label, which
+        # every transform passes through, until `build_dataset` returns.
+        ds = ds.enumerate().map(
+            lambda i, example: (example[0], (example[1], tf.cast(i, tf.int32))))
     return ds, size
 
 
@@ -244,7 +270,8 @@ def _tfds_dataset(name, split, data_dir, opts, training, decode):
     ds = builder.as_dataset(
         split=split,
         as_supervised=True,
-        shuffle_files=training and not opts.deterministic,
+        # In order where each example's index is its position.
+        shuffle_files=training and not opts.deterministic and not opts.index,
         decoders=decoders,
         read_config=read_config,
     )
@@ -428,13 +455,15 @@ def _tf_data_options(opts):
 
 
 def synthetic_dataset(name, *, batch_size, steps, image_size=None,
-                      one_hot=False, seed=0):
+                      one_hot=False, seed=0, index=False):
     """`steps` batches of random data shaped like `build_dataset`'s.
 
     Normalised float32 images of the dataset's shape (or `image_size`) and
     int32 labels (one-hot float32 with `one_hot`, as CutMix/MixUp give),
     for checking a configuration end to end without its data
-    (`python -m ft_keras.train --dry_run`).
+    (`python -m ft_keras.train --dry_run`). With `index`, the images come
+    as `{"images": images, "index": indices}`, the indices `0 ..
+    batch_size - 1` in every batch, as `build_dataset(index=True)` gives.
 
     Example:
 
@@ -453,4 +482,7 @@ def synthetic_dataset(name, *, batch_size, steps, image_size=None,
     labels = (np.arange(batch_size) % classes).astype(np.int32)
     if one_hot:
         labels = np.eye(classes, dtype=np.float32)[labels]
-    return tf.data.Dataset.from_tensors((images, labels)).repeat(steps)
+    inputs = images
+    if index:
+        inputs = {"images": images, "index": np.arange(batch_size, dtype=np.int32)}
+    return tf.data.Dataset.from_tensors((inputs, labels)).repeat(steps)

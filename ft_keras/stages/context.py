@@ -44,6 +44,8 @@ class RunContext:
         stages: The names of the stages this run runs, in order.
         artifacts: `{training stage: the artifacts it writes}` for the
             run's terms (`ft_keras.stages.artifacts`).
+        terms: The term configs of `distillation.terms`, each for the
+            training split (`TermConfig.for_data`).
         policy: Keras' dtype policy of the run (`experiment.precision`,
             or float32 where the precision check fell back).
         dry_run: Two steps per stage on synthetic data.
@@ -63,6 +65,7 @@ class RunContext:
     workdir: object
     stages: tuple
     artifacts: dict
+    terms: tuple
     policy: object
     dry_run: bool
     is_chief: bool

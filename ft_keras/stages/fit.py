@@ -130,7 +130,7 @@ def fit(context, stream, stage, model, epochs, validation_data=None):
         callbacks = [c for c in callbacks if not isinstance(c, skipped)]
         model.run_eagerly = True
         history = model.fit(
-            stream.dataset,
+            _inputs_for(model, stream.dataset),
             epochs=1,
             steps_per_epoch=inputs.DRY_RUN_STEPS,
             validation_data=validation_data,
@@ -203,10 +203,11 @@ def resume_fit(context, stream, stage, model, epochs, validation_data, callbacks
     if position.step:
         partial = inputs.dataset(context, training=True)
         ft_context.skip_iterations(partial, start + per_epoch * epoch)
-        segments.append((partial.skip(position.step), epoch, epoch + 1))
+        segments.append((_inputs_for(model, partial.skip(position.step)),
+                         epoch, epoch + 1))
         epoch += 1
     if epoch < epochs or not segments:
-        data = stream.at(context, start + per_epoch * epoch)
+        data = _inputs_for(model, stream.at(context, start + per_epoch * epoch))
         segments.append((data, epoch, epochs))
         stream.used += peeks + per_epoch * (epochs - epoch)
     throughput = next(
@@ -226,6 +227,14 @@ def resume_fit(context, stream, stage, model, epochs, validation_data, callbacks
             )
         wall += throughput.wall_time
     return wall, start + peeks + per_epoch * epochs
+
+
+def _inputs_for(model, dataset):
+    """`dataset` as `model` takes it: with each example's index only for a
+    `Distiller` whose terms need it (`inputs.images_only`)."""
+    if getattr(model, "needs_indices", False):
+        return dataset
+    return inputs.images_only(dataset)
 
 
 def data_start(context, stage):

@@ -79,7 +79,7 @@ def check_taps(context, teacher, student):
     """Refuses, before any work, terms whose taps the networks do not
     have or cannot be compared (each term config's `check`)."""
     distillation = context.settings.distillation
-    for term in distillation.terms:
+    for term in context.terms:
         try:
             term.check(teacher, student)
         except ValueError as e:

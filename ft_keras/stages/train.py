@@ -16,6 +16,7 @@ from ft_keras import losses as ft_losses
 from ft_keras import metrics as ft_metrics
 from ft_keras import stages as ft_stages
 from ft_keras.stages import fit
+from ft_keras.stages import inputs
 from ft_keras.stages import networks
 
 
@@ -32,7 +33,8 @@ def teacher(context, nets, stream):
     else:
         train_classifier(context, stream, "teacher", nets.teacher)
         if context.dry_run:
-            networks.calibrate_batchnorm(nets.teacher, stream.dataset)
+            networks.calibrate_batchnorm(
+                nets.teacher, inputs.images_only(stream.dataset))
     fit.save_stage(context, "teacher", {"model.keras": nets.teacher})
     nets.teacher_loaded = True
 
@@ -54,7 +56,7 @@ def paraphraser(context, nets, stream):
         return
     teacher = nets.trained_teacher(context)
     # One term at most pre-trains (`DistillationConfig`).
-    (config_,) = [t for t in distillation.terms if t.pretrains]
+    (config_,) = [t for t in context.terms if t.pretrains]
     with distribute.scope(context.strategy):
         term = config_.build(teacher, nets.student)
         trainer = config_.pretrainer(term, teacher, nets.student)
@@ -98,7 +100,7 @@ def student_distiller(context, nets):
     in the strategy's scope."""
     distillation = context.settings.distillation
     built = []
-    for config_ in distillation.terms:
+    for config_ in context.terms:
         pretrained = {
             name: context.load(context.workdir.require(ft_stages.PRETRAINING, name))
             for name in config_.pretrained_files

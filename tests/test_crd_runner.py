@@ -1,0 +1,117 @@
+"""CRD in the runner: the training pipeline yields each example's index,
+the term gets the training split's size, classes and labels, the stages
+that train other models get the images alone, and a student stage
+preempted mid-epoch resumes to the uninterrupted run's weights and log."""
+
+import os
+import pathlib
+import signal
+
+import gin
+import keras
+import numpy as np
+import pytest
+
+from ft_keras import cli
+from ft_keras import data
+from ft_keras import experiment as ft_experiment
+from ft_keras import preemption
+from ft_keras.stages import fit as stage_fit
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# WRN-10-1 both, 5 steps an epoch of the digits' 1,437 training images.
+BINDINGS = [
+    "teacher/network.name = 'wrn10_1'",
+    "training.epochs = 2",
+    "teacher/training.epochs = 1",
+    "dataset.batch_size = 256",
+    "experiment.seed = 0",
+    "crd.num_negatives = 256",
+    "experiment.stages = ['teacher', 'student', 'evaluate']",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_state(monkeypatch):
+    monkeypatch.chdir(REPO)
+    gin.clear_config()
+    yield
+    gin.clear_config()
+    keras.backend.clear_session()
+
+
+def experiment(workdir, *bindings):
+    gin.clear_config()
+    cli.parse_config(["gin/quickstart.gin", "gin/methods/crd.gin"],
+                     BINDINGS + list(bindings))
+    return ft_experiment.Experiment(workdir)
+
+
+def test_crd_gets_the_split_and_the_indices_and_runs_every_stage(tmp_path):
+    run = experiment(tmp_path / "w")
+    (crd,) = run.context.terms
+    arguments = dict(crd.arguments)
+    labels = data.split_labels("digits", "train")
+    assert (arguments["num_examples"], arguments["num_classes"]) == (1437, 10)
+    np.testing.assert_array_equal(crd.labels, labels)
+    inputs, y = next(iter(run.stream.dataset))
+    assert sorted(inputs) == ["images", "index"]
+    np.testing.assert_array_equal(labels[inputs["index"].numpy()], y.numpy())
+    results = run.run()
+    assert set(results["evaluation"]) == {"teacher", "student"}
+    # The term trained in every epoch (that it learns: test_crd.py).
+    log = (tmp_path / "w" / "student" / "log.csv").read_text().splitlines()
+    column = log[0].split(",").index("crd_loss")
+    values = [float(row.split(",")[column]) for row in log[1:]]
+    assert len(values) == 2 and all(np.isfinite(values)) and min(values) > 0
+
+
+def test_a_bound_size_that_is_not_the_splits_is_refused(tmp_path):
+    with pytest.raises(ft_experiment.ConfigurationError,
+                       match=r"`crd.num_examples = 50000`, but the training "
+                             r"split has 1437"):
+        experiment(tmp_path / "w", "crd.num_examples = 50000")
+
+
+class _Preempt(keras.callbacks.Callback):
+    """SIGUSR1 at a batch of the student stage: the runner saves a
+    checkpoint there and stops, as a scheduler's preemption does."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_a_preempted_student_stage_resumes_to_the_same_weights(
+        tmp_path, monkeypatch, capsys):
+    experiment(tmp_path / "straight").run()
+
+    callbacks = stage_fit.stage_callbacks
+
+    def preempted(stage, *args, **kwargs):
+        extra = [_Preempt(1, 2)] if stage == "student" else []
+        return extra + callbacks(stage, *args, **kwargs)
+
+    monkeypatch.setattr(stage_fit, "stage_callbacks", preempted)
+    with pytest.raises(preemption.Preempted):
+        experiment(tmp_path / "resumed").run()
+    monkeypatch.setattr(stage_fit, "stage_callbacks", callbacks)
+    capsys.readouterr()
+    experiment(tmp_path / "resumed").run()
+    assert ("stage student: 2 epochs, resumed at epoch 2, step 3"
+            in capsys.readouterr().out)
+
+    straight, resumed = (
+        keras.models.load_model(tmp_path / name / "student" / "model.keras")
+        for name in ("straight", "resumed"))
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert ((tmp_path / "straight" / "student" / "log.csv").read_text()
+            == (tmp_path / "resumed" / "student" / "log.csv").read_text())
