@@ -468,14 +468,21 @@ class StopAt(keras.callbacks.Callback):
             raise Killed
 
 
-def test_a_run_killed_mid_epoch_resumes_with_the_same_weights_and_memory(tmp_path):
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_run_killed_mid_epoch_resumes_with_the_same_weights_and_memory(
+        tmp_path, replicas):
     x, y = digits(64)
     data = tf.data.Dataset.from_tensor_slices((indexed(x), y)).batch(16)
+    strategy = tf.distribute.get_strategy() if replicas == 1 else (
+        tf.distribute.MirroredStrategy(  # as test_two_replicas_train_as_one...
+            ["/cpu:0", "/cpu:1"],
+            cross_device_ops=tf.distribute.ReductionToOneDevice()))
 
     def fresh():
-        keras.utils.set_random_seed(1)
-        distiller = crd_distiller(64)
-        distiller.compile(keras.optimizers.SGD(0.1, momentum=0.9))
+        with strategy.scope():
+            keras.utils.set_random_seed(1)
+            distiller = crd_distiller(64)
+            distiller.compile(keras.optimizers.SGD(0.1, momentum=0.9))
         return distiller
 
     def checkpoint():
@@ -499,6 +506,11 @@ def test_a_run_killed_mid_epoch_resumes_with_the_same_weights_and_memory(tmp_pat
     for name in ("memory_student", "memory_teacher", "normalization"):
         np.testing.assert_array_equal(*[np.array(getattr(t, name)) for t in terms])
     np.testing.assert_array_equal(*[np.array(t.seed_generator.state) for t in terms])
+    for variable in (second.terms[0].memory_student, second.terms[0].normalization):
+        copies = strategy.experimental_local_results(variable.value)
+        assert len(copies) == replicas  # each replica's copy, restored
+        for copy in copies[1:]:
+            np.testing.assert_array_equal(np.array(copy), np.array(copies[0]))
 
 
 def test_gin_reference_file_gives_repdistillers_setting(monkeypatch):
