@@ -35,6 +35,25 @@ AT_LAYERS = ["stage2", "stage3"]
 DKD_WARMUP = 2
 FITNETS_WEIGHT = 100.0
 DIST_WEIGHT = 1.0
+# ReviewKD on the last of mdistiller's taps of the digits-size networks
+# (4x4 and 2x2 maps and the pooled feature: fusions with and without a
+# residual, resized 1x1 -> 2x2 -> 4x4, hcl's 2x2 and 1x1 levels; the 8x8
+# stage1 tap adds ~3 s of JAX compilation for no other rule); CRD on the
+# pooled features. CRD_LABELS gives each of the 2 * BATCH
+# training examples one of CRD_CLASSES classes, as many each, so with
+# CRD_NEGATIVES = the other classes' examples every example's negatives
+# are all of those (a random order of one set, whichever random numbers
+# the backend draws).
+REVIEWKD_TAPS = ["stage2", "stage3", "avg_pool"]
+REVIEWKD_WEIGHT = 1.0
+REVIEWKD_WARMUP = 2
+CRD_WEIGHT = 0.8
+CRD_FEATURE_DIM = 16
+CRD_TEMPERATURE = 0.07
+CRD_CLASSES = 4
+CRD_LABELS = np.random.default_rng(3).permutation(
+    np.arange(2 * BATCH) % CRD_CLASSES).astype("int32")
+CRD_NEGATIVES = 2 * BATCH - 2 * BATCH // CRD_CLASSES
 
 
 # ----------------------------------------------------------------------
@@ -105,6 +124,121 @@ def np_dist(teacher_logits, student_logits, temperature):
 
     return float(temperature**2 * (relation(p_s, p_t)
                                    + relation(p_s.T, p_t.T)))
+
+
+def np_resize_nearest(x, size):
+    """PyTorch's `F.interpolate(mode="nearest")` of a channels-last map:
+    output `i` takes input `floor(i * in / out)`."""
+    for axis, out in zip((1, 2), size):
+        n = x.shape[axis]
+        x = np.take(x, np.minimum(np.arange(out) * n // out, n - 1), axis=axis)
+    return x
+
+
+def np_adaptive_avg_pool(x, size):
+    """PyTorch's `F.adaptive_avg_pool2d(x, size)`, channels-last: window `i`
+    spans `[floor(i * in / size), ceil((i + 1) * in / size))`."""
+    def bounds(n, i):
+        return i * n // size, -(-(i + 1) * n // size)
+
+    h, w = x.shape[1:3]
+    return np.stack([np.stack([
+        x[:, slice(*bounds(h, i)), slice(*bounds(w, j))].mean(axis=(1, 2))
+        for j in range(size)], 1) for i in range(size)], 1)
+
+
+def np_hcl(teacher_maps, student_maps):
+    """mdistiller's `hcl_loss` in NumPy (float64): per map pair the MSE,
+    plus 1/2, 1/4, 1/8 times that of the 4x4, 2x2, 1x1 adaptive average
+    pools smaller than the map, over the sum of the weights."""
+    total = 0.0
+    for t, s in zip(teacher_maps, student_maps):
+        t, s = np.asarray(t, np.float64), np.asarray(s, np.float64)
+        loss, cnt, tot = np.mean((s - t) ** 2), 1.0, 1.0
+        for level in (4, 2, 1):
+            if level >= s.shape[1]:
+                continue
+            cnt /= 2.0
+            loss += cnt * np.mean((np_adaptive_avg_pool(s, level)
+                                   - np_adaptive_avg_pool(t, level)) ** 2)
+            tot += cnt
+        total += loss / tot
+    return float(total)
+
+
+def np_conv_same(x, kernel):
+    """A stride-1 "same" convolution (cross-correlation) of a channels-last
+    map with a `(kh, kw, in, out)` kernel."""
+    kh, kw = kernel.shape[:2]
+    h, w = x.shape[1:3]
+    padded = np.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2),
+                        ((kw - 1) // 2, kw // 2), (0, 0)))
+    return sum(np.einsum("nhwc,co->nhwo", padded[:, a:a + h, b:b + w],
+                         kernel[a, b]) for a in range(kh) for b in range(kw))
+
+
+def np_batch_norm(x, gamma, beta, mean, variance, epsilon=1e-5):
+    return (x - mean) / np.sqrt(variance + epsilon) * gamma + beta
+
+
+def np_abf(weights, x, residual):
+    """mdistiller's `ABF.forward` in inference mode, channels-last, of
+    `weights` (`_fusion_weights`): `(output, residual')`."""
+    x = np_batch_norm(np_conv_same(x, weights["conv1"]), *weights["bn1"])
+    if weights["att"] is not None:
+        kernel, bias = weights["att"]
+        y = np_resize_nearest(residual, x.shape[1:3])
+        z = np_conv_same(np.concatenate([x, y], -1), kernel) + bias
+        z = 1.0 / (1.0 + np.exp(-z))
+        x = x * z[..., 0:1] + y * z[..., 1:2]
+    x = np_resize_nearest(x, weights["output_size"])
+    return np_batch_norm(np_conv_same(x, weights["conv2"]), *weights["bn2"]), x
+
+
+def np_reviewkd(fusions, teacher_maps, student_maps):
+    """ReviewKD's `hcl_loss` of the teacher's maps and the student's fused
+    through the chain of ABFs from the deepest (mdistiller's
+    `ReviewKD.forward_train`), in NumPy (float64); rank-2 taps as 1x1."""
+    def as_map(m):
+        m = np.asarray(m, np.float64)
+        return m[:, None, None, :] if m.ndim == 2 else m
+
+    student_maps = [as_map(m) for m in student_maps]
+    out, residual = np_abf(fusions[-1], student_maps[-1], None)
+    fused = [out]
+    for i in range(len(student_maps) - 2, -1, -1):
+        out, residual = np_abf(fusions[i], student_maps[i], residual)
+        fused.insert(0, out)
+    return np_hcl([as_map(m) for m in teacher_maps], fused)
+
+
+def np_crd(teacher_features, student_features, heads, memories, z, indices,
+           labels, temperature, num_examples):
+    """RepDistiller's `CRDLoss` of a batch in NumPy (float64), batch mean:
+    `Embed` (linear, then over the L2 norm) of each feature; each example's
+    contrast set its own index then every example of another class; the
+    scores `exp(<memory row, embedding> / T) / Z` of the student's
+    embedding against the teacher's memory and of the teacher's against
+    the student's; `ContrastLoss` (eps 1e-7) of each, summed."""
+    def embed(features, kernel, bias):
+        v = np.asarray(features, np.float64).reshape(len(features), -1)
+        v = v @ kernel + bias
+        return v / np.sqrt((v ** 2).sum(1, keepdims=True))
+
+    def contrast_loss(scores):
+        noise = (scores.shape[1] - 1) / num_examples
+        return -(np.log(scores[:, 0] / (scores[:, 0] + noise + 1e-7))
+                 + np.log(noise / (scores[:, 1:] + noise + 1e-7)).sum(1))
+
+    v_t = embed(teacher_features, *heads["teacher"])
+    v_s = embed(student_features, *heads["student"])
+    contrast = np.stack([np.concatenate(
+        [[i], np.flatnonzero(labels != labels[i])]) for i in indices])
+    scores_s = np.exp(np.einsum("bkd,bd->bk", memories["teacher"][contrast],
+                                v_s) / temperature) / z[0]
+    scores_t = np.exp(np.einsum("bkd,bd->bk", memories["student"][contrast],
+                                v_t) / temperature) / z[1]
+    return float((contrast_loss(scores_s) + contrast_loss(scores_t)).mean())
 
 
 def np_at(teacher_map, student_map):
@@ -343,6 +477,93 @@ def _dkd_fitnets(x, y, x_train, y_train, workdir):
     }
 
 
+def _fusion_weights(fusion):
+    """An `AttentionBasedFusion`'s weights as NumPy float64, for `np_abf`."""
+    def bn(layer):
+        return [np.float64(_numpy(v)) for v in (
+            layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance)]
+
+    def as64(v):
+        return np.float64(_numpy(v))
+
+    return {"conv1": as64(fusion.conv1.kernel), "bn1": bn(fusion.bn1),
+            "att": None if fusion.att_conv is None else (
+                as64(fusion.att_conv.kernel), as64(fusion.att_conv.bias)),
+            "conv2": as64(fusion.conv2.kernel), "bn2": bn(fusion.bn2),
+            "output_size": fusion.output_size}
+
+
+def _reviewkd_crd(x_train):
+    """ReviewKD (warm-up over REVIEWKD_WARMUP epochs) and CRD in one
+    Distiller, trained one epoch on `{"images", "index"}` inputs: what
+    changed, and the evaluation of one batch of training examples (with
+    their indices: CRD's loss with the memory as it is) against NumPy."""
+    import keras
+
+    import ft_keras
+
+    teacher, student = networks()
+    reviewkd = ft_keras.ReviewKD(REVIEWKD_TAPS, REVIEWKD_TAPS,
+                                 weight=REVIEWKD_WEIGHT,
+                                 warmup_epochs=REVIEWKD_WARMUP)
+    crd = ft_keras.CRD(2 * BATCH, feature_dim=CRD_FEATURE_DIM,
+                       num_negatives=CRD_NEGATIVES,
+                       temperature=CRD_TEMPERATURE, num_classes=CRD_CLASSES,
+                       weight=CRD_WEIGHT, seed=0)
+    crd.set_labels(CRD_LABELS)
+    distiller = ft_keras.Distiller(teacher, student, [reviewkd, crd])
+    distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+    connectors = reviewkd.fusions + [crd.embed_student, crd.embed_teacher]
+    teacher_before = _snapshot(teacher)
+    trained_before = {"student": [_numpy(v) for v in student.trainable_weights],
+                      "connectors": [_numpy(v) for obj in connectors
+                                     for v in obj.trainable_weights]}
+    memory_before = [_numpy(crd.memory_student), _numpy(crd.memory_teacher)]
+    index = np.arange(2 * BATCH, dtype="int32")
+    history = distiller.fit({"images": x_train, "index": index}, CRD_LABELS,
+                            batch_size=BATCH, epochs=1, verbose=0).history
+    # Evaluation on the first BATCH training examples, with their indices.
+    x, y, i = x_train[:BATCH], CRD_LABELS[:BATCH], index[:BATCH]
+    teacher_taps = _taps(teacher, REVIEWKD_TAPS, x)
+    student_taps = _taps(student, REVIEWKD_TAPS, x)
+    epoch = float(_numpy(distiller.epoch))
+    return {
+        "history": history,
+        "teacher_unchanged": _unchanged(teacher_before, teacher),
+        "student_changed": all(not np.array_equal(a, _numpy(v)) for a, v in
+                               zip(trained_before["student"],
+                                   student.trainable_weights)),
+        "connectors_changed": all(
+            not np.array_equal(a, _numpy(v)) for a, v in zip(
+                trained_before["connectors"],
+                [v for obj in connectors for v in obj.trainable_weights])),
+        "trained_variables_are_student_and_connectors": (
+            {id(v) for v in distiller.trainable_variables}
+            == {id(v) for obj in [student] + connectors
+                for v in obj.trainable_variables}),
+        "memory_changed": [not np.array_equal(a, _numpy(v)) for a, v in zip(
+            memory_before, (crd.memory_student, crd.memory_teacher))],
+        "normalization": _numpy(crd.normalization).tolist(),
+        "epoch": epoch,
+        "evaluate": _evaluate(distiller, {"images": x, "index": i}, y),
+        "np_evaluate": {
+            "ce_loss": np_ce(student_taps[0], y),
+            "reviewkd_loss": min(epoch / REVIEWKD_WARMUP, 1.0) * np_reviewkd(
+                [_fusion_weights(f) for f in reviewkd.fusions],
+                teacher_taps[1:], student_taps[1:]),
+            "crd_loss": np_crd(
+                teacher_taps[-1], student_taps[-1],
+                {role: [np.float64(_numpy(v)) for v in head.weights]
+                 for role, head in (("teacher", crd.embed_teacher),
+                                    ("student", crd.embed_student))},
+                {"teacher": np.float64(_numpy(crd.memory_teacher)),
+                 "student": np.float64(_numpy(crd.memory_student))},
+                np.float64(_numpy(crd.normalization)), i, CRD_LABELS,
+                CRD_TEMPERATURE, 2 * BATCH),
+        },
+    }
+
+
 def measure_backend(report_path, workdir, weights_path):
     """Everything the tests check on this process's backend; last, the
     cross-backend evaluation of the weights TensorFlow saved at
@@ -557,6 +778,7 @@ def measure_backend(report_path, workdir, weights_path):
             restored.predict(x, verbose=0), baseline.predict(x, verbose=0)))
 
     report["dkd_fitnets"] = _dkd_fitnets(x, y, x_train, y_train, workdir)
+    report["reviewkd_crd"] = _reviewkd_crd(x_train)
     report["zero_row_gradients"] = _zero_row_gradients()
     report["cross_backend"] = evaluate_cross_backend(weights_path)
     with open(report_path, "w") as f:
@@ -784,6 +1006,41 @@ def test_dkd_fitnets_and_dist_train_and_match_numpy(report):
            + FITNETS_WEIGHT * got["fitnets_loss"]
            + DIST_WEIGHT * got["dist_loss"])
     assert r["round_trip_predict_equal"]
+
+
+def test_reviewkd_and_crd_train_and_match_numpy(report):
+    """ReviewKD's fusions and CRD's heads train with the student (the
+    teacher bit-identical), and the evaluation of one batch of training
+    examples with their indices matches NumPy float64.
+
+    keras.random draws differently on each backend, seeded alike (a
+    `SeedGenerator(2)`'s first `uniform((4,))` starts 0.80 on TensorFlow,
+    0.56 on JAX, 0.61 on PyTorch), so CRD's negatives differ between
+    backends and from NumPy: no seed makes them match. With CRD_NEGATIVES
+    the number of the other classes' examples, each example's negatives
+    are all of them in a random order, so the loss (a sum over the
+    negatives) is the same whatever was drawn, and NumPy computes it from
+    the memory, Z and heads as they are, the negatives it uses being every
+    other class's example (a wrong draw would miss by far more than
+    rounding)."""
+    r = report["reviewkd_crd"]
+    assert set(r["history"]) == {"loss", "ce_loss", "reviewkd_loss",
+                                 "crd_loss"}
+    assert r["teacher_unchanged"]
+    assert r["student_changed"] and r["connectors_changed"]
+    assert r["trained_variables_are_student_and_connectors"]
+    assert r["memory_changed"] == [True, True]
+    assert all(z > 0 for z in r["normalization"])  # Z, from the first batch
+    assert r["epoch"] == 1.0  # ReviewKD's factor 1 / REVIEWKD_WARMUP
+    got, expected = r["evaluate"], r["np_evaluate"]
+    # Measured, relative, float32 against float64 NumPy, over several runs
+    # (the weights are unseeded): JAX ce <= 5.9e-8, reviewkd <= 4.5e-8, crd
+    # <= 9.2e-8; PyTorch ce <= 6.3e-8, reviewkd <= 7.8e-8, crd <= 1.1e-7
+    # (TensorFlow, the same function: <= 2.6e-8, 9.0e-8, 1.4e-7).
+    for key in ("ce_loss", "reviewkd_loss", "crd_loss"):
+        _close(got[key], expected[key], rtol=1e-6, atol=0.0)
+    _close(got["loss"], got["ce_loss"] + REVIEWKD_WEIGHT * got["reviewkd_loss"]
+           + CRD_WEIGHT * got["crd_loss"])
 
 
 def _tf_zero_row_gradients():
