@@ -533,7 +533,9 @@ def test_gin_reference_file_gives_repdistillers_setting(monkeypatch):
     distillation = settings.distillation
     assert distillation.label == "CRD" and term_configs.LABELS["crd"] == "CRD"
     assert distillation.student_loss_weight == 1.0
-    (term,) = [t.build(None, None) for t in distillation.terms]
+    # CIFAR-100's train split, as the runner reads it (`for_data`).
+    split = term_configs.TrainingSet(50000, 100, np.arange(50000) % 100)
+    (term,) = [t.for_data(split).build(None, None) for t in distillation.terms]
     assert isinstance(term, ft_keras.CRD)
     assert (term.teacher_layer, term.student_layer, term.num_examples,
             term.num_classes, term.feature_dim, term.num_negatives,

@@ -126,11 +126,13 @@ def test_method_files_compose_with_a_config(gin_file, method_file, tmp_path,
     experiment = ft_experiment.Experiment(tmp_path / "w")
     expected = {"alone": "FT", "ft": "FT", "kd": "KD", "at": "AT",
                 "ft_kd": "FT+KD", "dkd": "DKD", "fitnets": "FitNets", "dist": "DIST",
-                "review_kd": "ReviewKD"}
+                "review_kd": "ReviewKD", "crd": "CRD",
+                "fitnets_hint": "FitNets-hint+KD"}
     label = experiment.settings.distillation.label
     assert label == expected[os.path.basename(method_file)[:-4]]
-    assert experiment.ARTIFACTS["paraphraser"] == (
-        ("paraphraser.keras",) if label.startswith("FT") else ())
+    pretrained = {"FT": ("paraphraser.keras",), "FitNets-hint": ("hint_student.keras",)}
+    assert experiment.ARTIFACTS["paraphraser"] == next(
+        (files for prefix, files in pretrained.items() if label.startswith(prefix)), ())
     if method_file.endswith("alone.gin"):
         assert experiment.stages == ("baseline", "evaluate")
     # The config's own networks and schedule are kept.
