@@ -17,6 +17,7 @@ from ft_keras import data
 from ft_keras import experiment as ft_experiment
 from ft_keras import preemption
 from ft_keras.stages import fit as stage_fit
+from ft_keras.stages import inputs as stage_inputs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # WRN-10-1 both, 5 steps an epoch of the digits' 1,437 training images.
@@ -47,23 +48,18 @@ def experiment(workdir, *bindings):
     return ft_experiment.Experiment(workdir)
 
 
-def test_crd_gets_the_split_and_the_indices_and_runs_every_stage(tmp_path):
-    run = experiment(tmp_path / "w")
+def check_the_split_and_the_indices(run):
+    """The term got the training split's size, classes and labels; the
+    training pipeline yields each example's index beside its image."""
     (crd,) = run.context.terms
     arguments = dict(crd.arguments)
     labels = data.split_labels("digits", "train")
     assert (arguments["num_examples"], arguments["num_classes"]) == (1437, 10)
     np.testing.assert_array_equal(crd.labels, labels)
-    inputs, y = next(iter(run.stream.dataset))
+    # A pipeline of its own: an iterator of the run's stream would move it.
+    inputs, y = next(iter(stage_inputs.dataset(run.context, training=True)))
     assert sorted(inputs) == ["images", "index"]
     np.testing.assert_array_equal(labels[inputs["index"].numpy()], y.numpy())
-    results = run.run()
-    assert set(results["evaluation"]) == {"teacher", "student"}
-    # The term trained in every epoch (that it learns: test_crd.py).
-    log = (tmp_path / "w" / "student" / "log.csv").read_text().splitlines()
-    column = log[0].split(",").index("crd_loss")
-    values = [float(row.split(",")[column]) for row in log[1:]]
-    assert len(values) == 2 and all(np.isfinite(values)) and min(values) > 0
 
 
 def test_a_bound_size_that_is_not_the_splits_is_refused(tmp_path):
@@ -89,9 +85,17 @@ class _Preempt(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def test_a_preempted_student_stage_resumes_to_the_same_weights(
+def test_every_stage_runs_and_a_preempted_student_stage_resumes_exactly(
         tmp_path, monkeypatch, capsys):
-    experiment(tmp_path / "straight").run()
+    straight = experiment(tmp_path / "straight")
+    check_the_split_and_the_indices(straight)
+    results = straight.run()
+    assert set(results["evaluation"]) == {"teacher", "student"}
+    # The term trained in every epoch (that it learns: test_crd.py).
+    log = (tmp_path / "straight" / "student" / "log.csv").read_text().splitlines()
+    column = log[0].split(",").index("crd_loss")
+    values = [float(row.split(",")[column]) for row in log[1:]]
+    assert len(values) == 2 and all(np.isfinite(values)) and min(values) > 0
 
     callbacks = stage_fit.stage_callbacks
 
