@@ -4,6 +4,7 @@ offline."""
 
 import dataclasses
 import os
+import random
 import socket
 import tempfile
 import threading
@@ -434,6 +435,7 @@ def test_imagenet_train_and_eval_crops(tmp_path):
     counts = _datasets.write_imagenet_manual(
         os.path.join(data_dir, "downloads", "manual")
     )
+    state = random.getstate()
     train = data.build_dataset(
         "imagenet2012",
         "train",
@@ -443,6 +445,10 @@ def test_imagenet_train_and_eval_crops(tmp_path):
         data_dir=data_dir,
     )
     assert tfds.builder("imagenet2012", data_dir=data_dir).is_prepared()
+    # Preparing draws nothing from Python's random state, whence Keras seeds
+    # every later layer: a seeded run that prepares its data initialises its
+    # networks as its rerun on the prepared data does.
+    assert random.getstate() == state
     evaluation = data.build_dataset(
         "imagenet2012",
         "validation",

@@ -12,12 +12,14 @@ retry loop.
 """
 
 import os
+import random
 import socket
 import threading
 import time
 import urllib.parse
 import urllib.request
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from ft_keras.data import specs
@@ -99,10 +101,25 @@ def ensure_prepared(builder, name, download):
     """Returns a builder of `name` that can be read: `builder` if prepared,
     else one prepared from local files (`prepare`) or downloaded.
 
+    Preparing leaves Python's and NumPy's global random states as they
+    were: TFDS draws from them, and Keras seeds every new layer from
+    Python's, so a seeded run that prepares its data would otherwise
+    initialise its networks unlike its rerun on the prepared data.
+
     Raises:
         DatasetNotPreparedError: neither can be done now; the one-line
             message names what was tried and how to fix it.
     """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        return _ensure_prepared(builder, name, download)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def _ensure_prepared(builder, name, download):
+    """`ensure_prepared`'s work, which may draw from the random states."""
     if builder.is_prepared() or isinstance(
         builder, tfds.folder_dataset.ImageFolder
     ):
