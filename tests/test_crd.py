@@ -16,6 +16,8 @@ from _digits import digits
 from _digits import digits_net
 from _digits import snapshot
 from _digits import trained_teacher
+from _interrupt import Killed
+from _interrupt import StopAt
 
 # Fixed tensors: 8 examples of a 40-example training set, 12 student and 20
 # teacher features, embeddings of 16, 10 negatives.
@@ -447,25 +449,6 @@ def test_two_replicas_train_as_one_on_the_global_batch():
     np.testing.assert_allclose(two["crd_loss"], one["crd_loss"], rtol=1e-5)
     for a, b in zip(weights_two, weights_one):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-class Killed(Exception):
-    """Stands for a kill: the run stops, nothing is cleaned up."""
-
-
-class StopAt(keras.callbacks.Callback):
-    """Raises at `(epoch, batch)`, as a kill would stop the run there."""
-
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.at, self.epoch = (epoch, batch), None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            raise Killed
 
 
 @pytest.mark.parametrize("replicas", [1, 2])

@@ -19,6 +19,8 @@ from ft_keras import preemption
 from ft_keras.stages import fit as stage_fit
 from ft_keras.stages import inputs as stage_inputs
 
+from _interrupt import StopAt
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # WRN-10-1 both, 5 steps an epoch of the digits' 1,437 training images.
 BINDINGS = [
@@ -69,22 +71,6 @@ def test_a_bound_size_that_is_not_the_splits_is_refused(tmp_path):
         experiment(tmp_path / "w", "crd.num_examples = 50000")
 
 
-class _Preempt(keras.callbacks.Callback):
-    """SIGUSR1 at a batch of the student stage: the runner saves a
-    checkpoint there and stops, as a scheduler's preemption does."""
-
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.at, self.epoch = (epoch, batch), None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-
 def test_every_stage_runs_and_a_preempted_student_stage_resumes_exactly(
         tmp_path, monkeypatch, capsys):
     straight = experiment(tmp_path / "straight")
@@ -100,7 +86,10 @@ def test_every_stage_runs_and_a_preempted_student_stage_resumes_exactly(
     callbacks = stage_fit.stage_callbacks
 
     def preempted(stage, *args, **kwargs):
-        extra = [_Preempt(1, 2)] if stage == "student" else []
+        # SIGUSR1 as epoch 2's third batch starts: the runner saves a
+        # checkpoint after it and stops, as a scheduler's preemption does.
+        extra = [StopAt(1, 2, lambda: os.kill(os.getpid(), signal.SIGUSR1))
+                 ] if stage == "student" else []
         return extra + callbacks(stage, *args, **kwargs)
 
     monkeypatch.setattr(stage_fit, "stage_callbacks", preempted)

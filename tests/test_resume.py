@@ -28,6 +28,9 @@ from ft_keras import checkpoint as ft_checkpoint
 from ft_keras import distribute
 from ft_keras import preemption
 
+from _interrupt import Killed
+from _interrupt import StopAt
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STAGES = ("teacher", "paraphraser", "student", "baseline")
 # The quickstart, short: WRN-10-1 both, 5 steps an epoch, a checkpoint
@@ -159,25 +162,6 @@ def _data():
     return tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(8)
 
 
-class _Killed(Exception):
-    """Stands for a kill: the run stops, nothing is cleaned up."""
-
-
-class _StopAt(keras.callbacks.Callback):
-    """Raises at `(epoch, batch)`, as a kill would stop the run there."""
-
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.at, self.epoch = (epoch, batch), None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            raise _Killed
-
-
 def _checkpoint(directory, **kwargs):
     return ft_checkpoint.ResumableCheckpoint(
         directory, save_freq=1, delete_on_end=False, **kwargs)
@@ -195,9 +179,9 @@ def test_mid_epoch_resume_restores_dropout_state_metrics_and_log(tmp_path):
                 keras.callbacks.CSVLogger(str(killed_log), append=True), *extra]
 
     first = _dropout_model()
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         first.fit(_data(), epochs=2, verbose=0,
-                  callbacks=callbacks(tmp_path / "ckpt", _StopAt(1, 2)))
+                  callbacks=callbacks(tmp_path / "ckpt", StopAt(1, 2)))
     second = _dropout_model()
     resumed = callbacks(tmp_path / "ckpt")
     assert resumed[0].position == ft_checkpoint.Position(1, 2)
@@ -259,9 +243,9 @@ def two_replicas_resume_mid_epoch_exactly(tmp_path):
     straight = model()
     straight.fit(data(), epochs=2, verbose=0)
     first = model()
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         first.fit(data(), epochs=2, verbose=0,
-                  callbacks=[_checkpoint(tmp_path / "ckpt"), _StopAt(0, 3)])
+                  callbacks=[_checkpoint(tmp_path / "ckpt"), StopAt(0, 3)])
     # Saved after step 3, each replica still has its own statistics.
     a, b = replica_copies(first)
     assert not np.allclose(a, b)
@@ -287,11 +271,11 @@ class _KillAtEpochEdge(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.where == "before_row" and epoch == 1:
-            raise _Killed
+            raise Killed
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.where == "after_row" and epoch == 2:
-            raise _Killed
+            raise Killed
 
 
 @pytest.mark.parametrize("where, position", [
@@ -311,7 +295,7 @@ def test_kill_between_epoch_checkpoint_and_its_log_row(tmp_path, where, position
                 keras.callbacks.CSVLogger(str(killed_log), append=True)]
 
     kill = [_KillAtEpochEdge(where)]
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         _dropout_model().fit(_data(), epochs=3, verbose=0, callbacks=(
             callbacks(before=kill) if where == "after_row"
             else callbacks(between=kill)))
@@ -334,9 +318,9 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous_with_one_warning(
         tmp_path, capsys):
     model = _dropout_model()
     directory = tmp_path / "ckpt"
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         model.fit(_data(), epochs=2, verbose=0,
-                  callbacks=[_checkpoint(directory), _StopAt(1, 1)])
+                  callbacks=[_checkpoint(directory), StopAt(1, 1)])
     latest = directory / ft_checkpoint.LATEST
     with open(latest, "r+b") as f:
         f.truncate(os.path.getsize(latest) // 2)
@@ -361,9 +345,9 @@ def test_unfinished_write_leaves_the_last_checkpoint_in_use(tmp_path):
     model = _dropout_model()
     directory = tmp_path / "ckpt"
     checkpoint = _checkpoint(directory)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         model.fit(_data(), epochs=2, verbose=0,
-                  callbacks=[checkpoint, _StopAt(0, 3)])
+                  callbacks=[checkpoint, StopAt(0, 3)])
     # A write killed half-way: a partial temporary file, nothing recorded.
     (directory / "tmp.weights.h5").write_bytes(b"\x89HDF\r\n")
     assert _checkpoint(directory).position == ft_checkpoint.Position(0, 3)
