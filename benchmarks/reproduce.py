@@ -1,12 +1,14 @@
-"""A measured results table: teacher, student alone, KD, AT, FT and FT+KD over seeds.
+"""A measured results table: teacher, student alone and every method, over seeds.
 
 For each seed, trains the teacher once (or, with `--shared_teacher`, one
 teacher for all seeds; with `--teacher FILE`, none: every student distils
-from that trained `.keras` teacher), then the student five ways from it
-(alone, Hinton KD, attention transfer, Factor Transfer, FT+KD),
+from that trained `.keras` teacher), then the student every way from it
+(alone, Hinton KD, attention transfer, Factor Transfer, FT+KD, DKD, DIST,
+FitNets, ReviewKD, CRD; `--methods` picks rows),
 each through the experiment runner in its own workdir
 (`<workdir>/seed<S>/<method>/`), and prints a markdown table of test top-1
-(mean and standard deviation over seeds) and training wall time per method.
+(mean and standard deviation over seeds) and training wall time per
+method, with the CPU each run trained on.
 
 It resumes: a finished run is reused (its bindings are kept in
 `reproduce.json` beside its `results.json`), and an interrupted one resumes
@@ -65,7 +67,20 @@ METHODS = {
     "FT": (["include 'gin/methods/ft.gin'"], ["paraphraser", "student"], "student"),
     "FT+KD": (["include 'gin/methods/ft_kd.gin'"], ["paraphraser", "student"],
               "student"),
+    "DKD": (["include 'gin/methods/dkd.gin'"], ["student"], "student"),
+    "DIST": (["include 'gin/methods/dist.gin'"], ["student"], "student"),
+    "FitNets": (["include 'gin/methods/fitnets.gin'"], ["student"], "student"),
+    "ReviewKD": (["include 'gin/methods/review_kd.gin'"], ["student"],
+                 "student"),
+    "CRD": (["include 'gin/methods/crd.gin'"], ["student"], "student"),
 }
+# Methods whose term warms up, by its gin configurable. Each reference warms
+# up over 20 of its 240 epochs (DKD: mdistiller's `CFG.DKD.WARMUP`; ReviewKD:
+# `CFG.REVIEWKD.WARMUP_EPOCHS`; `CFG.SOLVER.EPOCHS` 240); a table whose
+# recipe trains the student for other epochs keeps that fraction of its run
+# (at least one epoch), as it shortens every method's schedule alike.
+WARMUP = {"DKD": "decoupled_kd", "ReviewKD": "review_kd"}
+REFERENCE_WARMUP_FRACTION = 20 / 240
 # The stage whose log.csv holds a method's per-epoch test accuracy.
 _CURVE_STAGE = {"teacher": "teacher", "baseline": "baseline",
                 "student": "student"}
@@ -112,10 +127,34 @@ def teacher_model(workdir, teacher):
                         "model.keras")
 
 
-def bindings_of(method, seed, workdir, extra, teacher=None):
-    """Runner bindings of one run; `teacher`: see `teacher_model`."""
+def warmup_epochs(student_epochs):
+    """The warm-up of a table whose students train `student_epochs`: the
+    references' fraction of the run, at least one epoch."""
+    return max(1, round(student_epochs * REFERENCE_WARMUP_FRACTION))
+
+
+def student_epochs(gin_files, extra):
+    """The student stage's epochs in the table's config."""
+    import gin
+
+    from ft_keras import cli
+    from ft_keras import config
+
+    cli.parse_config(gin_files, extra)
+    try:
+        return config.from_gin().training["student"].epochs
+    finally:
+        gin.clear_config()
+
+
+def bindings_of(method, seed, workdir, extra, teacher=None, epochs=None):
+    """Runner bindings of one run; `teacher`: see `teacher_model`; `epochs`:
+    the student's (`student_epochs`), for a method in `WARMUP`."""
     bindings = list(extra) + [f"experiment.seed = {seed}"]
     bindings += METHODS[method][0] + [f"experiment.stages = {stages(method)}"]
+    if method in WARMUP:
+        bindings.append(f"{WARMUP[method]}.warmup_epochs = "
+                        f"{warmup_epochs(epochs)}")
     if method != "teacher":
         bindings.append("experiment.teacher_checkpoint = "
                         f"'{teacher_model(workdir, teacher)}'")
@@ -208,7 +247,25 @@ def curve(directory, role):
     return [100 * v for v in values if v is not None]
 
 
+def cpu_kind():
+    """The CPU a run trained on, as the table names it: its model and the
+    widest instruction set its kernels use (AMX, AVX512-BF16, AVX-512,
+    AVX2), and its usable cores."""
+    from ft_keras import precision
+
+    info = precision.cpu_info()
+    flags = info.get("flags", {})
+    widest = next((name for flag, name in [
+        ("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"),
+        ("avx512f", "AVX-512"), ("avx2", "AVX2")] if flags.get(flag)), None)
+    cores = len(os.sched_getaffinity(0))
+    return f"{info.get('model') or 'unknown CPU'}" + (
+        f", {widest}" if widest else "") + f", {cores} cores"
+
+
 def record(method, seed, directory, results):
+    """One finished run's row entry, with the CPU it trained on (this
+    process runs where the run ran)."""
     _, timed, role = METHODS[method]
     return {
         "method": method,
@@ -217,6 +274,7 @@ def record(method, seed, directory, results):
         "wall_time_s": sum(results["stages"][s]["wall_time_s"] for s in timed),
         "curve": curve(directory, role),
         "workdir": directory,
+        "cpu": cpu_kind(),
     }
 
 
@@ -228,13 +286,16 @@ def mean_std(values):
 def table(summary):
     lines = [
         "| method | test top-1 (%), mean ± std | seeds | training wall time "
-        "per run (s), mean |",
-        "|---|---|---|---|",
+        "per run (s), mean | CPU |",
+        "|---|---|---|---|---|",
     ]
     for method, row in summary["methods"].items():
         if not row["runs"]:
-            lines.append(f"| {method} | not yet measured | 0 | |")
+            lines.append(f"| {method} | not yet measured | 0 | | |")
             continue
+        # Runs recorded before the CPU was: "not recorded".
+        cpus = "; ".join(sorted({r.get("cpu", "not recorded")
+                                 for r in row["runs"]}))
         # One run has no spread to show.
         spread = (f" ± {row['top1_std']:.2f}" if len(row["runs"]) > 1
                   else "")
@@ -242,13 +303,13 @@ def table(summary):
         wall = "not trained here" if wall is None else f"{wall:.0f}"
         lines.append(
             f"| {method} | {row['top1_mean']:.2f}{spread} | "
-            f"{len(row['runs'])} | {wall} |"
+            f"{len(row['runs'])} | {wall} | {cpus} |"
         )
     timed = [r["wall_time_s"] for row in summary["methods"].values()
              for r in row["runs"] if r["wall_time_s"] is not None]
     if timed:
         lines.append(f"| all {len(timed)} runs | | | total "
-                     f"{sum(timed):.0f} |")
+                     f"{sum(timed):.0f} | |")
     return "\n".join(lines)
 
 
@@ -449,10 +510,12 @@ def main(argv=None):
                 directory = run_dir(args.workdir, seed, method)
             plan.append((seed, method, directory, teacher_seed(args, seed)))
     out = args.results_dir or args.workdir
+    epochs = (student_epochs(args.gin_file, args.gin_bindings)
+              if any(m in WARMUP for m in methods) else None)
     for seed, method, directory, teacher in plan:
         key = key_of(args, seed, method)
         bindings = bindings_of(method, seed, args.workdir, args.gin_bindings,
-                               teacher)
+                               teacher, epochs)
         if method == "teacher":
             students = [key_of(args, s, m) for s, m, _, t in plan
                         if m != "teacher" and t == teacher]

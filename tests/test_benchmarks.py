@@ -120,11 +120,57 @@ def test_reproduce_runs_each_method_with_its_stages():
         "teacher", "paraphraser", "student", "evaluate"]
     assert reproduce.stages("FT+KD") == [
         "teacher", "paraphraser", "student", "evaluate"]
+    for method in ("DKD", "DIST", "FitNets", "ReviewKD", "CRD"):
+        assert reproduce.stages(method) == ["teacher", "student", "evaluate"]
 
 
-def _run(method, seed, top1, curve, wall=10.0):
-    return {"method": method, "seed": seed, "top1": top1, "curve": curve,
-            "wall_time_s": wall, "workdir": "/gone", "key": f"{method}{seed}"}
+def test_reproduce_keeps_the_references_warm_up_fraction():
+    import reproduce
+
+    # 20 of mdistiller's 240 epochs; at least one.
+    assert [reproduce.warmup_epochs(e) for e in (240, 164, 12, 5, 1)] == [
+        20, 14, 1, 1, 1]
+    assert reproduce.student_epochs(
+        ["gin/fashion_mnist/wrn16_2_wrn10_1.gin"], []) == 5
+    assert reproduce.student_epochs(
+        ["gin/fashion_mnist/wrn16_2_wrn10_1.gin"],
+        ["student/training.epochs = 36"]) == 36
+
+
+@pytest.mark.parametrize("method, term, warmup", [
+    ("KD", "KD", None), ("AT", "AT", None), ("FT", "FT", None),
+    ("DKD", "DKD", 1), ("DIST", "DIST", None), ("FitNets", "FitNets", None),
+    ("ReviewKD", "ReviewKD", 1), ("CRD", "CRD", None)])
+def test_reproduce_bindings_give_each_method_its_term_on_the_table_config(
+        method, term, warmup, monkeypatch):
+    import gin
+
+    import reproduce
+    from ft_keras import cli
+    from ft_keras import config
+
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parent.parent)
+    files = ["gin/fashion_mnist/wrn16_2_wrn10_1.gin"]
+    bindings = reproduce.bindings_of(method, 2, "/w", [], None, epochs=5)
+    gin.clear_config()
+    try:
+        cli.parse_config(files, bindings)
+        settings = config.from_gin()
+    finally:
+        gin.clear_config()
+    terms = settings.distillation.terms
+    assert [t.label for t in terms] == [term]
+    assert list(settings.experiment.stages) == reproduce.stages(method)
+    assert settings.experiment.seed == 2
+    arguments = dict(getattr(terms[0], "arguments", ()))
+    # The method file's warm-up (20) gives way to the table's.
+    assert arguments.get("warmup_epochs") == warmup
+
+
+def _run(method, seed, top1, curve, wall=10.0, cpu=None):
+    run = {"method": method, "seed": seed, "top1": top1, "curve": curve,
+           "wall_time_s": wall, "workdir": "/gone", "key": f"{method}{seed}"}
+    return dict(run, cpu=cpu) if cpu else run
 
 
 def test_reproduce_writes_table_summary_curves_and_readme_block(tmp_path):
@@ -138,7 +184,8 @@ def test_reproduce_writes_table_summary_curves_and_readme_block(tmp_path):
                               results_dir=str(tmp_path / "out"),
                               shared_teacher=False, teacher=None)
     methods = ["teacher", "FT"]
-    runs = {"teacher": [_run("teacher", 0, 90.0, [80.0, 90.0])], "FT": []}
+    runs = {"teacher": [_run("teacher", 0, 90.0, [80.0, 90.0],
+                             cpu=reproduce.cpu_kind())], "FT": []}
     # A run recorded by an earlier invocation (its workdir is gone).
     records = {"FT1": _run("FT", 1, 86.0, [70.0, 86.0], wall=30.0),
                "FT0": _run("FT", 0, 84.0, [60.0, 84.0], wall=20.0)}
@@ -146,8 +193,10 @@ def test_reproduce_writes_table_summary_curves_and_readme_block(tmp_path):
     assert [r["seed"] for r in summary["methods"]["FT"]["runs"]] == [0, 1]
     assert summary["methods"]["FT"]["top1_mean"] == 85.0
     assert abs(summary["methods"]["FT"]["top1_std"] - 1.4142) < 1e-4
-    assert "| FT | 85.00 ± 1.41 | 2 | 25 |" in text
-    assert "| teacher | 90.00 | 1 | 10 |" in text  # one run: no spread
+    # Runs recorded before the table named their CPU say so.
+    assert "| FT | 85.00 ± 1.41 | 2 | 25 | not recorded |" in text
+    assert f"| teacher | 90.00 | 1 | 10 | {reproduce.cpu_kind()} |" in text
+    assert reproduce.cpu_kind().endswith(" cores")
     # The file says where and with what it was written.
     from ft_keras import precision
 
@@ -198,15 +247,15 @@ def test_reproduce_from_a_given_teacher_trains_none_and_totals_the_runs(
             "FT": [_run("FT", 0, 80.0, [], wall=20.0),
                    _run("FT", 1, 82.0, [], wall=30.0)]}
     _, text = reproduce.write(args, ["teacher", "FT"], runs, {}, 1.0)
-    assert "| teacher | 90.00 | 1 | not trained here |" in text
-    assert text.endswith("| all 2 runs | | | total 50 |")
+    assert "| teacher | 90.00 | 1 | not trained here | not recorded |" in text
+    assert text.endswith("| all 2 runs | | | total 50 | |")
     # A later invocation for one more method keeps the rows recorded.
     records = reproduce.load_records(str(tmp_path / "summary.json"))
     summary, text = reproduce.write(
         args, ["teacher", "KD"], {"teacher": [], "KD": [
             _run("KD", 0, 81.0, [], wall=5.0)]}, records, 1.0)
     assert list(summary["methods"]) == ["teacher", "KD", "FT"]
-    assert text.endswith("| all 3 runs | | | total 55 |")
+    assert text.endswith("| all 3 runs | | | total 55 | |")
 
     for argv, message in [
             ([f"--teacher={tmp_path / 'none.keras'}"], "no such file"),
