@@ -1,4 +1,7 @@
-"""Evaluates the trained networks of an experiment on its test split.
+"""The entry point of `python -m ft_keras.evaluate`: runs the `evaluate` stage.
+
+It runs `ft_keras.stages.evaluation` through `ft_keras.cli.main`, which
+evaluates the trained networks of an experiment on its test split:
 
     python -m ft_keras.evaluate --gin_file=gin/distill.gin --workdir=/tmp/ft
 

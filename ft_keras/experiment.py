@@ -5,10 +5,10 @@
     python -m ft_keras.train --gin_file=gin/distill.gin --workdir=/tmp/ft
 
 It is a thin orchestrator over the stage table (`ft_keras.stages`): it reads
-the settings, opens the workdir (`ft_keras.stages.workdir.RunWorkdir`),
+the settings, opens the workdir (`ft_keras.stages.run_record.RunWorkdir`),
 builds the data and networks, checks the whole plan before any work, and
-runs each enabled stage's function (`ft_keras.stages.train`, `.evaluate`,
-`.export`). Every stage leaves its artifacts in the workdir; rerunning the
+runs each enabled stage's function (`ft_keras.stages.training`,
+`.evaluation`, `.export`). Every stage leaves its artifacts in the workdir; rerunning the
 same command skips finished stages and resumes an interrupted one from its
 last checkpoint. Everything here is plain Keras: the stages build the
 training models and call `fit`, as a user would by hand.
@@ -52,7 +52,7 @@ from ft_keras.stages.fit import stage_callbacks  # noqa: F401  (public name)
 from ft_keras.stages.context import Networks
 from ft_keras.stages.context import RunContext
 from ft_keras.stages.context import TrainStream
-from ft_keras.stages.workdir import RunWorkdir
+from ft_keras.stages.run_record import RunWorkdir
 
 __all__ = ["ConfigurationError", "Experiment", "stage_callbacks"]
 

@@ -1,4 +1,7 @@
-"""A teacher trained in PyTorch, as a `.keras` model: convert once, check.
+"""The entry point of `python -m ft_keras.import_torch`: runs `models.torch_import`.
+
+It runs `ft_keras.models.torch_import`, which turns a teacher trained in
+PyTorch into a `.keras` model: convert once, check.
 
     python -m ft_keras.import_torch resnet56_best.pth --network resnet56 \\
         --dataset cifar100 --out teacher.keras
@@ -62,7 +65,8 @@ def _shape(shape):
     return "x".join(str(d) for d in shape)
 
 
-def main(argv=None):
+def _parser():
+    """The command line's flags."""
     parser = argparse.ArgumentParser(
         prog="python -m ft_keras.import_torch",
         description="Import a PyTorch state_dict into our network of its "
@@ -84,33 +88,48 @@ def main(argv=None):
     )
     parser.add_argument("--check_inputs", help=".npy of NCHW images")
     parser.add_argument("--check_logits", help=".npy of PyTorch's logits for them")
-    args = parser.parse_args(argv)
-    if bool(args.check_inputs) != bool(args.check_logits):
-        parser.error("give --check_inputs and --check_logits together")
-    out = args.out or os.path.splitext(args.checkpoint)[0] + ".keras"
-    try:
-        if not out.endswith(".keras"):
-            raise ValueError(f"--out must end in .keras. Received: {out}")
-        input_shape, num_classes = taps.network_input(
-            args.dataset, args.input_shape, args.num_classes
+    return parser
+
+
+def _convert(args, out):
+    """`(model, summary, check)`: `--network` with the `state_dict`
+    imported, a line saying what was imported into what, and
+    `check_logits`' result (None without `--check_inputs`)."""
+    if not out.endswith(".keras"):
+        raise ValueError(f"--out must end in .keras. Received: {out}")
+    input_shape, num_classes = taps.network_input(
+        args.dataset, args.input_shape, args.num_classes
+    )
+    model = models.get(
+        args.network, input_shape=input_shape, num_classes=num_classes
+    )
+    layout = models.load_torch_weights(model, args.checkpoint)
+    check = None
+    if args.check_inputs:
+        check = check_logits(
+            model, np.load(args.check_inputs), np.load(args.check_logits)
         )
-        model = models.get(
-            args.network, input_shape=input_shape, num_classes=num_classes
-        )
-        layout = models.load_torch_weights(model, args.checkpoint)
-        check = None
-        if args.check_inputs:
-            check = check_logits(
-                model, np.load(args.check_inputs), np.load(args.check_logits)
-            )
-    except (ValueError, OSError, ImportError) as e:
-        print(f"ft_keras: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
     summary = (
         f"{args.checkpoint}: {layout} -> {args.network} (input "
         f"{_shape(input_shape)}, {num_classes} classes): "
         f"{len(model.weights)} tensors, {model.count_params():,} values"
     )
+    return model, summary, check
+
+
+def main(argv=None):
+    """Imports, checks and saves; returns the exit status (0 saved, 1
+    different logits, 2 a bad argument or file)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if bool(args.check_inputs) != bool(args.check_logits):
+        parser.error("give --check_inputs and --check_logits together")
+    out = args.out or os.path.splitext(args.checkpoint)[0] + ".keras"
+    try:
+        model, summary, check = _convert(args, out)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"ft_keras: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     if check is not None:
         difference, scale = check
         same = difference <= TOLERANCE * scale

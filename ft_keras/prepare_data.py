@@ -1,4 +1,6 @@
-"""`python -m ft_keras.prepare_data`: prepare a TFDS dataset offline.
+"""The entry point of `python -m ft_keras.prepare_data`: runs `data.prepare`.
+
+It runs `ft_keras.data.prepare`, which prepares a TFDS dataset offline:
 
     python -m ft_keras.prepare_data fashion_mnist --from /usr/share/datasets/fashion-mnist
     python -m ft_keras.prepare_data cifar10 --from ~/Downloads/cifar-10-python.tar.gz

@@ -1,4 +1,7 @@
-"""Runs an experiment's stages: teacher, paraphraser, student, evaluate, export.
+"""The entry point of `python -m ft_keras.train`: runs `ft_keras.experiment`.
+
+It runs an experiment's stages (teacher, paraphraser, student, evaluate,
+export) through `ft_keras.cli.main`:
 
     python -m ft_keras.train --gin_file=gin/distill.gin --workdir=/tmp/ft
     python -m ft_keras.train --gin_file=gin/distill.gin --dry_run

@@ -1,13 +1,16 @@
-"""A workdir that one run at a time writes, with artifacts that prove they are whole.
+"""Writing a workdir safely: the lock, whole files, artifact fingerprints.
+
+A workdir is written by one run at a time, and its artifacts prove they are
+whole:
 
 - `WorkdirLock`: an exclusive `flock` on `<workdir>/.lock`, which holds the
   host and pid of the run. The kernel drops the lock when that process ends,
   however it ends (SIGKILL, a crash, a power loss: the file stays, the lock
   does not), so a lock never outlives its run.
-- `save_model`, `write_json`, `replace_durably`: written to a temporary
-  file, flushed to disk (`fsync`), then renamed over the target, so a file
-  is either the old one or the whole new one (`ft_keras.checkpoint` writes
-  its checkpoints so too).
+- `save_model`, `write_json`, `write_text`, `replace_durably`: written to
+  a temporary file, flushed to disk (`fsync`), then renamed over the
+  target, so a file is either the old one or the whole new one
+  (`ft_keras.checkpoint` writes its checkpoints so too).
 - `record_artifacts`, `check_artifact`: each stage records the size and
   SHA-256 of its artifacts in its `stage.json` when it finishes; a later
   run checks them before it uses one, and a missing, truncated or changed
@@ -145,6 +148,14 @@ def write_json(path, value):
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)
+    replace_durably(tmp, path)
+
+
+def write_text(path, text):
+    """Writes the string `text` to `path`, whole or not at all."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
     replace_durably(tmp, path)
 
 

@@ -14,11 +14,12 @@ import pytest
 import tensorflow as tf
 
 from ft_keras.data import prepare
+from ft_keras.data import source_files
 
 DEBIAN = prepare.DEBIAN_FASHION_MNIST
 HAVE_DEBIAN = all(
     os.path.exists(os.path.join(DEBIAN, f"{name}.gz"))
-    for name in prepare._IDX_FILES
+    for name in source_files._IDX_FILES
 )
 needs_debian = pytest.mark.skipif(
     not HAVE_DEBIAN,

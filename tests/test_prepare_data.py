@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from ft_keras import data
 from ft_keras.data import availability
 from ft_keras.data import prepare
+from ft_keras.data import source_files
 
 import _datasets
 from _datasets import CIFAR10_NAMES
@@ -199,9 +200,9 @@ def write_idx(path, magic, dims, payload, compress=True):
 def test_bad_idx_files_name_the_file_and_the_problem(tmp_path):
     images = np.zeros((5, 28, 28), np.uint8).tobytes()
     labels = np.zeros(5, np.uint8).tobytes()
-    names = list(prepare._IDX_FILES)
+    names = list(source_files._IDX_FILES)
     for name in names:
-        magic = prepare._IDX_FILES[name][0]
+        magic = source_files._IDX_FILES[name][0]
         dims = (5, 28, 28) if magic == 2051 else (5,)
         write_idx(tmp_path / f"{name}.gz", magic, dims,
                   images if magic == 2051 else labels)

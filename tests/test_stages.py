@@ -63,13 +63,13 @@ def test_an_unknown_stage_lists_the_stages():
 
 
 def test_deployment_options_are_runtime_bindings_and_checked():
-    from ft_keras.stages import workdir
+    from ft_keras.stages import run_record
 
     trained = "dataset.name = 'digits'\n"
     measured = trained + "deployment.latency_runs = 5\ndeployment.full_integer = True\n"
-    assert workdir.comparable_config(measured) == workdir.comparable_config(trained)
-    assert workdir.comparable_config(trained + "training.epochs = 2\n") \
-        != workdir.comparable_config(trained)
+    comparable = run_record.comparable_config
+    assert comparable(measured) == comparable(trained)
+    assert comparable(trained + "training.epochs = 2\n") != comparable(trained)
     with pytest.raises(ValueError, match=r"`deployment.threads` must be a "
                        r"positive integer. Received: threads=0"):
         config.DeploymentConfig(threads=0)

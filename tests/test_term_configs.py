@@ -20,7 +20,7 @@ from ft_keras import features
 from ft_keras import models
 from ft_keras import stages
 from ft_keras import term_configs
-from ft_keras.stages import train as stage_train
+from ft_keras.stages import training as stage_training
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -267,7 +267,7 @@ def test_fitnets_two_stages_hint_first_then_kd_from_the_hinted_student(
     experiment = ft_experiment.Experiment(tmp_path / "w")
     with distribute.scope(experiment.strategy):
         experiment.nets.trained_teacher(experiment.context)
-        distiller, built = stage_train.student_distiller(
+        distiller, built = stage_training.student_distiller(
             experiment.context, experiment.nets)
     assert [type(term).__name__ for term in distiller.terms] == [
         "KnowledgeDistillation"]

@@ -38,13 +38,17 @@ instead of TFDS's several-minute retry loop.
 
 Modules, each depending only on those above it:
 
+- `image_folder_files`: an image folder's layout listed and checked, its
+  images decoded (`ImageFolderError`);
 - `image_folder`: the classes, image shape and statistics of an image
-  folder, read once and checked (`ImageFolderError`);
+  folder, read once and checked;
 - `specs`: per-dataset facts (classes, shapes, split sizes, normalisation);
 - `transforms`: per-example crops / flips / resizes, Keras augmentation
   layers;
 - `options`: `PipelineOptions`, every option of `build_dataset` with its
   default and checks;
+- `source_files`: the local files of a dataset prepared offline, read and
+  checked (`SourceError`);
 - `prepare`: offline preparation from local files
   (`python -m ft_keras.prepare_data`);
 - `availability`: on first use, prepare from local files or download after

@@ -130,23 +130,44 @@ def _ensure_prepared(builder, name, download):
     if base in DATASETS:
         source, tried = find_source(base, root)
         if source is not None:
-            print(
-                f"[ft_keras] {where}; preparing it from the files in "
-                f"{source} (once).",
-                flush=True,
-            )
-            try:
-                prepare(base, source, root)
-            except SourceError as error:
-                raise DatasetNotPreparedError(
-                    f"{where} and its local files cannot be used: {error}"
-                ) from None
-            return specs.tfds_builder(name, root)
+            return _prepare_from_files(name, base, source, root, where)
         where += f" and no files of it were found in {', '.join(tried)}"
     if not download:
         raise DatasetNotPreparedError(
             f"{where} and download=False; {_prepare_hint(name, root)}."
         )
+    _check_downloadable(builder, name, root, where)
+    try:
+        builder.download_and_prepare()
+    except (OSError, tfds.download.DownloadError) as error:
+        reason = " ".join(str(error).split())[:300]
+        raise DatasetNotPreparedError(
+            f"{where} and downloading it failed ({type(error).__name__}: "
+            f"{reason}); {_prepare_hint(name, root)}."
+        ) from error
+    return builder
+
+
+def _prepare_from_files(name, base, source, root, where):
+    """A builder of `name` (of TFDS name `base`) prepared from the local
+    files in `source`."""
+    print(
+        f"[ft_keras] {where}; preparing it from the files in "
+        f"{source} (once).",
+        flush=True,
+    )
+    try:
+        prepare(base, source, root)
+    except SourceError as error:
+        raise DatasetNotPreparedError(
+            f"{where} and its local files cannot be used: {error}"
+        ) from None
+    return specs.tfds_builder(name, root)
+
+
+def _check_downloadable(builder, name, root, where):
+    """Raises a `DatasetNotPreparedError` unless `builder` can download
+    now: its manual files are in place, or its download hosts answer."""
     manual_dir = os.path.join(root, "downloads", "manual")
     if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
         if not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
@@ -174,12 +195,3 @@ def _ensure_prepared(builder, name, download):
                 f"{where}; it cannot be downloaded (host not reachable: "
                 f"{hosts}); {_prepare_hint(name, root)}."
             )
-    try:
-        builder.download_and_prepare()
-    except (OSError, tfds.download.DownloadError) as error:
-        reason = " ".join(str(error).split())[:300]
-        raise DatasetNotPreparedError(
-            f"{where} and downloading it failed ({type(error).__name__}: "
-            f"{reason}); {_prepare_hint(name, root)}."
-        ) from error
-    return builder

@@ -21,6 +21,11 @@ __all__ = ["OPTION_NAMES", "PipelineOptions", "SWAPPABLE_RECIPES", "is_int"]
 SWAPPABLE_RECIPES = ("generic", "cifar")
 
 
+def _set(options, key, value):
+    """Normalises a field of the frozen `options` in `__post_init__`."""
+    object.__setattr__(options, key, value)
+
+
 def is_int(value):
     """An int or numpy integer, not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -120,17 +125,20 @@ class PipelineOptions:
     index: bool = False
 
     def __post_init__(self):
-        def set_(key, value):
-            object.__setattr__(self, key, value)
+        self._check_reading()
+        self._check_transforms()
 
+    def _check_reading(self):
+        """Checks and normalises the options of reading: the flags, `seed`,
+        `shuffle_buffer` and `cache`."""
         for key in ("deterministic", "download", "drop_remainder", "repeat"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(
                     f"`{key}` must be True or False. Received: {key}={value!r}"
                 )
-        set_("repeat", self.repeat is True)
-        set_("download", self.download is not False)
+        _set(self, "repeat", self.repeat is True)
+        _set(self, "download", self.download is not False)
 
         if self.seed is not None:
             if not is_int(self.seed):
@@ -138,7 +146,7 @@ class PipelineOptions:
                     "`seed` must be an int or None. "
                     f"Received: seed={self.seed!r}"
                 )
-            set_("seed", int(self.seed))
+            _set(self, "seed", int(self.seed))
 
         if self.shuffle_buffer is not None:
             if not is_int(self.shuffle_buffer) or self.shuffle_buffer < 0:
@@ -147,7 +155,7 @@ class PipelineOptions:
                     "shuffling). "
                     f"Received: shuffle_buffer={self.shuffle_buffer!r}"
                 )
-            set_("shuffle_buffer", int(self.shuffle_buffer))
+            _set(self, "shuffle_buffer", int(self.shuffle_buffer))
 
         cache = "auto" if self.cache is None else self.cache
         if not (isinstance(cache, bool) or cache == "auto"):
@@ -155,10 +163,13 @@ class PipelineOptions:
                 "`cache` must be True, False or 'auto'. "
                 f"Received: cache={cache!r}"
             )
-        set_("cache", cache)
+        _set(self, "cache", cache)
 
-        set_("augment", _check_augment(self.augment))
-        set_("image_size", _check_image_size(self.image_size))
+    def _check_transforms(self):
+        """Checks and normalises the options of the transforms: `augment`,
+        `image_size`, `recipe`, `index` and `autotune`."""
+        _set(self, "augment", _check_augment(self.augment))
+        _set(self, "image_size", _check_image_size(self.image_size))
 
         if self.recipe is not None and self.recipe not in specs.RECIPES:
             raise ValueError(
@@ -169,7 +180,7 @@ class PipelineOptions:
         if self.index is not None and not isinstance(self.index, bool):
             raise ValueError(
                 f"`index` must be True or False. Received: index={self.index!r}")
-        set_("index", self.index is True)
+        _set(self, "index", self.index is True)
         mixing = [a for a in self.augment if a.endswith(("cutmix", "mixup"))]
         if self.index and mixing:
             raise ValueError(
@@ -182,7 +193,7 @@ class PipelineOptions:
                 "`autotune` must be True or False. "
                 f"Received: autotune={self.autotune!r}"
             )
-        set_("autotune", bool(self.autotune))
+        _set(self, "autotune", bool(self.autotune))
 
     @classmethod
     def from_kwargs(cls, options):
@@ -226,7 +237,30 @@ class PipelineOptions:
         seed = self.seed
         if deterministic and seed is None and training:
             seed = 0
+        self._check_image_size_of(name, spec)
+        recipe = self._recipe_of(name, spec)
+        mean, std = self._normalization_of(name, spec)
+        return dataclasses.replace(
+            self,
+            mean=mean,
+            std=std,
+            shuffle_buffer=(
+                spec.shuffle_buffer
+                if self.shuffle_buffer is None
+                else self.shuffle_buffer
+            ),
+            seed=seed,
+            deterministic=deterministic,
+            drop_remainder=(
+                training if self.drop_remainder is None else self.drop_remainder
+            ),
+            recipe=recipe,
+        )
 
+    def _check_image_size_of(self, name, spec):
+        """Raises a `ValueError` if `image_size` does not suit dataset
+        `name` (of spec `spec`): ImageNet crops squares, and CIFAR,
+        Fashion-MNIST and digits keep their size."""
         image_size = self.image_size
         if image_size is not None:
             if spec.recipe == "imagenet" and image_size[0] != image_size[1]:
@@ -244,6 +278,9 @@ class PipelineOptions:
                     f"Received: image_size={image_size!r}"
                 )
 
+    def _recipe_of(self, name, spec):
+        """`recipe` for dataset `name`: its own if not given, or the other
+        of `SWAPPABLE_RECIPES`."""
         recipe = spec.recipe if self.recipe is None else self.recipe
         if recipe != spec.recipe and not {recipe, spec.recipe} <= set(
             SWAPPABLE_RECIPES
@@ -254,7 +291,11 @@ class PipelineOptions:
                 f"{' or '.join(map(repr, SWAPPABLE_RECIPES))} may take the "
                 f"other one. Received: recipe={self.recipe!r}"
             )
+        return recipe
 
+    def _normalization_of(self, name, spec):
+        """`(mean, std)` for dataset `name`, one value per channel: the
+        given ones, or the dataset's (`specs.normalization_stats`)."""
         channels = spec.input_shape[-1]
         default_mean, default_std = specs.normalization_stats(name)
         mean = _per_channel(
@@ -267,23 +308,7 @@ class PipelineOptions:
             raise ValueError(
                 f"`std` values must be > 0. Received: std={std!r}"
             )
-
-        return dataclasses.replace(
-            self,
-            mean=mean,
-            std=std,
-            shuffle_buffer=(
-                spec.shuffle_buffer
-                if self.shuffle_buffer is None
-                else self.shuffle_buffer
-            ),
-            seed=seed,
-            deterministic=deterministic,
-            drop_remainder=(
-                training if self.drop_remainder is None else self.drop_remainder
-            ),
-            recipe=recipe,
-        )
+        return mean, std
 
 
 OPTION_NAMES = tuple(

@@ -28,6 +28,18 @@ The recipes of training pipelines (`training=True`, step 3):
 
 Evaluation pipelines normalise only (ImageNet: resize the shorter side to
 256, center crop 224).
+
+Random ops are stateless, seeded per example from `seed`, so
+`deterministic=True, seed=s` yields the same batches every time a dataset is
+built; each new iteration (epoch) draws new augmentations and a new shuffle
+order. Decoded uint8 data are cached in memory before augmentation where they
+fit (CIFAR, digits; not ImageNet).
+
+An image folder (`name="image_folder:<root>"`, see
+`ft_keras.data.image_folder`) is read by TFDS's `ImageFolder` builder; its
+images are decoded to the channels of its first training image, resized to
+that image's size (or `image_size`), and normalised with the training
+split's mean and std.
 """
 
 import numpy as np
@@ -51,9 +63,8 @@ _AUTO_CACHE_BYTES = 2 * 1024**3
 CIFAR_PADDING = 4
 
 
-def build_dataset(
-    name, split, *, batch_size, training, data_dir=None, **options
-):
+def build_dataset(name, split, *, batch_size, training, data_dir=None,
+                  **options):
     """Builds a batched `tf.data.Dataset` of `(images, labels)`.
 
     Images are float32 NHWC, normalised exactly like PyTorch's `ToTensor()`
@@ -64,23 +75,9 @@ def build_dataset(
     the training *and* the evaluation dataset so one loss
     (`keras.losses.CategoricalCrossentropy`) fits both.
 
-    Training pipelines (`training=True`) are shuffled, then augmented by
-    the dataset's recipe (CIFAR's pad, crop and flip; ImageNet's
-    `RandomResizedCrop(224)` and flip; none for other datasets unless
-    `recipe="cifar"`: the module docstring lists them) and by `augment`.
-    Evaluation pipelines normalise only (ImageNet: resize the shorter side
-    to 256, center crop 224). Random ops are stateless, seeded per example
-    from `seed`, so `deterministic=True, seed=s` yields the same batches
-    every time a dataset is built; each new iteration (epoch) draws new
-    augmentations and a new shuffle order. Decoded uint8 data are cached in
-    memory before augmentation where they fit (CIFAR, digits; not
-    ImageNet).
-
-    An image folder (`name="image_folder:<root>"`, see
-    `ft_keras.data.image_folder`) is read by TFDS's `ImageFolder` builder;
-    its images are decoded to the channels of its first training image,
-    resized to that image's size (or `image_size`), and normalised with the
-    training split's mean and std.
+    Training pipelines (`training=True`) are shuffled and augmented (the
+    recipe, then `augment`), evaluation pipelines only normalised: see the
+    module docstring for the recipes, seeds, caching and image folders.
 
     Args:
         name: `"digits"`, a TFDS name (`"cifar10"`, `"cifar100"`,
@@ -93,9 +90,8 @@ def build_dataset(
         batch_size: The global batch size (split across replicas by a
             `tf.distribute` strategy).
         training: Whether to shuffle and augment.
-        data_dir: TFDS data directory. Defaults to TFDS's own default
-            (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`). Ignored by digits
-            and image folders.
+        data_dir: TFDS data directory (default: `$TFDS_DATA_DIR` or
+            `~/tensorflow_datasets`); ignored by digits and image folders.
         **options: The fields of `PipelineOptions`, where each one is
             documented with its default (`mean`, `std`, `seed`,
             `deterministic`, `augment`, ...); `None` means the default.
@@ -108,8 +104,7 @@ def build_dataset(
             cannot be downloaded now (offline, `download=False` or a manual
             download is needed). The message is one line.
         ImageFolderError: (a `ValueError`) an image folder that cannot be
-            read: missing, no split or class folders, classes that differ
-            between splits, an unreadable image. The message is one line.
+            read (`image_folder.describe`). The message is one line.
         ValueError: unknown dataset name or invalid option value.
         TypeError: unknown option.
 
@@ -126,9 +121,7 @@ def build_dataset(
     ds, per_batch = _transform_examples(ds, spec, opts, training)
     ds = _batch_normalize_and_mix(ds, spec, opts, batch_size, per_batch)
     if opts.index:
-        # The index rode with the label (`_read`); it becomes an input.
-        ds = ds.map(lambda images, labels: (
-            {"images": images, "index": labels[1]}, labels[0]))
+        ds = _index_as_input(ds)
     return ds.with_options(_tf_data_options(opts))
 
 
@@ -441,6 +434,14 @@ def _batch_normalize_and_mix(ds, spec, opts, batch_size, per_batch):
         if item != "keras_cv.randaugment":
             ds = _map_layer(ds, layer, opts, _mixed)
     return ds.prefetch(AUTOTUNE)
+
+
+def _index_as_input(ds):
+    """`(images, (labels, index))` batches as `({"images": images,
+    "index": index}, labels)`."""
+    # The index rode with the label (`_read`); it becomes an input.
+    return ds.map(lambda images, labels: (
+        {"images": images, "index": labels[1]}, labels[0]))
 
 
 def _tf_data_options(opts):

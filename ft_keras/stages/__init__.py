@@ -92,26 +92,26 @@ class Stage:
 # The stage that pre-trains the terms' connectors.
 PRETRAINING = "paraphraser"
 STAGES = (
-    Stage("teacher", "ft_keras.stages.train:teacher", scope="teacher",
+    Stage("teacher", "ft_keras.stages.training:teacher", scope="teacher",
           writes=("model.keras",)),
     Stage(
         "paraphraser",
-        "ft_keras.stages.train:paraphraser",
+        "ft_keras.stages.training:paraphraser",
         scope="paraphraser",
         reads=(("teacher", "model.keras"),),
         pretraining=True,
     ),
     Stage(
         "student",
-        "ft_keras.stages.train:student",
+        "ft_keras.stages.training:student",
         scope="student",
         reads=(("teacher", "model.keras"),),
         writes=("model.keras",),
         distills=True,
     ),
-    Stage("baseline", "ft_keras.stages.train:baseline", scope="student",
+    Stage("baseline", "ft_keras.stages.training:baseline", scope="student",
           writes=("model.keras",)),
-    Stage("evaluate", "ft_keras.stages.evaluate:run"),
+    Stage("evaluate", "ft_keras.stages.evaluation:run"),
     Stage("export", "ft_keras.stages.export:run", reads=(("student", "model.keras"),)),
     Stage("deployment", "ft_keras.stages.export:deployment",
           reads=(("student", "model.keras"),)),

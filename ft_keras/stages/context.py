@@ -16,7 +16,7 @@ from ft_keras.experiment import Experiment
 gin.parse_config_file("gin/quickstart.gin")
 experiment = Experiment("/tmp/quickstart")
 experiment.context.global_batch  # the batch of all replicas
-experiment.run_stage("teacher")  # ft_keras.stages.train.teacher(context, nets, stream)
+experiment.run_stage("teacher")  # ft_keras.stages.training.teacher(context, nets, stream)
 experiment.nets.teacher  # the trained teacher, which later stages use
 experiment.close()
 ```
@@ -40,7 +40,7 @@ class RunContext:
     Attributes:
         settings: The `ft_keras.config.Settings`.
         strategy: The `tf.distribute` strategy.
-        workdir: The `ft_keras.stages.workdir.RunWorkdir`.
+        workdir: The `ft_keras.stages.run_record.RunWorkdir`.
         stages: The names of the stages this run runs, in order.
         artifacts: `{training stage: the artifacts it writes}` for the
             run's terms (`ft_keras.stages.artifacts`).

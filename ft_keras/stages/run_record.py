@@ -1,9 +1,11 @@
-"""The workdir of one run: its lock, the config check, each stage's
-artifacts (done, required, saved) and `results.json`.
+"""The run's record in its workdir: its config, artifacts and results.
 
-`RunWorkdir` is what the runner's stages read from and write to; it is a
-path too (`os.fspath(workdir)`, `str(workdir)`). The file formats, the lock
-and the fingerprints are `ft_keras.workdir`'s.
+`RunWorkdir` holds the workdir of one run: its lock, the config check, each
+stage's artifacts (done, required, saved) and `results.json`.
+
+It is what the runner's stages read from and write to; it is a path too
+(`os.fspath(workdir)`, `str(workdir)`). The file formats, the lock and the
+fingerprints are `ft_keras.workdir`'s.
 
 A refused run leaves the workdir as it was: `open` locks it and checks that
 it holds this config, writing nothing; `commit` (after every other check
@@ -162,11 +164,7 @@ class RunWorkdir(os.PathLike):
         self._fresh = False
         self._whole.clear()
         if self.is_chief:
-            path = self.path("config.gin")
-            tmp = f"{path}.tmp"
-            with open(tmp, "w") as f:
-                f.write(requested_config)
-            os.replace(tmp, path)
+            ft_workdir.write_text(self.path("config.gin"), requested_config)
         with open(self.output("operative_config.gin"), "w") as f:
             f.write(operative_config)
         # Other workers read the workdir after the chief has cleared it.
