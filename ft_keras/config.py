@@ -29,7 +29,7 @@ from ft_keras import optim
 from ft_keras import stages
 from ft_keras import term_configs
 from ft_keras.data import image_folder
-from ft_keras.models import batch_norm
+from ft_keras.models import bn_momentum
 from ft_keras.distribute import AUTO_SHARD_POLICIES
 from ft_keras.distribute import COMMUNICATIONS
 from ft_keras.distribute import RESOLVERS
@@ -145,7 +145,7 @@ class NetworkConfig:
     Attributes:
         name: The network's name.
         kwargs: Its keyword arguments; `bn_momentum` (None: capped to suit
-            the stage's steps, `ft_keras.models.batch_norm`) applies to
+            the stage's steps, `ft_keras.models.bn_momentum`) applies to
             every network.
         inherited: The keys of `kwargs` bound for every network
             (`network.weight_decay`) rather than under this network's scope
@@ -158,7 +158,7 @@ class NetworkConfig:
 
     def __post_init__(self):
         if self.kwargs.get("bn_momentum") is not None:
-            batch_norm.check_bn_momentum(
+            bn_momentum.check_bn_momentum(
                 self.kwargs["bn_momentum"], "network.bn_momentum"
             )
 

@@ -22,16 +22,16 @@ output of the last conv of the last block); `feature_taps(model)` lists them.
   ResNets and RepDistiller's CIFAR networks (`torch_import`).
 - BatchNormalization momentum: `get(name, bn_momentum=m)`,
   `set_bn_momentum(model, m)`, and `suited_bn_momentum(steps)`, the cap the
-  runner applies to suit a stage's length (`batch_norm`).
+  runner applies to suit a stage's length (`bn_momentum`).
 - Inference: `fold_batch_norm(model)` folds each BatchNormalization into the
   Conv2D before it (`FoldedConv2D`); the distillers run their frozen
   teacher that way.
 """
 
-from ft_keras.models import batch_norm
-from ft_keras.models.batch_norm import set_bn_momentum
-from ft_keras.models.batch_norm import suited_bn_momentum
+from ft_keras.models import bn_momentum
 from ft_keras.models.blocks import ZeroPadShortcut
+from ft_keras.models.bn_momentum import set_bn_momentum
+from ft_keras.models.bn_momentum import suited_bn_momentum
 from ft_keras.models.folding import FoldedAway
 from ft_keras.models.folding import FoldedConv2D
 from ft_keras.models.folding import fold_batch_norm

@@ -8,12 +8,13 @@ import re
 import keras
 
 from ft_keras import _keras_private
-from ft_keras.models import batch_norm
 from ft_keras.models import he_resnet
 from ft_keras.models import keras_hub
 from ft_keras.models import mobilenet
 from ft_keras.models import resnet
 from ft_keras.models import wide_resnet
+from ft_keras.models.bn_momentum import check_bn_momentum
+from ft_keras.models.bn_momentum import set_bn_momentum
 
 _BUILDERS = {
     "resnet20": he_resnet.resnet20,
@@ -274,7 +275,7 @@ def get(name, model_name=None, bn_momentum=None, **kwargs):
         bn_momentum: None (the network's own), or the momentum of every
             BatchNormalization layer, in `[0, 1)`. `keras.applications`
             networks use 0.999, too slow for a run of a few thousand steps
-            (`ft_keras.models.batch_norm`); ours use 0.9.
+            (`ft_keras.models.bn_momentum`); ours use 0.9.
         **kwargs: Passed to the builder: `num_classes`, `input_shape`,
             `weight_decay`, and `shortcut` (He et al. CIFAR ResNets) or
             `dropout` (WRNs).
@@ -293,10 +294,10 @@ def get(name, model_name=None, bn_momentum=None, **kwargs):
     ```
     """
     if bn_momentum is not None:
-        batch_norm.check_bn_momentum(bn_momentum)
+        check_bn_momentum(bn_momentum)
     model = _build(name, model_name, **kwargs)
     if bn_momentum is not None:
-        batch_norm.set_bn_momentum(model, bn_momentum)
+        set_bn_momentum(model, bn_momentum)
     return model
 
 
