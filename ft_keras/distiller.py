@@ -24,11 +24,11 @@ import keras
 from keras import ops
 
 from ft_keras import _validation
-from ft_keras import features
 from ft_keras import losses as ft_losses
 from ft_keras import terms as ft_terms
 from ft_keras._training_model import TrainingModel
 from ft_keras._training_model import serialize
+from ft_keras.taps import features
 
 _PACKAGE = "ft_keras"
 

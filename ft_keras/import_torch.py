@@ -33,7 +33,7 @@ import sys
 import numpy as np
 
 from ft_keras import models
-from ft_keras import taps
+from ft_keras.taps import command as taps
 
 # The check's tolerance, relative to the largest |logit| (at least 1):
 # float32 sums in another order differ by ~1e-6 of it.

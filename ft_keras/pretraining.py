@@ -12,11 +12,11 @@ regressor).
 import keras
 from keras import ops
 
-from ft_keras import features
 from ft_keras import layers as ft_layers
 from ft_keras import losses as ft_losses
 from ft_keras._training_model import TrainingModel
 from ft_keras._training_model import serialize
+from ft_keras.taps import features
 
 _PACKAGE = "ft_keras"
 

@@ -48,11 +48,11 @@ def test_suited_momentum_forgets_the_start_within_the_run():
 def test_get_sets_every_batch_norm_momentum_and_it_is_saved(tmp_path):
     model = models.get(MOBILENET, num_classes=3, input_shape=(32, 32, 3),
                        alpha=0.35, bn_momentum=0.95)
-    norms = models.batch_norm.batch_norm_layers(model)
+    norms = models.bn_momentum.batch_norm_layers(model)
     assert len(norms) == 52 and {n.momentum for n in norms} == {0.95}
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
-    assert {n.momentum for n in models.batch_norm.batch_norm_layers(again)} \
+    assert {n.momentum for n in models.bn_momentum.batch_norm_layers(again)} \
         == {0.95}
     with pytest.raises(ValueError, match=r"Received: bn_momentum=1.5"):
         models.get("resnet20", bn_momentum=1.5)

@@ -530,7 +530,7 @@ def test_mixed_precision_distillation(policy):
         distiller = make_distiller()
         compute = policy.split("_")[1]
         assert distiller.student.get_layer("conv").compute_dtype == compute
-        # The connectors compute in float32 under any policy (layers.py).
+        # The connectors compute in float32 under any policy (layers/connectors.py).
         assert distiller.terms[0].translator.compute_dtype == "float32"
         distiller.compile(keras.optimizers.SGD(0.01))
         # Only float16 needs loss scaling.

@@ -16,11 +16,11 @@ from ft_keras import cli
 from ft_keras import config
 from ft_keras import distribute
 from ft_keras import experiment as ft_experiment
-from ft_keras import features
 from ft_keras import models
 from ft_keras import stages
 from ft_keras import term_configs
 from ft_keras.stages import training as stage_training
+from ft_keras.taps import features
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ import dataclasses
 
 import gin
 
-from ft_keras.models import batch_norm
+from ft_keras.models import bn_momentum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,7 +14,7 @@ class NetworkConfig:
     Attributes:
         name: The network's name.
         kwargs: Its keyword arguments; `bn_momentum` (None: capped to suit
-            the stage's steps, `ft_keras.models.batch_norm`) applies to
+            the stage's steps, `ft_keras.models.bn_momentum`) applies to
             every network.
         inherited: The keys of `kwargs` bound for every network
             (`network.weight_decay`) rather than under this network's scope
@@ -27,7 +27,7 @@ class NetworkConfig:
 
     def __post_init__(self):
         if self.kwargs.get("bn_momentum") is not None:
-            batch_norm.check_bn_momentum(
+            bn_momentum.check_bn_momentum(
                 self.kwargs["bn_momentum"], "network.bn_momentum"
             )
 

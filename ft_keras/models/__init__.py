@@ -3,7 +3,8 @@
 Every builder returns a functional, channels-last `keras.Model` whose output
 is the logits of a Dense layer named `logits`, and which carries identity
 layers named `stage1` ... `stageN` (stage outputs) and `last_conv` (pre-BN
-output of the last conv of the last block); `feature_taps(model)` lists them.
+output of the last conv of the last block); `feature_taps(model)` lists them
+(`ft_keras.taps`: which layers to tap, and tapping them).
 
 - He et al. CIFAR ResNets: `resnet20`, `resnet32`, `resnet44`, `resnet56`,
   `resnet110` (and `cifar_resnet(depth)`).
@@ -22,16 +23,17 @@ output of the last conv of the last block); `feature_taps(model)` lists them.
   ResNets and RepDistiller's CIFAR networks (`torch_import`).
 - BatchNormalization momentum: `get(name, bn_momentum=m)`,
   `set_bn_momentum(model, m)`, and `suited_bn_momentum(steps)`, the cap the
-  runner applies to suit a stage's length (`batch_norm`).
+  runner applies to suit a stage's length (`bn_momentum`).
 - Inference: `fold_batch_norm(model)` folds each BatchNormalization into the
   Conv2D before it (`FoldedConv2D`); the distillers run their frozen
   teacher that way.
 """
 
-from ft_keras.models import batch_norm
-from ft_keras.models.batch_norm import set_bn_momentum
-from ft_keras.models.batch_norm import suited_bn_momentum
+from ft_keras.models import bn_momentum
 from ft_keras.models.blocks import ZeroPadShortcut
+from ft_keras.models.bn_momentum import set_bn_momentum
+from ft_keras.models.bn_momentum import suited_bn_momentum
+from ft_keras.models.dtype_policy import with_dtype_policy
 from ft_keras.models.folding import FoldedAway
 from ft_keras.models.folding import FoldedConv2D
 from ft_keras.models.folding import fold_batch_norm
@@ -44,13 +46,10 @@ from ft_keras.models.he_resnet import resnet110
 from ft_keras.models.mobilenet import mobilenetv2_cifar
 from ft_keras.models.mobilenet import mobilenetv2_half
 from ft_keras.models.registry import available
-from ft_keras.models.registry import feature_maps
-from ft_keras.models.registry import feature_taps
 from ft_keras.models.registry import get
 from ft_keras.models.registry import network_arguments
 from ft_keras.models.registry import register
 from ft_keras.models.registry import unsupported_arguments
-from ft_keras.models.registry import with_dtype_policy
 from ft_keras.models.resnet import imagenet_resnet18
 from ft_keras.models.resnet import imagenet_resnet34
 from ft_keras.models.resnet import imagenet_resnet50
@@ -62,6 +61,8 @@ from ft_keras.models.torch_import import load_torch_weights
 from ft_keras.models.torch_import import read_state_dict
 from ft_keras.models.torch_import import torch_layout
 from ft_keras.models.wide_resnet import wrn
+from ft_keras.taps.discovery import feature_maps
+from ft_keras.taps.discovery import feature_taps
 
 __all__ = [
     "FoldedAway",

@@ -69,17 +69,7 @@ def cifar_resnet(
     _check_arguments(depth, shortcut)
     blocks.validate_common(num_classes, input_shape, weight_decay)
     inputs = keras.Input(shape=tuple(input_shape), name="input")
-    x = _stem(inputs, weight_decay)
-    n = (depth - 2) // 6
-    x = blocks.residual_stages(
-        x,
-        blocks.basic_block,
-        stage_filters=(16, 32, 64),
-        stage_blocks=(n, n, n),
-        stage_strides=(1, 2, 2),
-        weight_decay=weight_decay,
-        shortcut=shortcut,
-    )
+    x = _stages(_stem(inputs, weight_decay), depth, shortcut, weight_decay)
     outputs = blocks.classifier(x, num_classes, weight_decay)
     return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
 
@@ -110,6 +100,21 @@ def _stem(inputs, weight_decay):
     x = blocks.conv2d(inputs, 16, 3, 1, "stem_conv", weight_decay)
     x = blocks.batch_norm(x, "stem_bn")
     return blocks.relu(x, "stem_relu")
+
+
+def _stages(x, depth, shortcut, weight_decay):
+    """The three stages of `(depth - 2) // 6` basic blocks with 16, 32 and
+    64 filters, stride 2 at the start of stages 2 and 3."""
+    n = (depth - 2) // 6
+    return blocks.residual_stages(
+        x,
+        blocks.basic_block,
+        stage_filters=(16, 32, 64),
+        stage_blocks=(n, n, n),
+        stage_strides=(1, 2, 2),
+        weight_decay=weight_decay,
+        shortcut=shortcut,
+    )
 
 
 def resnet20(num_classes=10, input_shape=(32, 32, 3), shortcut="projection",

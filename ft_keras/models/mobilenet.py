@@ -104,15 +104,40 @@ def mobilenetv2_cifar(
     ```
     """
     blocks.validate_common(num_classes, input_shape, weight_decay)
+    _check_multipliers(expansion, width_mult)
+    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    x = _stem(inputs, width_mult, weight_decay)
+    x = _groups(x, expansion, width_mult, weight_decay)
+    x = _head(x, width_mult, weight_decay)
+    outputs = blocks.classifier(x, num_classes, weight_decay)
+    default = (
+        "mobilenetv2_half"
+        if width_mult == 0.5 and expansion == 6
+        else f"mobilenetv2_t{expansion}_w{width_mult:g}"
+    )
+    return keras.Model(inputs, outputs, name=name or default)
+
+
+def _check_multipliers(expansion, width_mult):
+    """Raises `ValueError` unless `expansion` and `width_mult` are positive
+    numbers."""
     for arg, value in (("expansion", expansion), ("width_mult", width_mult)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ValueError(
                 f"`{arg}` must be a positive number. Received: {arg}={value!r}"
             )
-    inputs = keras.Input(shape=tuple(input_shape), name="input")
+
+
+def _stem(inputs, width_mult, weight_decay):
+    """`stem_conv (3x3, stride 2, 32 * W) -> stem_bn -> stem_relu`."""
     x = blocks.conv2d(inputs, int(32 * width_mult), 3, 2, "stem_conv", weight_decay)
     x = blocks.batch_norm(x, "stem_bn")
-    x = blocks.relu(x, "stem_relu")
+    return blocks.relu(x, "stem_relu")
+
+
+def _groups(x, expansion, width_mult, weight_decay):
+    """The seven groups of inverted residual blocks (`_GROUPS`), the stage
+    taps after groups 2, 3, 5 and 7, and `last_conv` in the last block."""
     for g, (t, c, n, s) in enumerate(_GROUPS, start=1):
         for j in range(1, n + 1):
             last = g == len(_GROUPS) and j == n
@@ -127,17 +152,16 @@ def mobilenetv2_cifar(
             )
         if g in _TAPPED_GROUPS:
             x = blocks.tap(x, _TAPPED_GROUPS[g])
+    return x
+
+
+def _head(x, width_mult, weight_decay):
+    """`head_conv (1x1 to 1280 channels, 1280 * W if W > 1) -> head_bn ->
+    head_relu`."""
     last_channels = int(1280 * width_mult) if width_mult > 1.0 else 1280
     x = blocks.conv2d(x, last_channels, 1, 1, "head_conv", weight_decay)
     x = blocks.batch_norm(x, "head_bn")
-    x = blocks.relu(x, "head_relu")
-    outputs = blocks.classifier(x, num_classes, weight_decay)
-    default = (
-        "mobilenetv2_half"
-        if width_mult == 0.5 and expansion == 6
-        else f"mobilenetv2_t{expansion}_w{width_mult:g}"
-    )
-    return keras.Model(inputs, outputs, name=name or default)
+    return blocks.relu(x, "head_relu")
 
 
 def mobilenetv2_half(

@@ -1,5 +1,5 @@
-"""Networks by name (`get`, `available`, `register`) and their feature taps
-(`feature_taps`)."""
+"""Networks by name: `get`, `available`, `register`, and the arguments each
+network takes (`network_arguments`)."""
 
 import inspect
 import os
@@ -7,13 +7,14 @@ import re
 
 import keras
 
-from ft_keras import _keras_private
-from ft_keras.models import batch_norm
 from ft_keras.models import he_resnet
 from ft_keras.models import keras_hub
 from ft_keras.models import mobilenet
 from ft_keras.models import resnet
 from ft_keras.models import wide_resnet
+from ft_keras.models.bn_momentum import check_bn_momentum
+from ft_keras.models.bn_momentum import set_bn_momentum
+from ft_keras.models.dtype_policy import with_dtype_policy
 
 _BUILDERS = {
     "resnet20": he_resnet.resnet20,
@@ -41,8 +42,6 @@ _WRN_PRESETS = (
     "wrn40_4",
 )
 _WRN_PATTERN = re.compile(r"wrn(\d+)_(\d+)")
-_STAGE_PATTERN = re.compile(r"stage(\d+)")
-LAST_CONV = "last_conv"
 APPLICATIONS_PREFIX = "keras.applications."
 # Factories registered by users (`register`).
 _REGISTERED = {}
@@ -274,14 +273,14 @@ def get(name, model_name=None, bn_momentum=None, **kwargs):
         bn_momentum: None (the network's own), or the momentum of every
             BatchNormalization layer, in `[0, 1)`. `keras.applications`
             networks use 0.999, too slow for a run of a few thousand steps
-            (`ft_keras.models.batch_norm`); ours use 0.9.
+            (`ft_keras.models.bn_momentum`); ours use 0.9.
         **kwargs: Passed to the builder: `num_classes`, `input_shape`,
             `weight_decay`, and `shortcut` (He et al. CIFAR ResNets) or
             `dropout` (WRNs).
 
     Returns:
         A functional `keras.Model` whose output is the logits and which has
-        the feature taps listed by `feature_taps`.
+        the feature taps listed by `feature_taps` (`ft_keras.taps`).
 
     Example:
 
@@ -293,10 +292,10 @@ def get(name, model_name=None, bn_momentum=None, **kwargs):
     ```
     """
     if bn_momentum is not None:
-        batch_norm.check_bn_momentum(bn_momentum)
+        check_bn_momentum(bn_momentum)
     model = _build(name, model_name, **kwargs)
     if bn_momentum is not None:
-        batch_norm.set_bn_momentum(model, bn_momentum)
+        set_bn_momentum(model, bn_momentum)
     return model
 
 
@@ -366,186 +365,3 @@ def _build(name, model_name, **kwargs):
         f"'{keras_hub.PREFIX}<ClassName>', or the path "
         "of a .keras file; or register your own (ft_keras.models.register)."
     )
-
-
-def feature_taps(model):
-    """Returns the names of the feature taps in `model`, in network order.
-
-    For the networks of `ft_keras.models`: the layers named `stage1` ...
-    `stageN` (each stage's output), then `last_conv` (the pre-BN output of
-    the last conv of the last block). For any other model (a
-    `keras.applications` network, your own): the last layer of each
-    resolution, i.e. each stage's output, among the layers whose output is
-    a feature map `(batch, height, width, channels)`.
-    `model.get_layer(tap).output` is the tapped tensor.
-
-    Arguments:
-        model: A `keras.Model`.
-
-    Returns:
-        A list of layer names.
-
-    Example:
-
-    ```python
-    from ft_keras.models import resnet20
-    assert feature_taps(resnet20()) == [
-        "stage1", "stage2", "stage3", "last_conv"]
-    ```
-    """
-    names = [layer.name for layer in model.layers]
-    stages = sorted(
-        (n for n in names if _STAGE_PATTERN.fullmatch(n)),
-        key=lambda n: int(_STAGE_PATTERN.fullmatch(n).group(1)),
-    )
-    if stages:
-        return stages + ([LAST_CONV] if LAST_CONV in names else [])
-    return _stage_outputs(model)
-
-
-def _consumers(layer):
-    return [node.operation for node in getattr(layer, "_outbound_nodes", [])]
-
-
-def _stage_outputs(model):
-    """Each resolution's stage output, for networks without named taps: the
-    last residual merge (`Add`, or `Concatenate` for dense blocks) at that
-    resolution, taken after its activation when one follows, or the last
-    feature map of a resolution without merges; and last, the last
-    feature map before pooling (the last stage's output: the paper's
-    tap)."""
-    skipped = (
-        keras.layers.ZeroPadding2D,
-        keras.layers.Rescaling,
-        keras.layers.Normalization,
-    )
-    maps = [
-        (name, shape)
-        for name, shape in feature_maps(model)
-        if not isinstance(model.get_layer(name), skipped)
-    ]
-    if not maps:
-        return []
-    # The last feature map before pooling is the last stage's output. From
-    # the largest resolution down to its (squeeze-and-excitation blocks'
-    # 1x1 maps are no stage).
-    last_name, last_shape = maps[-1]
-
-    def area(hw):
-        return (hw[0] or 0) * (hw[1] or 0)
-
-    resolutions = sorted(
-        {s[1:3] for _, s in maps if area(s[1:3]) > area(last_shape[1:3])},
-        key=lambda hw: -area(hw),
-    )
-    taps = []
-    for resolution in resolutions:
-        here = [name for name, shape in maps if shape[1:3] == resolution]
-        merges = [
-            n
-            for n in here
-            if isinstance(
-                model.get_layer(n), (keras.layers.Add, keras.layers.Concatenate)
-            )
-        ]
-        if not merges:
-            taps.append(here[-1])
-            continue
-        tap = merges[-1]
-        after = _consumers(model.get_layer(tap))
-        if (
-            len(after) == 1
-            and isinstance(after[0], (keras.layers.Activation, keras.layers.ReLU))
-            and after[0].name in here
-        ):
-            tap = after[0].name
-        taps.append(tap)
-    return taps + [last_name]
-
-
-def feature_maps(model):
-    """`[(layer name, output shape)]` of every layer of `model` whose output
-    is a feature map `(batch, height, width, channels)`, in network order.
-
-    Example:
-
-    ```python
-    from ft_keras.models import resnet20
-    maps = dict(feature_maps(resnet20()))
-    assert maps["stage3"] == (None, 8, 8, 64)
-    ```
-    """
-    maps = []
-    for layer in model.layers:
-        try:
-            shape = tuple(layer.output.shape)
-        except (AttributeError, ValueError):  # several outputs, or none
-            continue
-        if len(shape) == 4 and not isinstance(layer, keras.layers.InputLayer):
-            maps.append((layer.name, shape))
-    return maps
-
-
-def _set_policies(config, policy):
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" and "config" in config:
-            return {**config, "config": {**config["config"], "name": policy}}
-        return {k: _set_policies(v, policy) for k, v in config.items()}
-    if isinstance(config, list):
-        return [_set_policies(v, policy) for v in config]
-    return config
-
-
-def with_dtype_policy(model, policy):
-    """`model` computing under the dtype `policy` (e.g. `"float32"`,
-    `"mixed_bfloat16"`): the model itself if every layer already does, else
-    a copy built from its config with every layer's policy replaced, holding
-    the same weight values (mixed precision keeps weights in float32, so
-    nothing is lost either way). Under a mixed policy the layers that give
-    the model's outputs compute in float32, as they do when our networks are
-    built under one. A teacher trained in float32 runs in bfloat16 this way,
-    and a student trained under a mixed policy is exported in float32.
-
-    Example:
-
-    ```python
-    import keras
-
-    trained = get("resnet20", num_classes=10)
-    fast = with_dtype_policy(trained, "mixed_bfloat16")
-    fast.get_layer("stem_conv").compute_dtype  # 'bfloat16'
-    fast.get_layer("logits").compute_dtype  # 'float32', as the outputs
-    with_dtype_policy(fast, "float32").get_layer("stem_conv").compute_dtype
-    ```
-    """
-    policy = keras.DTypePolicy(policy).name
-    mixed = keras.DTypePolicy(policy).compute_dtype != "float32"
-    if not mixed and all(
-        layer.dtype_policy.name == policy
-        for layer in _keras_private.nested_layers(model)
-        if not isinstance(layer, keras.layers.InputLayer)
-    ):
-        return model
-    config = _set_policies(keras.saving.serialize_keras_object(model), policy)
-    outputs = set()
-    if mixed:
-        # As when built under a mixed policy (`blocks.classifier`, Keras's
-        # mixed precision guide): the layers that give the outputs (the
-        # logits) compute in float32.
-        inner = config.get("config", {})
-        outputs = inner.get("output_layers") or []
-        if outputs and isinstance(outputs[0], str):  # a single output
-            outputs = [outputs]
-        outputs = {entry[0] for entry in outputs}
-        for layer in inner.get("layers", []):
-            if layer.get("config", {}).get("name") in outputs:
-                layer["config"] = _set_policies(layer["config"], "float32")
-    if all(
-        layer.dtype_policy.name == ("float32" if layer.name in outputs else policy)
-        for layer in _keras_private.nested_layers(model)
-        if not isinstance(layer, keras.layers.InputLayer)
-    ):
-        return model
-    copy = keras.saving.deserialize_keras_object(config)
-    copy.set_weights(model.get_weights())
-    return copy

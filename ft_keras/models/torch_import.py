@@ -215,18 +215,7 @@ def read_state_dict(checkpoint):
     where = "the state_dict given"
     if isinstance(checkpoint, (str, os.PathLike)):
         where = os.fspath(checkpoint)
-        if not os.path.exists(where):
-            raise FileNotFoundError(f"PyTorch checkpoint not found: {where}")
-        torch = _torch()
-        try:
-            checkpoint = torch.load(where, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types on bad files.
-            first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-            raise ValueError(
-                f"{where} cannot be read as PyTorch weights "
-                f"(torch.load(weights_only=True)): {first} Save "
-                "`model.state_dict()`, not the model object."
-            ) from None
+        checkpoint = _torch_load(where)
     if not isinstance(checkpoint, dict):
         raise ValueError(
             f"{where} is not a state_dict: it holds a "
@@ -236,6 +225,29 @@ def read_state_dict(checkpoint):
         if isinstance(checkpoint.get(wrapper), dict):
             checkpoint = checkpoint[wrapper]
             break
+    return _as_arrays(checkpoint, where)
+
+
+def _torch_load(path):
+    """The object saved in the PyTorch file `path`, tensors and plain
+    containers only."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"PyTorch checkpoint not found: {path}")
+    torch = _torch()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types on bad files.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        raise ValueError(
+            f"{path} cannot be read as PyTorch weights "
+            f"(torch.load(weights_only=True)): {first} Save "
+            "`model.state_dict()`, not the model object."
+        ) from None
+
+
+def _as_arrays(checkpoint, where):
+    """`checkpoint`'s tensors as float32 (floating) or integer NumPy arrays,
+    without `nn.DataParallel`'s `module.` prefix."""
     state = {}
     for name, value in checkpoint.items():
         if hasattr(value, "detach"):  # a torch tensor
@@ -399,14 +411,29 @@ def load_torch_weights(model, checkpoint):
     state = read_state_dict(checkpoint)
     plan = _plan(model, layout)
     tensors = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
+    _check_tensors(plan, tensors, f"{model.name!r} ({what})",
+                   _layout_hint(state, layout))
+    for name, (variable, to_keras, _, _) in plan.items():
+        value = to_keras(tensors[name], tuple(variable.shape))
+        variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
+    return what
+
+
+def _layout_hint(state, layout):
+    """A sentence naming the layout `state` looks like when it is not
+    `layout`, for an error message; else empty."""
     guess = _guess(state)
-    hint = (
+    return (
         f" The checkpoint looks like {LAYOUTS[guess][0]}, whose weights go into "
         f"{LAYOUTS[guess][1]}."
         if guess and guess != layout
         else ""
     )
-    where = f"{model.name!r} ({what})"
+
+
+def _check_tensors(plan, tensors, where, hint):
+    """Raises a one-line `ValueError` unless every weight of `plan` finds
+    its tensor, of its shape, and every tensor its weight."""
     for name, (variable, _, torch_shape, layer_name) in plan.items():
         if name not in tensors:
             missing = sum(k not in tensors for k in plan) - 1
@@ -429,10 +456,6 @@ def load_torch_weights(model, checkpoint):
             f"{f' ({len(extra) - 1} more such tensors)' if len(extra) > 1 else ''}."
             f"{hint}"
         )
-    for name, (variable, to_keras, _, _) in plan.items():
-        value = to_keras(tensors[name], tuple(variable.shape))
-        variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
-    return what
 
 
 def from_torch(name, checkpoint, **kwargs):

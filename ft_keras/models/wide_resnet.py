@@ -45,15 +45,8 @@ def wide_block(x, filters, strides, name, weight_decay, dropout=0.0,
     return keras.layers.Add(name=f"{name}_add")([skip, residual])
 
 
-def wrn(
-    depth,
-    width,
-    num_classes=10,
-    input_shape=(32, 32, 3),
-    dropout=0.0,
-    weight_decay=0.0,
-    name=None,
-):
+def wrn(depth, width, num_classes=10, input_shape=(32, 32, 3), dropout=0.0,
+        weight_decay=0.0, name=None):
     """Builds the Wide ResNet WRN-`depth`-`width` for CIFAR.
 
     The network is `stem_conv (3x3, 16)`, three stages of `(depth - 4) // 6`

@@ -58,7 +58,7 @@ def check_inherited_arguments(context, role):
 def suit_bn_momentum(context, role, model, announce=True):
     """Caps the BatchNormalization momentum of a network this run trains
     so that its moving statistics follow the stage
-    (`ft_keras.models.batch_norm`); says so where `announce` and it
+    (`ft_keras.models.bn_momentum`); says so where `announce` and it
     changes any."""
     steps = context.settings.training[role].epochs * context.steps_per_epoch
     cap = models.suited_bn_momentum(steps)
@@ -155,7 +155,7 @@ def calibrate_batchnorm(model, dataset):
     stages that use it. Setting them to the statistics of one synthetic
     batch of `dataset` keeps the dry run's numbers finite; the real run
     never does this."""
-    norms = models.batch_norm.batch_norm_layers(model)
+    norms = models.bn_momentum.batch_norm_layers(model)
     momenta = [layer.momentum for layer in norms]
     for layer in norms:
         layer.momentum = 0.0

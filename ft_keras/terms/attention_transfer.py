@@ -2,8 +2,8 @@
 
 import keras
 
-from ft_keras import features
 from ft_keras import losses as ft_losses
+from ft_keras.taps import features
 from ft_keras.terms.base import Term
 
 _PACKAGE = "ft_keras"

@@ -4,12 +4,12 @@ import keras
 from keras import ops
 
 from ft_keras import _validation
-from ft_keras import features
 from ft_keras import layers as ft_layers
 from ft_keras import losses as ft_losses
 from ft_keras._training_model import deserialize
 from ft_keras._training_model import serialize
 from ft_keras.pretraining import ParaphraserTrainer
+from ft_keras.taps import features
 from ft_keras.terms.base import Term
 
 _PACKAGE = "ft_keras"

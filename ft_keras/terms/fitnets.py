@@ -2,10 +2,10 @@
 
 import keras
 
-from ft_keras import features
 from ft_keras import layers as ft_layers
 from ft_keras import losses as ft_losses
 from ft_keras.pretraining import HintTrainer
+from ft_keras.taps import features
 from ft_keras.terms.base import Term
 
 _PACKAGE = "ft_keras"

@@ -1,4 +1,5 @@
-"""Which layers can I tap? The feature taps of a network, and of a pair.
+"""The command `python -m ft_keras.taps`: which layers can I tap, in a network
+and in a teacher-student pair?
 
     python -m ft_keras.taps --network resnet56
     python -m ft_keras.taps --network keras.applications.MobileNetV2 \\
@@ -8,7 +9,7 @@
         --dataset cifar100
     python -m ft_keras.taps --gin_file=gin/paper/cifar100_resnet50_mobilenetv2.gin
 
-For one network: its feature taps (`ft_keras.models.feature_taps`: each
+For one network: its feature taps (`ft_keras.taps.feature_taps`: each
 stage's output) with their output shapes, or with `--all` every layer whose
 output is a feature map. For a teacher and a student: both lists, every
 pair whose maps have the same height and width (what the full factor needs;
@@ -31,11 +32,9 @@ another network (without the config's arguments, which were its own),
 Example:
 
 ```python
-from ft_keras import models, taps
-teacher = models.get("resnet56", input_shape=(32, 32, 3))
-student = models.get("resnet20", input_shape=(32, 32, 3))
-taps.paper_pair(teacher, student)  # ("stage3", "stage3")
-taps.key_value("alpha=0.35")  # ("alpha", 0.35)
+from ft_keras.taps import command
+command.key_value("alpha=0.35")  # ("alpha", 0.35)
+command.main(["--network", "resnet20"])  # prints its taps, returns 0
 ```
 """
 
@@ -50,50 +49,18 @@ from ft_keras import cli
 from ft_keras import config
 from ft_keras import layers
 from ft_keras import models
+from ft_keras.taps.discovery import feature_maps
+from ft_keras.taps.discovery import fitting_pairs
+from ft_keras.taps.discovery import last_stage
+from ft_keras.taps.discovery import paper_pair
+from ft_keras.taps.discovery import taps_with_shapes
 
-_STAGE = models.registry._STAGE_PATTERN
 # The network flags: (name flag, arguments flag) of each role.
 _ROLES = {
     "network": ("network", "network_args"),
     "teacher": ("teacher", "teacher_args"),
     "student": ("student", "student_args"),
 }
-
-
-def taps_with_shapes(model, all_layers=False):
-    """`[(layer name, output shape without the batch)]` of `model`'s feature
-    taps, or of every feature map with `all_layers`."""
-    maps = dict(models.feature_maps(model))
-    names = list(maps) if all_layers else models.feature_taps(model)
-    return [(name, tuple(maps[name][1:])) for name in names if name in maps]
-
-
-def last_stage(model):
-    """The tap the paper uses: the last stage's output (`stageN` of our
-    networks, not `last_conv`; the last feature map of any other)."""
-    names = models.feature_taps(model)
-    stages = [n for n in names if _STAGE.fullmatch(n)]
-    return (stages or names)[-1] if names else None
-
-
-def fitting_pairs(teacher, student, all_layers=False):
-    """`[(teacher tap, student tap)]` whose maps have the same height and
-    width, in network order."""
-    teacher_taps = taps_with_shapes(teacher, all_layers)
-    student_taps = taps_with_shapes(student, all_layers)
-    return [
-        (t, s)
-        for t, t_shape in teacher_taps
-        for s, s_shape in student_taps
-        if t_shape[:2] == s_shape[:2]
-    ]
-
-
-def paper_pair(teacher, student):
-    """The paper's pair, the last stage's output of each network, if their
-    maps fit (same height and width); else None."""
-    pair = (last_stage(teacher), last_stage(student))
-    return pair if pair in fitting_pairs(teacher, student, all_layers=True) else None
 
 
 def key_value(text):
@@ -137,10 +104,11 @@ def from_gin():
 
     ```python
     import gin
-    from ft_keras import config, taps
+    from ft_keras import config
+    from ft_keras.taps import command
     config.parse([], ["student/network.name = 'resnet20'",
                       "student/network.weight_decay = 1e-4"])
-    networks, dataset, factor_transfer = taps.from_gin()
+    networks, dataset, factor_transfer = command.from_gin()
     assert networks["student"].kwargs == {"weight_decay": 1e-4}
     assert dataset is None and factor_transfer.student_layer is None
     gin.clear_config()
@@ -266,8 +234,8 @@ def _pair_lines(teacher, student, all_layers, rate=0.5, rounding="half_even",
         marks[suggested] = ["the paper's choice"]
     if configured in every:
         marks.setdefault(configured, []).append("the configured pair")
-    teacher_maps = dict(models.feature_maps(teacher))
-    student_maps = dict(models.feature_maps(student))
+    teacher_maps = dict(feature_maps(teacher))
+    student_maps = dict(feature_maps(student))
     lines = [
         f"pairs that fit the full factor (same height x width), "
         f"factor channels at rate {rate:g}:"
@@ -430,7 +398,3 @@ def main(argv=None):
                              *_factor_settings(args, factor_transfer))
     print("\n".join(lines))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,12 +10,13 @@ Example:
 ```python
 import keras
 import numpy as np
-from ft_keras import features, models
+from ft_keras import models
+from ft_keras.taps import features
 
 teacher = models.get("resnet20", num_classes=10)
-taps = features.feature_extractor(teacher, ["stage3"], "teacher",
-                                  include_output=True)
-logits, stage3 = taps(np.zeros((2, 32, 32, 3), "float32"))
+extractor = features.feature_extractor(teacher, ["stage3"], "teacher",
+                                       include_output=True)
+logits, stage3 = extractor(np.zeros((2, 32, 32, 3), "float32"))
 stage3.shape  # (2, 8, 8, 64)
 ```
 """
