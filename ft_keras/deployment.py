@@ -151,25 +151,6 @@ def _holds(export_dir, keys):
     ) and os.path.exists(os.path.join(export_dir, "student.keras"))
 
 
-def representative_images(settings):
-    """The int8 calibration images of the export stage: the first
-    `experiment.representative_batches * dataset.eval_batch_size` training
-    images as the test pipeline yields them, as raw uint8."""
-    from ft_keras import export as ft_export
-
-    cfg = settings.dataset
-    options = dict(cfg.eval_options)
-    options.setdefault("seed", settings.experiment.seed)
-    return ft_export.representative_images(
-        cfg.name,
-        count=settings.experiment.representative_batches * cfg.eval_batch_size,
-        split=cfg.train_split,
-        batch_size=cfg.eval_batch_size,
-        data_dir=cfg.data_dir,
-        **options,
-    )
-
-
 # Beside each network's files in `<workdir>/deployment/<role>/`: the
 # fingerprint of the model.keras they were exported from.
 SOURCE_FILE = "source.json"
@@ -203,7 +184,7 @@ def export_models(workdir, models, settings, onnx=None, full_integer=False):
         if _holds(dirs[role], wanted) and _exported_from(dirs[role], path):
             continue
         if images is None:
-            images = representative_images(settings)
+            images = ft_export.representative_images_for(settings)
         ft_export.export_for_dataset(
             keras.models.load_model(path, compile=False),
             settings.dataset.name,
