@@ -57,11 +57,11 @@ print(open("runs/quickstart/deployment/deployment.md").read())
 import argparse
 import dataclasses
 import datetime
-import importlib.util
 import os
 import shlex
 import sys
 
+from ft_keras import rendering
 from ft_keras import stages
 from ft_keras import workdir as ft_workdir
 
@@ -308,10 +308,10 @@ def markdown(report):
     cells = ["Model", "Format", "Params", "MACs", "Size", "Top-1 (%)",
              "Top-1 change (points)", "Latency median (ms)",
              "Latency p90 (ms)", "Speed-up vs teacher"]
-    lines = [header_line(report), "", _row(cells), _row(["---"] * len(cells))]
+    table = []
     for row in report["rows"]:
         change, speedup = row["top1_change"], row["speedup_vs_teacher"]
-        lines.append(_row([
+        table.append([
             row["model"], row["format"], _count(row["params"]),
             _count(row["macs"]), _size(row["size_bytes"]),
             f"{100 * row['top1']:.2f}",
@@ -319,7 +319,8 @@ def markdown(report):
             f"{row['latency_ms']['median']:.3f}",
             f"{row['latency_ms']['p90']:.3f}",
             "" if speedup is None else f"{speedup:.2f}x",
-        ]))
+        ])
+    lines = [header_line(report), ""] + rendering.markdown_lines(cells, table)
     lines += ["", _NOTES]
     return "\n".join(lines) + "\n"
 
@@ -331,10 +332,6 @@ _NOTES = (
     "same format over this row's. MACs: multiply-accumulates per image of "
     "the convolutions and dense layers."
 )
-
-
-def _row(cells):
-    return "| " + " | ".join(cells) + " |"
 
 
 def _scatter(axis, report, x_of, xlabel, colours):
@@ -354,33 +351,25 @@ def plot(report, path):
     size (bytes), both on log axes, into the PNG `path`: one colour per
     network, one marker per format. Returns False, writing nothing, without
     matplotlib."""
-    if importlib.util.find_spec("matplotlib") is None:
+    if not rendering.can_plot():
         return False
-    import matplotlib
+    with rendering.figure(path, 2, (11, 4.5)) as (figure, (by_latency, by_size)):
+        from matplotlib.lines import Line2D
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    figure, (by_latency, by_size) = plt.subplots(1, 2, figsize=(11, 4.5),
-                                                 dpi=110)
-    models = list(dict.fromkeys(row["model"] for row in report["rows"]))
-    colours = {name: f"C{i}" for i, name in enumerate(models)}
-    _scatter(by_latency, report, lambda row: row["latency_ms"]["median"],
-             "batch-1 latency, median (ms, log scale)", colours)
-    _scatter(by_size, report, lambda row: row["size_bytes"],
-             "file size (bytes, log scale)", colours)
-    formats = list(dict.fromkeys(row["file_key"] for row in report["rows"]))
-    handles = [Line2D([], [], color=colours[m], marker="o", ls="", label=m)
-               for m in models] + [
-        Line2D([], [], color="grey", marker=_MARKERS[k], ls="",
-               label=FORMATS[k]) for k in formats]
-    by_size.legend(handles=handles, fontsize=8)
-    figure.suptitle(f"{report['dataset']}: {report['machine']['cpu']}, "
-                    f"{report['threads']} threads", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+        models = list(dict.fromkeys(row["model"] for row in report["rows"]))
+        colours = {name: f"C{i}" for i, name in enumerate(models)}
+        _scatter(by_latency, report, lambda row: row["latency_ms"]["median"],
+                 "batch-1 latency, median (ms, log scale)", colours)
+        _scatter(by_size, report, lambda row: row["size_bytes"],
+                 "file size (bytes, log scale)", colours)
+        formats = list(dict.fromkeys(row["file_key"] for row in report["rows"]))
+        handles = [Line2D([], [], color=colours[m], marker="o", ls="", label=m)
+                   for m in models] + [
+            Line2D([], [], color="grey", marker=_MARKERS[k], ls="",
+                   label=FORMATS[k]) for k in formats]
+        by_size.legend(handles=handles, fontsize=8)
+        figure.suptitle(f"{report['dataset']}: {report['machine']['cpu']}, "
+                        f"{report['threads']} threads", fontsize=9)
     return True
 
 
