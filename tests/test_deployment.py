@@ -18,6 +18,7 @@ from ft_keras import deployment as ft_deployment
 from ft_keras import experiment as ft_experiment
 from ft_keras import export as ft_export
 from ft_keras import workdir as ft_workdir
+from ft_keras.deployment import exports
 from _settings import digits_settings
 
 STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export",
@@ -248,9 +249,9 @@ def test_an_export_is_kept_only_for_the_model_it_came_from(tmp_path):
     model.write_bytes(b"weights")
     export_dir = tmp_path / "export"
     export_dir.mkdir()
-    assert not ft_deployment._exported_from(export_dir, model)  # no record
+    assert not exports._exported_from(export_dir, model)  # no record
     (export_dir / ft_deployment.SOURCE_FILE).write_text(
         json.dumps(ft_workdir.fingerprint(model)))
-    assert ft_deployment._exported_from(export_dir, model)
+    assert exports._exported_from(export_dir, model)
     model.write_bytes(b"weights after --overwrite and training again")
-    assert not ft_deployment._exported_from(export_dir, model)
+    assert not exports._exported_from(export_dir, model)
