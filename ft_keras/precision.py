@@ -189,6 +189,21 @@ def measure_speedup(policy, batch_size=None, image_size=32, channels=64,
     compute = keras.DTypePolicy(policy).compute_dtype
     if batch_size is None:
         batch_size = 256 if tf.config.list_logical_devices("GPU") else 16
+    x, kernels = _conv_stack(tf, batch_size, image_size, channels, depth)
+    steps = {"float32": _train_step(tf, kernels, "float32"),
+             compute: _train_step(tf, kernels, compute)}
+    speedup = _probe(steps, x[:1, :8, :8], compute)
+    if speedup < PROBE_RATIO:
+        return speedup
+    seconds = {dtype: _seconds(step, x) for dtype, step in steps.items()}
+    if seconds[compute] > max_seconds:  # Its warm-up call alone.
+        return seconds["float32"] / seconds[compute]
+    return _alternate(steps, x, compute, rounds, max_seconds)
+
+
+def _conv_stack(tf, batch_size, image_size, channels, depth):
+    """`(images, kernels)` of `measure_speedup`: a batch of normal images
+    and `depth` He-initialised 3x3 kernels, from a generator seeded 0."""
     rng = np.random.default_rng(0)
     shape = (batch_size, image_size, image_size, channels)
     x = tf.constant(rng.standard_normal(shape, dtype=np.float32))
@@ -198,14 +213,12 @@ def measure_speedup(policy, batch_size=None, image_size=32, channels=64,
             (3, 3, channels, channels), dtype=np.float32))
         for _ in range(depth)
     ]
-    steps = {"float32": _train_step(tf, kernels, "float32"),
-             compute: _train_step(tf, kernels, compute)}
-    speedup = _probe(steps, x[:1, :8, :8], compute)
-    if speedup < PROBE_RATIO:
-        return speedup
-    seconds = {dtype: _seconds(step, x) for dtype, step in steps.items()}
-    if seconds[compute] > max_seconds:  # Its warm-up call alone.
-        return seconds["float32"] / seconds[compute]
+    return x, kernels
+
+
+def _alternate(steps, x, compute, rounds, max_seconds):
+    """float32's median step time over `compute`'s, the two alternating
+    for up to `rounds` rounds (fewer once `max_seconds` have passed)."""
     seconds = {dtype: [] for dtype in steps}
     start = time.perf_counter()
     for i in range(max(rounds, 1)):

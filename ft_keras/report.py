@@ -28,12 +28,12 @@ report.write_report(runs, "report/")
 import argparse
 import ast
 import csv
-import importlib.util
 import math
 import os
 import re
 import sys
 
+from ft_keras import rendering
 from ft_keras import stages
 from ft_keras import term_configs
 from ft_keras import workdir as ft_workdir
@@ -244,7 +244,7 @@ def markdown_table(runs):
     header += ["test top-5 (%)"] if top5 else []
     header += ["own stage wall time (s)", "own stage images/s"]
     header += ["paraphraser stage wall time (s)"] if paraphraser else []
-    lines = [_markdown_row(header), _markdown_row(["---"] * len(header))]
+    table = []
     for run, role in rows:
         scores = run["evaluation"].get(role, {})
         cells = [
@@ -262,13 +262,10 @@ def markdown_table(runs):
                 if _has_paraphraser(run, role)
                 else "-"
             )
-        lines.append(_markdown_row(cells))
+        table.append(cells)
+    lines = rendering.markdown_lines(header, table)
     notes = table_notes(runs)
     return "\n".join(lines + ([""] + notes if notes else []))
-
-
-def _markdown_row(cells):
-    return "| " + " | ".join(cells) + " |"
 
 
 def plot_curves(series, path, title, ylabel, ylim=None):
@@ -282,28 +279,27 @@ def plot_curves(series, path, title, ylabel, ylim=None):
     }
     if not series:
         return False
-    import matplotlib
+    with rendering.figure(path, size=(7, 4.5)) as (_, axis):
+        from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for label, values in series.items():
-        points = [(e + 1, v) for e, v in enumerate(values) if v is not None]
-        axis.plot(*zip(*points), marker="o", markersize=3, label=label)
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("epoch")
-    axis.set_ylabel(ylabel)
-    axis.set_title(title, fontsize=9)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    if ylim is not None:
-        axis.set_ylim(*ylim)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+        for label, values in series.items():
+            _epoch_line(axis, values, label)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(ylabel)
+        axis.set_title(title, fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        if ylim is not None:
+            axis.set_ylim(*ylim)
     return True
+
+
+def _epoch_line(axis, values, label):
+    """`values` (None: not measured that epoch) as a line over epochs
+    1..N."""
+    points = [(e + 1, v) for e, v in enumerate(values) if v is not None]
+    axis.plot(*zip(*points), marker="o", markersize=3, label=label)
 
 
 def accuracy_ylim(series):
@@ -322,44 +318,36 @@ def plot_stage(run, stage, path):
     log = run["logs"].get(stage)
     if not log or not log.get("loss"):
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
     accuracy = {
         name: _scaled(log[column])
         for name, column in (("train top-1", "top1"), ("test top-1", "val_top1"))
         if column in log and any(v is not None for v in log[column])
     }
     panels = 2 if accuracy else 1
-    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), dpi=110)
-    axes = axes if panels > 1 else [axes]
-    epochs = range(1, len(log["loss"]) + 1)
-    losses = [c for c in log if c.endswith("loss") and not c.startswith("val_")]
-    for column in losses:
-        axes[0].plot(epochs, log[column], marker="o", markersize=3, label=column)
-    axes[0].set_ylabel("training loss")
-    axes[0].legend(fontsize=8)
-    for name, values in accuracy.items():
-        points = [(e + 1, v) for e, v in enumerate(values) if v is not None]
-        axes[1].plot(*zip(*points), marker="o", markersize=3, label=name)
-    if accuracy:
-        axes[1].set_ylabel("top-1 (%)")
-        axes[1].legend(fontsize=8)
-    for axis in axes:
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.grid(alpha=0.3)
-    figure.suptitle(
-        f"{run['name']}: {stage} ({run['teacher']} -> "
-        f"{run['student']}, {run['dataset']})",
-        fontsize=9,
-    )
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    with rendering.figure(path, panels, (5 * panels, 3.6)) as (figure, axes):
+        from matplotlib.ticker import MaxNLocator
+
+        axes = axes if panels > 1 else [axes]
+        epochs = range(1, len(log["loss"]) + 1)
+        losses = [c for c in log if c.endswith("loss") and not c.startswith("val_")]
+        for column in losses:
+            axes[0].plot(epochs, log[column], marker="o", markersize=3, label=column)
+        axes[0].set_ylabel("training loss")
+        axes[0].legend(fontsize=8)
+        for name, values in accuracy.items():
+            _epoch_line(axes[1], values, name)
+        if accuracy:
+            axes[1].set_ylabel("top-1 (%)")
+            axes[1].legend(fontsize=8)
+        for axis in axes:
+            axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.grid(alpha=0.3)
+        figure.suptitle(
+            f"{run['name']}: {stage} ({run['teacher']} -> "
+            f"{run['student']}, {run['dataset']})",
+            fontsize=9,
+        )
     return True
 
 
@@ -384,7 +372,7 @@ def write_report(runs, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     written = []
     figures = []
-    if importlib.util.find_spec("matplotlib") is None:
+    if not rendering.can_plot():
         runs = []  # the table only
         figures.append((NO_PLOTS, None))
     for run in runs:
@@ -436,7 +424,7 @@ def main(argv=None):
             run["name"] = os.path.relpath(run["workdir"]).replace(os.sep, "_")
     paths = write_report(runs, args.out)
     print(markdown_table(runs))
-    if len(paths) == 1 and importlib.util.find_spec("matplotlib") is None:
+    if len(paths) == 1 and not rendering.can_plot():
         print(f"[ft_keras] {NO_PLOTS}")
     print(f"[ft_keras] report: {', '.join(paths)}")
     return 0

@@ -18,6 +18,7 @@ from ft_keras import deployment as ft_deployment
 from ft_keras import experiment as ft_experiment
 from ft_keras import export as ft_export
 from ft_keras import workdir as ft_workdir
+from ft_keras.deployment import exports
 from _settings import digits_settings
 
 STAGES = ("teacher", "paraphraser", "student", "baseline", "evaluate", "export",
@@ -35,6 +36,11 @@ def settings():
     )
 
 
+# `{export directory: representative images}` of each export of `deployed`'s
+# run: the export stage's and the deployment stage's.
+CALIBRATED = {}
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     """`(workdir, report, printed)`: the runner's workdir, the report its
@@ -42,7 +48,15 @@ def deployed(tmp_path_factory):
     gin.clear_config()
     workdir = tmp_path_factory.mktemp("deployment") / "run"
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    export_for_dataset = ft_export.export_for_dataset
+
+    def recorded(student, dataset, export_dir, **options):
+        CALIBRATED[os.path.relpath(export_dir, workdir)] = options.get(
+            "representative")
+        return export_for_dataset(student, dataset, export_dir, **options)
+
+    with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ft_export, "export_for_dataset", recorded)
         ft_experiment.Experiment(workdir, settings=settings()).run()
     report = json.loads((workdir / "results.json").read_text())["deployment"]
     return workdir, report, printed.getvalue()
@@ -71,6 +85,21 @@ def test_student_reuses_the_export_stage_and_the_others_get_their_own(
     assert report["models"]["teacher"]["export_dir"] == os.path.join(
         "deployment", "teacher")
     assert (workdir / "deployment" / "baseline" / "student.keras").exists()
+
+
+def test_the_export_stage_and_the_deployment_calibrate_on_the_same_images(
+        deployed):
+    """The student's int8 files (the export stage's) and the teacher's and
+    the student alone's (the deployment stage's) are calibrated on the same
+    training images: `representative_batches` batches of the test pipeline,
+    raw uint8."""
+    stage = CALIBRATED["export"]
+    assert stage.dtype == np.uint8 and stage.shape == (64, 8, 8, 1)
+    assert sorted(CALIBRATED) == [os.path.join("deployment", "baseline"),
+                                  os.path.join("deployment", "teacher"),
+                                  "export"]
+    for images in CALIBRATED.values():
+        np.testing.assert_array_equal(images, stage)
 
 
 def test_sizes_are_the_exported_files_sizes(deployed):
@@ -220,9 +249,9 @@ def test_an_export_is_kept_only_for_the_model_it_came_from(tmp_path):
     model.write_bytes(b"weights")
     export_dir = tmp_path / "export"
     export_dir.mkdir()
-    assert not ft_deployment._exported_from(export_dir, model)  # no record
+    assert not exports._exported_from(export_dir, model)  # no record
     (export_dir / ft_deployment.SOURCE_FILE).write_text(
         json.dumps(ft_workdir.fingerprint(model)))
-    assert ft_deployment._exported_from(export_dir, model)
+    assert exports._exported_from(export_dir, model)
     model.write_bytes(b"weights after --overwrite and training again")
-    assert not ft_deployment._exported_from(export_dir, model)
+    assert not exports._exported_from(export_dir, model)

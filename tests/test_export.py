@@ -9,6 +9,8 @@ import pytest
 import tensorflow as tf
 
 from ft_keras import export as ft_export
+from ft_keras.export import litert
+from ft_keras.export import onnx as ft_onnx
 from ft_keras import models
 
 
@@ -74,7 +76,7 @@ def test_the_litert_runtime_runs_the_files_not_tensorflow(exported):
 
     _, _, export_dir, _ = exported
     for name in ("student_float.tflite", "student_int8.tflite"):
-        interpreter = ft_export._litert_interpreter(export_dir / name)
+        interpreter = litert.interpreter(export_dir / name)
         assert isinstance(interpreter, Interpreter)
         signature = interpreter.get_signature_list()[ft_export.SERVING]
         assert signature == {"inputs": ["images"],
@@ -100,7 +102,7 @@ def test_export_without_calibration_images_writes_no_int8_file(tmp_path):
 
 
 def test_onnx_without_its_exporter_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(ft_export, "onnx_available", lambda: False)
+    monkeypatch.setattr(ft_onnx, "onnx_available", lambda: False)
     student = models.get("wrn10_1", num_classes=10, input_shape=(8, 8, 1))
     with pytest.raises(ImportError, match=r"pip install 'ft_keras\[export\]'"):
         ft_export.export_student(student, tmp_path / "e", 16, (0.3,), (0.4,),

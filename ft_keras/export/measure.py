@@ -8,11 +8,10 @@ returns, per file, its size, its top-1 accuracy, its batch-1 latency and its
 throughput, plus the student's parameters and multiply-accumulates
 (`count_macs`) and the machine and runtime versions the figures came from.
 
-This module imports `ft_keras.data` and `ft_keras.models`, never
-`ft_keras.export` itself (which re-exports it): the test split is read here
-the way `ft_keras.export.representative_images` reads it, and
-`tests/test_measure.py` checks that both give the same images in the same
-order.
+The test split is read back at the raw pixel scale (`ft_keras.export.pixels`)
+the way `ft_keras.export.representative_images` reads the training split,
+and `tests/test_measure.py` checks that both give the same images in the
+same order.
 """
 
 import importlib.metadata
@@ -28,9 +27,9 @@ from ft_keras import _keras_private
 from ft_keras import data
 from ft_keras import models
 from ft_keras import precision
-
-# The serving signature of the exported files (`ft_keras.export.SERVING`).
-_SERVING = "serving_default"
+from ft_keras.export.pixels import normalization
+from ft_keras.export.pixels import to_raw
+from ft_keras.export.serving import SERVING
 
 # The files `measure_export` runs, in the order it reports them.
 FILES = {
@@ -113,29 +112,6 @@ def count_macs(model):
     return total
 
 
-def normalization(dataset, options=None):
-    """`(pixel_max, mean, std)`: the test pipeline's `(x / pixel_max - mean)
-    / std` for `dataset`, with any `mean`/`std` of `options` (the
-    `build_dataset` options of its test split).
-
-    Example:
-
-    ```python
-    normalization("cifar10")   # (255, (0.4914, 0.4822, 0.4465), (0.247, ...))
-    ```
-    """
-    pixel_max, mean, std = data.pixel_normalization(dataset)
-    options = options or {}
-    return pixel_max, options.get("mean", mean), options.get("std", std)
-
-
-def to_raw(images, pixel_max, mean, std):
-    """Images a pipeline normalised as `(x / pixel_max - mean) / std`, back
-    at the raw pixel scale as uint8."""
-    raw = (np.asarray(images) * np.asarray(std) + np.asarray(mean)) * pixel_max
-    return np.clip(np.round(raw), 0, pixel_max).astype(np.uint8)
-
-
 def read_test_split(dataset, eval_options=None, data_dir=None, batch_size=256):
     """`(images, labels)`: the whole test split of `dataset` as the test
     pipeline yields it, its images back at the raw pixel scale as uint8
@@ -173,7 +149,7 @@ def _saved_model_runner(path, threads):
     import tensorflow as tf
 
     del threads  # TensorFlow's thread pools are fixed when it starts.
-    serve = tf.saved_model.load(os.fspath(path)).signatures[_SERVING]
+    serve = tf.saved_model.load(os.fspath(path)).signatures[SERVING]
     # 0: TensorFlow's default, one intra-op thread per usable core.
     used = tf.config.threading.get_intra_op_parallelism_threads()
     return (
@@ -189,7 +165,7 @@ def _tflite_runner(path, threads):
         raise _missing_runtime(os.path.basename(path), "the LiteRT runtime "
                                "(ai-edge-litert)") from None
     interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads)
-    runner = interpreter.get_signature_runner(_SERVING)
+    runner = interpreter.get_signature_runner(SERVING)
     scale, zero_point = runner.get_output_details()["logits"]["quantization"]
 
     def run(images):
@@ -329,15 +305,8 @@ def _present_files(export_dir):
     return present
 
 
-def measure_export(
-    export_dir,
-    dataset,
-    eval_options=None,
-    data_dir=None,
-    latency_runs=50,
-    batch=32,
-    threads=None,
-):
+def measure_export(export_dir, dataset, eval_options=None, data_dir=None,
+                   latency_runs=50, batch=32, threads=None):
     """Size, top-1 accuracy, latency and throughput of each exported file.
 
     Each file `export_student` wrote that is in `export_dir` runs in its own
@@ -389,23 +358,32 @@ def measure_export(
     threads = threads or machine()["usable_cores"]
     runners = {key: _RUNNERS[key](path, threads) for key, path in present.items()}
     images, labels = read_test_split(dataset, eval_options, data_dir)
-    files = {}
-    for key, (run, used) in runners.items():
-        files[key] = {
-            "file": FILES[key],
-            "size_bytes": size_bytes(present[key]),
-            "threads": used,
-            **_measure_file(run, images, labels, latency_runs, batch),
-        }
+    files = {key: _file_result(key, present[key], runner, images, labels,
+                               latency_runs, batch)
+             for key, runner in runners.items()}
+    # After the timings: `_environment` loads the student.
+    return {"dataset": dataset, "test_images": int(len(labels)), "batch": batch,
+            "latency_runs": latency_runs, "threads": threads,
+            **_environment(export_dir), "files": files}
+
+
+def _file_result(key, path, runner, images, labels, latency_runs, batch):
+    """`measure_export`'s figures of one file, run by `runner`, a `(run,
+    threads used)` of `_RUNNERS`."""
+    run, used = runner
+    return {
+        "file": FILES[key],
+        "size_bytes": size_bytes(path),
+        "threads": used,
+        **_measure_file(run, images, labels, latency_runs, batch),
+    }
+
+
+def _environment(export_dir):
+    """`measure_export`'s `machine`, `runtimes` and `student`."""
     keras_path = os.path.join(export_dir, "student.keras")
     return {
-        "dataset": dataset,
-        "test_images": int(len(labels)),
-        "batch": batch,
-        "latency_runs": latency_runs,
-        "threads": threads,
         "machine": machine(),
         "runtimes": runtime_versions(),
         "student": _student(keras_path) if os.path.exists(keras_path) else None,
-        "files": files,
     }

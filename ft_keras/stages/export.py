@@ -12,16 +12,16 @@ from ft_keras import workdir as ft_workdir
 from ft_keras.stages import inputs
 
 
-def representative_images(context):
-    """Raw training images (uint8 at the dataset's pixel scale) for int8
-    calibration: the test-time pipeline's output, un-normalised (in a dry
-    run, of the synthetic data)."""
+def _representative_images(context):
+    """The int8 calibration images: `ft_keras.export.representative_images_for`
+    the run's settings, the deployment report's too; in a dry run, its
+    synthetic test batches, back at the raw pixel scale."""
+    if not context.dry_run:
+        return ft_export.representative_images_for(context.settings)
     cfg = context.settings.dataset
     batches = context.settings.experiment.representative_batches
-    # Not cached: a cache read in part warns and is thrown away.
-    pipeline = inputs.dataset(context, training=False, split=cfg.train_split, cache=False)
     return ft_export.raw_images(
-        pipeline.take(batches),
+        inputs.synthetic_dataset(context, training=False).take(batches),
         *ft_export.normalization(cfg.name, cfg.eval_options),
         count=batches * cfg.eval_batch_size,
     )
@@ -38,7 +38,7 @@ def run(context):
         student,
         context.settings.dataset.name,
         context.workdir.path("export"),
-        representative=representative_images(context),
+        representative=_representative_images(context),
         eval_options=context.settings.dataset.eval_options,
         full_integer=context.settings.deployment.full_integer,
     )
