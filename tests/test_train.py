@@ -21,7 +21,6 @@ from ft_keras import cli
 from ft_keras import data
 from ft_keras import export as ft_export
 from ft_keras import experiment as ft_experiment
-from ft_keras.stages import export as stage_export
 
 import _datasets
 
@@ -500,7 +499,7 @@ def test_export_normalization_follows_configured_mean_and_std(tmp_path, in_repo)
         tmp_path / "w", "dataset.eval_options = {'mean': 0.25, 'std': 0.5}")
     eval_options = experiment.settings.dataset.eval_options
     assert ft_export.normalization("digits", eval_options) == (16, 0.25, 0.5)
-    images = stage_export.representative_images(experiment.context)
+    images = ft_export.representative_images_for(experiment.settings)
     assert images.dtype == np.uint8 and images.max() <= 16
     # Un-normalising with the configured statistics recovers the raw digits
     # (the evaluation pipeline keeps the split's order).

@@ -1,6 +1,6 @@
 """The entry point of `python -m ft_keras.export`: runs the `export` stage.
 
-It runs `ft_keras.stages.export` through `ft_keras.cli.main`, which exports
+It runs `ft_keras.stages.exporting` through `ft_keras.cli.main`, which exports
 the trained student of an experiment for deployment:
 
     python -m ft_keras.export --gin_file=gin/distill.gin --workdir=/tmp/ft

@@ -112,8 +112,8 @@ STAGES = (
     Stage("baseline", "ft_keras.stages.training:baseline", scope="student",
           writes=("model.keras",)),
     Stage("evaluate", "ft_keras.stages.evaluation:run"),
-    Stage("export", "ft_keras.stages.export:run", reads=(("student", "model.keras"),)),
-    Stage("deployment", "ft_keras.stages.export:deployment",
+    Stage("export", "ft_keras.stages.exporting:run", reads=(("student", "model.keras"),)),
+    Stage("deployment", "ft_keras.stages.exporting:deployment",
           reads=(("student", "model.keras"),)),
 )
 NAMES = tuple(stage.name for stage in STAGES)
