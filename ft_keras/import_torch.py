@@ -33,7 +33,7 @@ import sys
 import numpy as np
 
 from ft_keras import models
-from ft_keras.taps import command as taps
+from ft_keras.taps import listing
 
 # The check's tolerance, relative to the largest |logit| (at least 1):
 # float32 sums in another order differ by ~1e-6 of it.
@@ -97,7 +97,7 @@ def _convert(args, out):
     `check_logits`' result (None without `--check_inputs`)."""
     if not out.endswith(".keras"):
         raise ValueError(f"--out must end in .keras. Received: {out}")
-    input_shape, num_classes = taps.network_input(
+    input_shape, num_classes = listing.network_input(
         args.dataset, args.input_shape, args.num_classes
     )
     model = models.get(

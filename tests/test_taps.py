@@ -16,7 +16,7 @@ from ft_keras import experiment as ft_experiment
 from ft_keras import layers
 from ft_keras import models
 from ft_keras import taps
-from ft_keras.taps import command
+from ft_keras.taps import listing
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CIFAR = (32, 32, 3)
@@ -186,7 +186,7 @@ def application_shapes(name, **kwargs):
 
 
 def test_network_args_reach_the_network(capsys):
-    assert command.main(["--network", "keras.applications.MobileNetV2",
+    assert listing.main(["--network", "keras.applications.MobileNetV2",
                       "--network_args", "alpha=0.35"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("network keras.applications.MobileNetV2(alpha=0.35) "
@@ -211,7 +211,7 @@ def test_a_gin_config_gives_the_networks_and_the_configured_pair(
         "factor_transfer.teacher_layer = 'stage3'\n"
         "factor_transfer.student_layer = 'block_2_add'\n"
         "factor_transfer.rate = 0.25\n")
-    assert command.main([f"--gin_file={path}"]) == 0
+    assert listing.main([f"--gin_file={path}"]) == 0
     out = capsys.readouterr().out
     narrow = application_shapes("MobileNetV2", alpha=0.35)
     assert ("student keras.applications.MobileNetV2(alpha=0.35) "
@@ -228,7 +228,7 @@ def test_a_gin_config_gives_the_networks_and_the_configured_pair(
     # Flags win: --student_args over student/network.alpha, --rate over
     # factor_transfer.rate.
     gin.clear_config()
-    assert command.main([f"--gin_file={path}", "--student_args", "alpha=0.5",
+    assert listing.main([f"--gin_file={path}", "--student_args", "alpha=0.5",
                       "--rate", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "student keras.applications.MobileNetV2(alpha=0.5) " in out
@@ -238,7 +238,7 @@ def test_a_gin_config_gives_the_networks_and_the_configured_pair(
 
 
 def test_a_gin_binding_sets_the_dataset_and_its_image_size(capsys):
-    assert command.main([
+    assert listing.main([
         "--gin_bindings=dataset.name = 'cifar100'",
         "--gin_bindings=dataset.options = {'image_size': 48}",
         "--teacher", "resnet20", "--student", "wrn10_1"]) == 0
@@ -250,7 +250,7 @@ def test_a_gin_binding_sets_the_dataset_and_its_image_size(capsys):
 
 def test_a_bad_network_argument_is_one_line(capsys):
     with pytest.raises(SystemExit) as exited:
-        command.main(["--network", "resnet20", "--network_args", "alpha"])
+        listing.main(["--network", "resnet20", "--network_args", "alpha"])
     assert exited.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "python -m ft_keras.taps: error: argument --network_args: a network "
@@ -258,22 +258,22 @@ def test_a_bad_network_argument_is_one_line(capsys):
         "alpha=0.35 or weights=imagenet (repeat the flag for several). "
         "Received: 'alpha'")
     with pytest.raises(SystemExit):
-        command.main(["--network", "resnet20", "--student_args", "alpha=1"])
+        listing.main(["--network", "resnet20", "--student_args", "alpha=1"])
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "python -m ft_keras.taps: error: --student_args needs --student (or "
         "student/network.name in the gin config)")
-    assert command.main(["--network", "keras.applications.MobileNetV2",
+    assert listing.main(["--network", "keras.applications.MobileNetV2",
                       "--network_args", "alph=0.35"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("ft_keras: error: ") and "alph=0.35" in last
 
 
 def test_a_network_argument_is_a_python_literal_or_the_text():
-    assert command.key_value("alpha=0.35") == ("alpha", 0.35)
-    assert command.key_value("input_shape = (64, 64, 3)") == (
+    assert listing.key_value("alpha=0.35") == ("alpha", 0.35)
+    assert listing.key_value("input_shape = (64, 64, 3)") == (
         "input_shape", (64, 64, 3))
-    assert command.key_value("weights=imagenet") == ("weights", "imagenet")
-    assert command.key_value("shortcut='zero_pad'") == ("shortcut", "zero_pad")
+    assert listing.key_value("weights=imagenet") == ("weights", "imagenet")
+    assert listing.key_value("shortcut='zero_pad'") == ("shortcut", "zero_pad")
     for bad in ("alpha", "=0.35", "alpha=", "1x=2"):
         with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
-            command.key_value(bad)
+            listing.key_value(bad)

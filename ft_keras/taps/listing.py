@@ -1,5 +1,5 @@
-"""The command `python -m ft_keras.taps`: which layers can I tap, in a network
-and in a teacher-student pair?
+"""Listing the layers a network, or a teacher-student pair, can tap: the
+command `python -m ft_keras.taps`.
 
     python -m ft_keras.taps --network resnet56
     python -m ft_keras.taps --network keras.applications.MobileNetV2 \\
@@ -32,9 +32,9 @@ another network (without the config's arguments, which were its own),
 Example:
 
 ```python
-from ft_keras.taps import command
-command.key_value("alpha=0.35")  # ("alpha", 0.35)
-command.main(["--network", "resnet20"])  # prints its taps, returns 0
+from ft_keras.taps import listing
+listing.key_value("alpha=0.35")  # ("alpha", 0.35)
+listing.main(["--network", "resnet20"])  # prints its taps, returns 0
 ```
 """
 
@@ -105,10 +105,10 @@ def from_gin():
     ```python
     import gin
     from ft_keras import config
-    from ft_keras.taps import command
+    from ft_keras.taps import listing
     config.parse([], ["student/network.name = 'resnet20'",
                       "student/network.weight_decay = 1e-4"])
-    networks, dataset, factor_transfer = command.from_gin()
+    networks, dataset, factor_transfer = listing.from_gin()
     assert networks["student"].kwargs == {"weight_decay": 1e-4}
     assert dataset is None and factor_transfer.student_layer is None
     gin.clear_config()
