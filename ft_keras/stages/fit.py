@@ -91,20 +91,7 @@ def fit(context, stream, stage, model, epochs, validation_data=None):
     """Trains `model` for `epochs` on `stream`, resuming exactly from the
     stage's checkpoint if it has one (`resume_fit`), and writes its
     stage.json."""
-    stage_dir = context.workdir.output(stage)
-    os.makedirs(stage_dir, exist_ok=True)
-    if not context.is_chief and os.path.isdir(context.workdir.path(stage, "backup")):
-        # Resume from the chief's checkpoint, like every worker; its
-        # log.csv too, which decides which checkpoint is complete.
-        shutil.copytree(
-            context.workdir.path(stage, "backup"),
-            os.path.join(stage_dir, "backup"),
-            dirs_exist_ok=True,
-        )
-        if os.path.exists(context.workdir.path(stage, "log.csv")):
-            shutil.copyfile(
-                context.workdir.path(stage, "log.csv"), os.path.join(stage_dir, "log.csv")
-            )
+    stage_dir = _stage_dir(context, stage)
     start = data_start(context, stage)
     throughput = ft_callbacks.Throughput(context.global_batch, context.steps_per_epoch)
     callbacks = stage_callbacks(
@@ -121,29 +108,63 @@ def fit(context, stream, stage, model, epochs, validation_data=None):
             )
         )
     if context.dry_run:
-        # Random images and a two-step teacher (its BatchNorm statistics
-        # barely moved) can overflow: the dry run checks the wiring, not
-        # the numbers. Two steps run faster eagerly than traced, and
-        # without checkpoints (a ResNet-50's costs seconds to write; the
-        # temporary workdir is removed anyway).
-        skipped = (ft_callbacks.StopOnNonFiniteLoss, ft_checkpoint.ResumableCheckpoint)
-        callbacks = [c for c in callbacks if not isinstance(c, skipped)]
-        model.run_eagerly = True
-        history = model.fit(
-            _inputs_for(model, stream.dataset),
-            epochs=1,
-            steps_per_epoch=inputs.DRY_RUN_STEPS,
-            validation_data=validation_data,
-            callbacks=callbacks,
-            shuffle=False,  # the pipeline shuffles
-            verbose=0,
-        )
-        print(dry_run_line(context, stage, epochs, history), flush=True)
+        _dry_run_fit(context, stream, stage, model, epochs, validation_data,
+                     callbacks)
         wall, end = throughput.wall_time, None
     else:
         wall, end = resume_fit(
             context, stream, stage, model, epochs, validation_data, callbacks, start
         )
+    _print_fingerprint(context, stage, model)
+    _write_stage_record(context, stage_dir, epochs, throughput, wall, end)
+
+
+def _stage_dir(context, stage):
+    """The stage's output directory, made; a worker other than the chief
+    copies the chief's checkpoints and log there."""
+    stage_dir = context.workdir.output(stage)
+    os.makedirs(stage_dir, exist_ok=True)
+    if not context.is_chief and os.path.isdir(context.workdir.path(stage, "backup")):
+        # Resume from the chief's checkpoint, like every worker; its
+        # log.csv too, which decides which checkpoint is complete.
+        shutil.copytree(
+            context.workdir.path(stage, "backup"),
+            os.path.join(stage_dir, "backup"),
+            dirs_exist_ok=True,
+        )
+        if os.path.exists(context.workdir.path(stage, "log.csv")):
+            shutil.copyfile(
+                context.workdir.path(stage, "log.csv"), os.path.join(stage_dir, "log.csv")
+            )
+    return stage_dir
+
+
+def _dry_run_fit(context, stream, stage, model, epochs, validation_data,
+                 callbacks):
+    """A few eager steps on the dry run's data, then `dry_run_line`."""
+    # Random images and a two-step teacher (its BatchNorm statistics
+    # barely moved) can overflow: the dry run checks the wiring, not
+    # the numbers. Two steps run faster eagerly than traced, and
+    # without checkpoints (a ResNet-50's costs seconds to write; the
+    # temporary workdir is removed anyway).
+    skipped = (ft_callbacks.StopOnNonFiniteLoss, ft_checkpoint.ResumableCheckpoint)
+    callbacks = [c for c in callbacks if not isinstance(c, skipped)]
+    model.run_eagerly = True
+    history = model.fit(
+        _inputs_for(model, stream.dataset),
+        epochs=1,
+        steps_per_epoch=inputs.DRY_RUN_STEPS,
+        validation_data=validation_data,
+        callbacks=callbacks,
+        shuffle=False,  # the pipeline shuffles
+        verbose=0,
+    )
+    print(dry_run_line(context, stage, epochs, history), flush=True)
+
+
+def _print_fingerprint(context, stage, model):
+    """With several workers, prints this worker's weights' fingerprint:
+    equal on every worker when they are in sync."""
     info = distribute.task_info(context.strategy)
     if info.num_workers > 1:
         print(
@@ -151,6 +172,11 @@ def fit(context, stream, stage, model, epochs, validation_data=None):
             f"weights {distribute.weights_fingerprint(model)}",
             flush=True,
         )
+
+
+def _write_stage_record(context, stage_dir, epochs, throughput, wall, end):
+    """Writes the stage's stage.json: its time, speed and epochs, and where
+    the training data stream stood after it (`end`)."""
     ft_workdir.write_json(
         os.path.join(stage_dir, ft_workdir.STAGE_FILE),
         {

@@ -7,7 +7,7 @@ forward pass.
   network's outputs at those layers; `frozen_features` for a frozen
   teacher; `has_taps` says whether a model can be tapped.
 - `python -m ft_keras.taps` prints a network's taps, or a pair's
-  (`command`, which needs the runner's config and is not imported here).
+  (`listing`, which needs the runner's config and is not imported here).
 """
 
 from ft_keras.taps.discovery import LAST_CONV

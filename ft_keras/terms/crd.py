@@ -1,5 +1,6 @@
 """CRD (Tian, Krishnan & Isola, ICLR 2020, "Contrastive Representation
-Distillation") as a term, with its mathematics.
+Distillation") as a term, with its mathematics; its memory banks and
+negatives are in `ft_keras.terms.crd_memory`.
 
 Each choice follows HobbitLong/RepDistiller, the authors' code; the files
 are named where they are used:
@@ -33,6 +34,7 @@ import numpy as np
 from keras import ops
 
 from ft_keras import _validation
+from ft_keras.terms import crd_memory
 from ft_keras.terms.base import Term
 
 _PACKAGE = "ft_keras"
@@ -48,22 +50,6 @@ def l2_normalize(x):
     """RepDistiller's `Normalize(2)`: each row over its Euclidean norm,
     `x / sqrt(sum(x^2))`, with no epsilon (crd/criterion.py)."""
     return x / ops.sqrt(ops.sum(ops.square(x), axis=1, keepdims=True))
-
-
-def contrast_scores(memory, anchors, contrast_indices, temperature):
-    """`exp(<memory[contrast_indices[i, j]], anchors[i]> / T)`, shape
-    `(batch, 1 + K)`: `ContrastMemory.forward`'s `out_v1` / `out_v2` before
-    the division by `Z` (crd/memory.py). The products are taken against the
-    whole memory (`anchors @ memory^T`) and the sampled columns gathered:
-    the same numbers as its `bmm` of the gathered rows, without gathering
-    `batch x (1 + K)` rows of the memory. The memory is read as a copy:
-    PyTorch's matmul keeps the tensor it read for the gradient, and
-    `CRD`'s update after it writes the memory variable in place (free on
-    TensorFlow and JAX)."""
-    memory = ops.stop_gradient(ops.copy(memory))
-    products = ops.matmul(anchors, ops.transpose(memory))
-    picked = ops.take_along_axis(products, contrast_indices, axis=1)
-    return ops.exp(picked / temperature)
 
 
 def contrast_loss(scores, num_examples):
@@ -82,42 +68,6 @@ def contrast_loss(scores, num_examples):
     log_d1 = ops.log(positive / (positive + (noise + EPSILON)))
     log_d0 = ops.log(noise / (negative + (noise + EPSILON)))
     return -(log_d1 + ops.sum(log_d0, axis=1))
-
-
-def updated_rows(memory, indices, embeddings, momentum):
-    """The rows `indices` of `memory` after `ContrastMemory`'s update
-    (crd/memory.py): `momentum * row + (1 - momentum) * embedding`,
-    divided by its Euclidean norm."""
-    rows = ops.take(memory, indices, axis=0) * momentum
-    rows = rows + embeddings * (1.0 - momentum)
-    return rows / ops.sqrt(ops.sum(ops.square(rows), axis=1, keepdims=True))
-
-
-def _replica_context():
-    """The `tf.distribute` replica context of a step on several replicas,
-    or None (one replica, another backend)."""
-    if keras.config.backend() != "tensorflow":
-        return None
-    from ft_keras import _tf_kernels
-
-    return _tf_kernels.replica_context()
-
-
-def _gather(context, value):
-    """`value` of every replica, concatenated in replica order (each
-    replica's own as it is with one replica)."""
-    return value if context is None else context.all_gather(value, axis=0)
-
-
-def _own_rows(context, global_value, local_size):
-    """This replica's rows of a value of the global batch."""
-    if context is None:
-        return global_value
-    sizes = context.all_gather(ops.reshape(local_size, (1,)), axis=0)
-    offset = ops.sum(sizes[:context.replica_id_in_sync_group])
-    return ops.slice(global_value,
-                     ops.stack([offset, ops.zeros_like(offset)]),
-                     ops.stack([local_size, ops.shape(global_value)[1]]))
 
 
 def _torch_linear_uniform():
@@ -355,10 +305,8 @@ class CRD(Term):
                 + (f", from {labels.min()} to {labels.max()}"
                    if labels.size and np.issubdtype(labels.dtype, np.number)
                    else ""))
-        labels = labels.astype("int32")
-        order = np.argsort(labels, kind="stable").astype("int32")
-        count = np.bincount(labels, minlength=self.num_classes).astype("int32")
-        start = (np.cumsum(count) - count).astype("int32")
+        labels, order, start, count = crd_memory.class_table(
+            labels, self.num_classes)
         self.labels.assign(labels)
         self.class_order.assign(order)
         self.class_start.assign(start)
@@ -415,40 +363,19 @@ class CRD(Term):
     def sample_negatives(self, indices):
         """`(batch, 1 + K)` contrast indices: each example's own index,
         then `K` negatives drawn as `negatives` says (class docstring)."""
-        n, k = self.num_examples, self.num_negatives
-        batch = ops.shape(indices)[0]
-        if self.negatives == "all":
-            drawn = keras.random.randint((batch, k), 0, n, dtype="int32",
-                                         seed=self.seed_generator)
-        else:
+        class_table = None
+        if self.negatives != "all":
             if not self._labels_given:
                 raise ValueError(
                     f"CRD {self.name!r} draws negatives from the other "
                     "classes: give it the training set's labels first, "
                     "`term.set_labels(labels)` (the class of each example, "
                     "by index).")
-            classes = ops.take(self.labels, indices, axis=0)
-            start = ops.take(self.class_start, classes, axis=0)[:, None]
-            count = ops.take(self.class_count, classes, axis=0)[:, None]
-            others = n - count  # len(cls_negative[target])
-            # With replacement: a rank uniform in [0, others), skipping
-            # the example's own class in the class-sorted table.
-            uniform = keras.random.uniform((batch, k), dtype="float64",
-                                           seed=self.seed_generator)
-            rank = ops.cast(ops.floor(uniform * ops.cast(others, "float64")),
-                            "int32")
-            position = rank + ops.where(rank >= start, count, 0)
-            drawn = ops.take(self.class_order, position, axis=0)
-            if k <= n - 1:
-                # Without replacement: the K largest of uniform keys, the
-                # own class's keys set to -1.
-                keys = keras.random.uniform((batch, n), dtype="float64",
-                                            seed=self.seed_generator)
-                same = ops.equal(self.labels[None, :], classes[:, None])
-                keys = ops.where(same, -1.0, keys)
-                subset = ops.cast(ops.top_k(keys, k, sorted=True)[1], "int32")
-                drawn = ops.where(k > others, drawn, subset)
-        return ops.concatenate([indices[:, None], drawn], axis=1)
+            class_table = (self.labels, self.class_order, self.class_start,
+                           self.class_count)
+        return crd_memory.sample_negatives(
+            indices, self.num_examples, self.num_negatives,
+            self.seed_generator, class_table)
 
     def call(self, teacher, student, training=None, indices=None,
              contrast_indices=None):
@@ -462,17 +389,17 @@ class CRD(Term):
             return [], []
         v_t, v_s = self.embed(teacher[0], student[0])
         indices = ops.reshape(ops.cast(indices, "int32"), (-1,))
-        context = _replica_context()
+        context = crd_memory.replica_context()
         if contrast_indices is None:
-            global_indices = _gather(context, indices)
-            contrast_indices = _own_rows(
+            global_indices = crd_memory.gather(context, indices)
+            contrast_indices = crd_memory.own_rows(
                 context, self.sample_negatives(global_indices),
                 ops.shape(indices)[0])
         contrast_indices = ops.cast(contrast_indices, "int32")
-        scores_s = contrast_scores(self.memory_teacher, v_s, contrast_indices,
-                                   self.temperature)
-        scores_t = contrast_scores(self.memory_student, v_t, contrast_indices,
-                                   self.temperature)
+        scores_s = crd_memory.contrast_scores(
+            self.memory_teacher, v_s, contrast_indices, self.temperature)
+        scores_t = crd_memory.contrast_scores(
+            self.memory_student, v_t, contrast_indices, self.temperature)
         # Z from the global batch's mean score where not set yet.
         sums = ops.stack([ops.sum(ops.stop_gradient(scores_s)),
                           ops.sum(ops.stop_gradient(scores_t)),
@@ -485,12 +412,13 @@ class CRD(Term):
         z = ops.where(normalization < 0, estimate, normalization)
         if training:
             self.normalization.assign(z)
-            all_indices = _gather(context, indices)
+            all_indices = crd_memory.gather(context, indices)
             for memory, v in ((self.memory_student, v_s),
                               (self.memory_teacher, v_t)):
-                rows = updated_rows(memory, all_indices,
-                                    _gather(context, ops.stop_gradient(v)),
-                                    self.momentum)
+                rows = crd_memory.updated_rows(
+                    memory, all_indices,
+                    crd_memory.gather(context, ops.stop_gradient(v)),
+                    self.momentum)
                 memory.assign(ops.scatter_update(
                     memory, all_indices[:, None], rows))
         return [scores_t / z[1]], [scores_s / z[0]]

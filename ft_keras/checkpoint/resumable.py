@@ -22,7 +22,7 @@ this one does:
 - **Each replica's own statistics.** With several replicas, each keeps
   its own BatchNormalization moving statistics and the weights file holds
   their mean (`ft_keras.distribute.scope`); the checkpoint also keeps every
-  replica's copy (`distribute.replica_copies`, gathered over the workers)
+  replica's copy (`replica_copies`, gathered over the workers)
   and gives each its own back, so a run resumed at any step, on the same
   number of replicas, goes on as the uninterrupted one.
 - **Mid-epoch resumption at the next batch.** A checkpoint taken after
@@ -49,6 +49,7 @@ from ft_keras import _keras_resume
 from ft_keras import distribute
 from ft_keras import preemption
 from ft_keras import workdir as ft_workdir
+from ft_keras.checkpoint import replicas
 
 MANIFEST = "checkpoint.json"
 LATEST = "latest.weights.h5"
@@ -246,7 +247,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             variable.assign(np.asarray(value, dtype=variable.dtype))
         copies = entry.get("replica_copies", [])
         if copies and len(copies[0]) == self._replicas():
-            distribute.restore_replica_copies(self.model, copies)
+            replicas.restore_replica_copies(self.model, copies)
         self._position = Position(entry["epoch"], entry["step"])
         self._first_epoch_offset = entry["step"]
         self._pending_metrics = entry.get("metrics") if entry["step"] else None
@@ -369,7 +370,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         tmp = os.path.join(self.directory, _TMP)
         latest = os.path.join(self.directory, LATEST)
         self.model.save_weights(tmp, overwrite=True)
-        copies = distribute.replica_copies(self.model)
+        copies = replicas.replica_copies(self.model)
         entry = {
             "epoch": self._position.epoch,
             "step": self._position.step,
