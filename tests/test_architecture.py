@@ -49,6 +49,57 @@ def test_no_import_cycle_in_ft_keras():
     assert not cycles, cycles
 
 
+# The layers of ft_keras, lowest first (docs/architecture.md draws them): a
+# module imports from its own layer and those below, never from above. A
+# module is placed by its longest listed name: `ft_keras.stages` is the stage
+# table (plain data the settings read), `ft_keras.stages.*` the runner's
+# stages.
+LAYERS = (
+    ("foundation", ("_validation", "_cpu", "_console", "_rounding", "_onednn",
+                    "_tf_kernels", "_keras_private", "_keras_resume",
+                    "_keras_multiworker", "_tfds_private", "workdir",
+                    "preemption", "rendering")),
+    ("core", ("metrics", "losses", "layers", "optim", "taps", "models",
+              "_training_model", "pretraining", "terms", "distiller_checks",
+              "distiller")),
+    ("runtime", ("data", "distribute", "checkpoint", "callbacks", "precision",
+                 "export")),
+    ("settings", ("stages.__init__", "term_configs", "config")),
+    ("runner", ("stages", "experiment", "deployment", "report")),
+    ("command line", ("__init__", "cli", "train", "evaluate", "prepare_data",
+                      "import_torch", "taps.listing", "taps.__main__",
+                      "export.__main__", "deployment.__main__")),
+)
+
+
+def layer_of(module):
+    """The index in `LAYERS` of an `ft_keras` module's layer."""
+    parts = module.split(".")[1:]
+    # A package's own module is `<package>.__init__` in the table.
+    names = [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+    if module in PACKAGES:
+        names.insert(0, ".".join(parts + ["__init__"]))
+    for name in names:
+        for index, (_, rooms) in enumerate(LAYERS):
+            if name in rooms:
+                return index
+    raise AssertionError(f"{module} is in no layer of LAYERS: place it")
+
+
+PACKAGES = {module_name(p) for p in ROOT.rglob("__init__.py")}
+
+
+def test_no_import_runs_from_a_lower_layer_to_a_higher_one():
+    upward = [
+        f"{module} ({LAYERS[layer_of(module)][0]}) imports {dep} "
+        f"({LAYERS[layer_of(dep)][0]})"
+        for module, deps in sorted(imports().items())
+        for dep in sorted(deps)
+        if dep.startswith("ft_keras") and layer_of(dep) > layer_of(module)
+    ]
+    assert not upward, upward
+
+
 def test_entry_points_only_call_cli_main():
     for name in ("train.py", "evaluate.py", "export/__main__.py"):
         tree = ast.parse((ROOT / name).read_text())

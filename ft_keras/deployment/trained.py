@@ -46,7 +46,6 @@ def load_settings(workdir):
     workdir's in it."""
     import gin
 
-    from ft_keras import cli
     from ft_keras import config
 
     path = os.path.join(os.path.abspath(workdir), "config.gin")
@@ -56,5 +55,6 @@ def load_settings(workdir):
             "the workdir of a run of python -m ft_keras.train."
         )
     gin.clear_config()
-    cli.parse_config([path], [])
+    # The run wrote every binding into it: no includes to look up.
+    config.parse([path], [])
     return config.from_gin()
