@@ -308,8 +308,7 @@ def test_no_module_in_ft_keras_over_500_lines():
 def _is_entry_point(path):
     """A `python -m ft_keras.<tool>` module whose docstring says so."""
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-    return doc.lower().startswith(("the entry point of `python -m ft_keras.",
-                                   "entry point of `python -m ft_keras."))
+    return doc.startswith("The entry point of `python -m ft_keras.")
 
 
 def test_no_two_modules_share_a_name_but_an_entry_point():

@@ -1,4 +1,4 @@
-"""Entry point of `python -m ft_keras.deployment`: runs
+"""The entry point of `python -m ft_keras.deployment`: runs
 `ft_keras.deployment.command.main`.
 
     python -m ft_keras.deployment --workdir=runs/quickstart [--latency_runs 50]
