@@ -34,3 +34,24 @@ tf.config.set_logical_device_configuration(
     _cpus[0],
     [tf.config.LogicalDeviceConfiguration()] * 2,
 )
+
+import pathlib  # noqa: E402
+
+import gin  # noqa: E402
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def clean_gin(monkeypatch):
+    """Runs a test from the repository root, where the configs' includes
+    resolve, with gin's global config empty; clears gin and Keras' session
+    after it. A module whose every test needs it says
+    `pytestmark = pytest.mark.usefixtures("clean_gin")`."""
+    monkeypatch.chdir(REPO)
+    gin.clear_config()
+    yield
+    gin.clear_config()
+    keras.backend.clear_session()

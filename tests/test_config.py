@@ -2,10 +2,8 @@
 gin once (`from_gin`), and usable without gin (`Settings`, `to_gin`)."""
 
 import dataclasses
-import pathlib
 
 import gin
-import keras
 import pytest
 
 from ft_keras import cli
@@ -13,16 +11,8 @@ from ft_keras import config
 from ft_keras import experiment as ft_experiment
 from ft_keras import layers
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(autouse=True)
-def clean_gin(monkeypatch):
-    monkeypatch.chdir(REPO)
-    gin.clear_config()
-    yield
-    gin.clear_config()
-    keras.backend.clear_session()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def read(*bindings, gin_file="gin/quickstart.gin"):

@@ -4,7 +4,6 @@ that train other models get the images alone, and a student stage
 preempted mid-epoch resumes to the uninterrupted run's weights and log."""
 
 import os
-import pathlib
 import signal
 
 import gin
@@ -21,7 +20,6 @@ from ft_keras.stages import inputs as stage_inputs
 
 from _interrupt import StopAt
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 # WRN-10-1 both, 5 steps an epoch of the digits' 1,437 training images.
 BINDINGS = [
     "teacher/network.name = 'wrn10_1'",
@@ -34,13 +32,7 @@ BINDINGS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def clean_state(monkeypatch):
-    monkeypatch.chdir(REPO)
-    gin.clear_config()
-    yield
-    gin.clear_config()
-    keras.backend.clear_session()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def experiment(workdir, *bindings):

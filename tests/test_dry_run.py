@@ -9,7 +9,6 @@ import sys
 import tempfile
 
 import gin
-import keras
 import pytest
 
 from ft_keras import cli
@@ -30,13 +29,7 @@ METHOD_RUNS = [
 ] + [["gin/distill.gin", "gin/methods/at.gin"]]
 
 
-@pytest.fixture(autouse=True)
-def clean_state(monkeypatch):
-    monkeypatch.chdir(REPO)
-    gin.clear_config()
-    yield
-    gin.clear_config()
-    keras.backend.clear_session()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def dry_runs_left():

@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 
-import gin
 import keras
 import numpy as np
 import pytest
@@ -372,26 +371,17 @@ def test_dataset_path_resolves_to_the_name_and_reads_back(folder, monkeypatch):
         config.DataConfig(name=cfg.name, path="elsewhere")
 
 
-@pytest.fixture
-def in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)
-    gin.clear_config()
-    yield
-    gin.clear_config()
-    keras.backend.clear_session()
-
-
 GIN_FILES = ["gin/quickstart.gin", "gin/data/image_folder.gin"]
 
 
-def test_gin_include_needs_the_folder_before_any_work(in_repo, capsys):
+def test_gin_include_needs_the_folder_before_any_work(clean_gin, capsys):
     assert cli.dry_run(GIN_FILES, []) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("ft_keras: error:") and "\n" not in error
     assert "IMAGE_FOLDER = '/path/to/root'" in error
 
 
-def test_gin_include_dry_runs_on_the_folders_shape(folder, in_repo, capsys):
+def test_gin_include_dry_runs_on_the_folders_shape(folder, clean_gin, capsys):
     root, _ = folder
     bindings = [
         f"IMAGE_FOLDER = '{root}'",
@@ -403,7 +393,7 @@ def test_gin_include_dry_runs_on_the_folders_shape(folder, in_repo, capsys):
     assert "every stage built and stepped" in out
 
 
-def test_every_stage_runs_on_a_folder(folder, in_repo, tmp_path):
+def test_every_stage_runs_on_a_folder(folder, clean_gin, tmp_path):
     root, _ = folder
     cli.parse_config(
         GIN_FILES,
@@ -456,7 +446,7 @@ def test_every_stage_runs_on_a_folder(folder, in_repo, tmp_path):
             results["evaluation"][row["role"]]["top1"], abs=1e-6), row
 
 
-def test_image_size_option_sizes_the_networks(folder, in_repo, capsys):
+def test_image_size_option_sizes_the_networks(folder, clean_gin, capsys):
     """`dataset.options = {'image_size': ...}` resizes the folder's images,
     and the runner builds its networks for that size."""
     root, _ = folder

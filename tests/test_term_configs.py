@@ -4,7 +4,6 @@ through gin alone, and what the stages do is asked of the terms."""
 
 import glob
 import os
-import pathlib
 
 import gin
 import keras
@@ -22,16 +21,8 @@ from ft_keras import term_configs
 from ft_keras.stages import training as stage_training
 from ft_keras.taps import features
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(autouse=True)
-def clean_state(monkeypatch):
-    monkeypatch.chdir(REPO)
-    gin.clear_config()
-    yield
-    gin.clear_config()
-    keras.backend.clear_session()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def read(*gin_files, bindings=()):
