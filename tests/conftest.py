@@ -55,3 +55,24 @@ def clean_gin(monkeypatch):
     yield
     gin.clear_config()
     keras.backend.clear_session()
+
+
+@pytest.fixture
+def parsed_flags():
+    """Defines the command line's flags on a fresh `FlagValues` and parses
+    `argv`, so that `ft_keras.cli.run` runs a command in this process."""
+    from absl import flags
+
+    from ft_keras import cli
+
+    saved = cli.FLAGS
+
+    def parse(*argv):
+        cli.FLAGS = flags.FlagValues()
+        cli.define_flags(cli.FLAGS)
+        cli.FLAGS(["prog", *argv])
+        return cli.FLAGS
+
+    yield parse
+    cli.FLAGS = saved
+    gin.clear_config()

@@ -4,27 +4,10 @@ import pathlib
 
 import gin
 import pytest
-from absl import flags
 
 from ft_keras import cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def parsed_flags():
-    """Defines the flags on a fresh FlagValues and parses `argv`."""
-    saved = cli.FLAGS
-
-    def parse(*argv):
-        cli.FLAGS = flags.FlagValues()
-        cli.define_flags(cli.FLAGS)
-        cli.FLAGS(["prog", *argv])
-        return cli.FLAGS
-
-    yield parse
-    cli.FLAGS = saved
-    gin.clear_config()
 
 
 def test_strategy_and_cluster_flags_become_gin_bindings(parsed_flags):

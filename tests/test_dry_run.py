@@ -37,27 +37,38 @@ def dry_runs_left():
                                       "ft_keras_dry_run_*")))
 
 
-# Student networks whose export this module's dry runs have checked: the
-# export stage is built and run once per network (it is the same code for
-# every config of that student, and a ResNet-18's LiteRT, int8 and ONNX
-# conversion is a third of its config's dry run).
+# Student network families whose export this module's dry runs have
+# checked: the export stage is built and run once per family, the module of
+# the builder that makes the network (he_resnet, wide_resnet, resnet,
+# mobilenet, ...). It is the same code for every config of that family, the
+# converters meet the same kinds of layers, and a ResNet-18's LiteRT, int8
+# and ONNX conversion is half of its config's dry run.
 _EXPORTED = set()
+
+
+def _family(name):
+    """The module of the builder of network `name` (the name itself for a
+    network of another library)."""
+    from ft_keras.models import registry
+
+    factory = registry._factory(name)
+    return getattr(factory[0], "__module__", name) if factory else name
 
 
 def _stages_to_run(gin_files):
     """The config's stages, without `export` when an earlier config of this
-    module exported the same student network."""
+    module exported a student of the same family."""
     from ft_keras import config
 
     cli.parse_config(gin_files, [])
     settings = config.from_gin()
     gin.clear_config()
     stages = list(settings.experiment.stages)
-    student = settings.network["student"].name
+    family = _family(settings.network["student"].name)
     if "export" in stages:
-        if student in _EXPORTED:
+        if family in _EXPORTED:
             stages.remove("export")
-        _EXPORTED.add(student)
+        _EXPORTED.add(family)
     return settings, stages
 
 

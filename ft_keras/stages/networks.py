@@ -90,11 +90,9 @@ def check_taps(context, teacher, student):
                 f"{network['student'].name!r}, {term.reference}: {e}") from None
 
 
-def load_teacher_checkpoint(context, nets, checkpoint):
-    """The teacher of `experiment.teacher_checkpoint`: a `.keras` model,
-    `.weights.h5` weights or a PyTorch state_dict of `teacher/network`
-    (loaded into `nets.teacher`), checked against the data and the
-    terms' taps."""
+def check_teacher_checkpoint(checkpoint):
+    """Raises a `ConfigurationError` if `experiment.teacher_checkpoint`
+    names no file (the stage plan asks before any work)."""
     if not os.path.exists(checkpoint):
         raise ConfigurationError(
             f"Teacher checkpoint not found: {checkpoint} (set "
@@ -103,6 +101,14 @@ def load_teacher_checkpoint(context, nets, checkpoint):
             "state_dict (.pth, .pt) of its layout, or to None to train "
             "the teacher)."
         )
+
+
+def load_teacher_checkpoint(context, nets, checkpoint):
+    """The teacher of `experiment.teacher_checkpoint`: a `.keras` model,
+    `.weights.h5` weights or a PyTorch state_dict of `teacher/network`
+    (loaded into `nets.teacher`), checked against the data and the
+    terms' taps."""
+    check_teacher_checkpoint(checkpoint)
     try:
         if checkpoint.endswith(".keras"):
             # A teacher saved under another precision computes in this
