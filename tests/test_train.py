@@ -464,11 +464,14 @@ def test_one_seed_makes_a_stage_repeat_exactly(tmp_path, in_repo):
     ("dkd", {"ce_loss", "dkd_loss"}),
 ])
 def test_the_method_file_selects_the_training_model(
-        method, terms, tmp_path, in_repo):
+        method, terms, tmp_path, in_repo, quickstart):
+    # The teacher stage loads the quickstart run's teacher: the method
+    # decides the student stage, not the teacher's training.
+    teacher = quickstart[0] / "teacher" / "model.keras"
     experiment = quickstart_experiment(
         tmp_path / "w", (REPO / "gin" / "methods" / f"{method}.gin").read_text(),
-        "teacher/training.epochs = 1", "paraphraser/training.epochs = 1",
-        "student/training.epochs = 1",
+        f"experiment.teacher_checkpoint = '{teacher}'",
+        "paraphraser/training.epochs = 1", "student/training.epochs = 1",
         "experiment.stages = ['teacher', 'paraphraser', 'student', 'evaluate']")
     experiment.run()
     row = read_csv(tmp_path / "w" / "student" / "log.csv")[0]
